@@ -1,0 +1,72 @@
+# Two commands for a newcomer: `make run` serves recommendations, `make test` passes the tests.
+# Every target installs what it needs (Python packages from uv.lock, Debian packages, Go tools)
+# and skips what is already in place.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.9.30
+UV := .tools/uv/bin/uv
+VENV := .venv/bin
+CONFIG ?= infra/config/local.yaml
+DATA_DIR ?= ../shared/data/uci_online_retail
+BUILD_DIR ?= build
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+# Pinned Go tools, built with `go install` into .tools/bin.
+HELM := helm.sh/helm/v3/cmd/helm@v3.19.0
+GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+GHZ := github.com/bojand/ghz/cmd/ghz@v0.120.0
+# Debian packages the test suite starts for real.
+APT_TEST := nginx-light
+
+.PHONY: help setup system tools models run stack test lint format protos bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-extras
+	@touch $@
+
+setup: .venv/.synced ## create .venv from uv.lock (Python 3.11)
+
+system: ## install the Debian packages the tests need (when missing)
+	infra/scripts/bootstrap.sh apt $(APT_TEST)
+
+tools: ## build the pinned Go tools (helm, grpcurl) into .tools/bin (when missing)
+	infra/scripts/bootstrap.sh go $(HELM) $(GRPCURL)
+
+models: setup ## build canonical tables, indexes and models from ../shared/data into build/
+	$(VENV)/recsys-models --data-dir $(DATA_DIR) --out $(BUILD_DIR)
+
+run: models ## serve recommendations on 127.0.0.1:50051 until Ctrl-C
+	$(VENV)/recsys-run --config $(CONFIG)
+
+stack: models system ## production-like local profile (grows with the deployment work)
+	$(VENV)/recsys-run --config $(CONFIG)
+
+protos: setup ## regenerate the Python stubs from protos/recsys/v1/*.proto
+	$(VENV)/python protos/generate.py
+
+lint: setup ## ruff (lint + format check) and mypy --strict
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy .
+
+format: setup ## apply ruff's fixes and formatting
+	$(VENV)/ruff check --fix .
+	$(VENV)/ruff format .
+
+test: setup system tools models lint ## lint, then every test (unit and integration)
+	$(VENV)/pytest
+
+bench: models ## run the benchmarks in benchmarks/ and write reports to benchmarks/results/
+	$(VENV)/python -m benchmarks.pipeline_bench
+
+clean: ## remove everything the targets built
+	rm -rf .venv .tools $(BUILD_DIR) .run .pytest_cache .mypy_cache .ruff_cache

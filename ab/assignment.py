@@ -1,0 +1,69 @@
+"""Deterministic, sticky traffic splitting: a pure function the gateway calls in process.
+
+A user's bucket is a 64-bit BLAKE2b hash of `salt:user_id` modulo 10,000. Each variant owns a
+range of buckets laid out in variant order, with `[start, start + coverage * weight)` inside its
+slot `[start, start + weight)` (the layout GrowthBook uses). So:
+
+- the same user always gets the same variant (sticky), with no state and no network hop;
+- experiments with different salts split users independently of each other;
+- ramping weights (10% -> 50%) or coverage only moves the users whose bucket changes owner:
+  users never move from one treatment to another, only between a variant and its neighbour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ab.config import ExperimentConfig
+
+BUCKETS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The variant one user sees in one experiment."""
+
+    experiment: str
+    variant: str
+    model: str
+    model_version: int
+    bucket: int
+
+    @property
+    def experiment_id(self) -> str:
+        """`<experiment>_<variant>`, e.g. `ranker_v2_vs_v3_treatment` (the API's experiment_id)."""
+        return f"{self.experiment}_{self.variant}"
+
+
+def bucket_of(salt: str, user_id: str) -> int:
+    """The user's bucket in [0, BUCKETS) for an experiment with this salt."""
+    digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def assign(experiment: ExperimentConfig, user_id: str) -> Assignment | None:
+    """The user's variant, or None when the experiment is off or the user outside its coverage."""
+    if not experiment.enabled:
+        return None
+    bucket = bucket_of(experiment.salt, user_id)
+    start = 0.0
+    for variant in experiment.variants:
+        low = start * BUCKETS
+        high = (start + experiment.coverage * variant.weight) * BUCKETS
+        if low <= bucket < high:
+            return Assignment(
+                experiment.name, variant.name, variant.model, variant.model_version, bucket
+            )
+        start += variant.weight
+    return None
+
+
+def assign_first(experiments: Iterable[ExperimentConfig], user_id: str) -> Assignment | None:
+    """The assignment of the first experiment (in config order) that includes the user."""
+    for experiment in experiments:
+        found = assign(experiment, user_id)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,94 @@
+"""Typed settings of the `ab_testing` section: the experiments and how they are decided."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class VariantConfig(BaseModel):
+    """One arm of an experiment and the model it serves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    """Arm name, e.g. `control` or `treatment`."""
+    model: str = Field(min_length=1)
+    """Triton ensemble this arm ranks with, e.g. `ranker_v3`."""
+    model_version: int = Field(0, ge=0)
+    """Model version; 0 means the latest version Triton serves."""
+    weight: float = Field(ge=0.0, le=1.0)
+    """Share of the experiment's traffic; the weights of one experiment sum to 1."""
+
+
+class GuardrailConfig(BaseModel):
+    """A metric that must not get significantly worse in any treatment arm."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    metric: Literal["ctr", "conversion_rate", "revenue_per_user", "average_order_value"]
+    """Metric watched."""
+    max_relative_degradation: float = Field(0.05, gt=0.0, lt=1.0)
+    """Tolerated relative loss before the experiment is rolled back."""
+
+
+class ExperimentConfig(BaseModel):
+    """One experiment: its arms, traffic and statistical plan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    """Experiment id, e.g. `ranker_v2_vs_v3`; appears in responses as `<name>_<variant>`."""
+    salt: str = Field(min_length=1)
+    """Hash salt: a new salt reshuffles users, so never change it while running."""
+    enabled: bool = True
+    """Whether users are assigned at all."""
+    coverage: float = Field(1.0, gt=0.0, le=1.0)
+    """Share of all users in the experiment (users outside get the default model)."""
+    variants: tuple[VariantConfig, ...] = Field(min_length=2)
+    """Arms; the first is the control."""
+    start: datetime | None = None
+    """Planned start (informational; assignment starts when enabled)."""
+    end: datetime | None = None
+    """Planned end: the controller decides at the latest then."""
+    primary_metric: Literal["ctr", "conversion_rate", "revenue_per_user"] = "conversion_rate"
+    """The metric that decides promotion."""
+    guardrails: tuple[GuardrailConfig, ...] = ()
+    """Metrics that trigger a rollback when they degrade significantly."""
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    """Significance level (two-sided)."""
+    power: float = Field(0.8, gt=0.5, lt=1.0)
+    """Planned power at the minimum detectable effect."""
+    minimum_detectable_effect: float = Field(0.05, gt=0.0, lt=1.0)
+    """Smallest relative effect the experiment is sized for."""
+    decision_policy: Literal["fixed_horizon", "sequential", "bandit"] = "sequential"
+    """How the controller decides: one look at the end, continuous looks, or Thompson sampling."""
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self) -> ExperimentConfig:
+        total = sum(v.weight for v in self.variants)
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"variant weights sum to {total:g}, they must sum to 1")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names repeat: {names}")
+        return self
+
+
+class ABTestingSettings(BaseModel):
+    """The `ab_testing` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    experiments: tuple[ExperimentConfig, ...] = ()
+    """Running and planned experiments."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ABTestingSettings:
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment names repeat: {names}")
+        return self

@@ -1,0 +1,1 @@
+"""Feature definitions, the online feature store and ingestion of real-time events."""

@@ -1,0 +1,1 @@
+"""The gRPC gateway: validates requests, runs the recommendation pipeline, records events."""

@@ -1,0 +1,167 @@
+"""The one typed configuration object, loaded once in `main()` from YAML plus environment overrides.
+
+Each package owns the model of its own section (`model` in triton_models, `feature_store` in
+feature_service, `ab_testing` in ab); this module adds the gateway's own sections and composes
+them. Environment variables named `RECSYS__<SECTION>__<KEY>[__<KEY>...]` override the file;
+values are converted to the field's type by validation (`RECSYS__SERVING__PORT=50052`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from ab.config import ABTestingSettings
+from feature_service.config import FeatureStoreSettings
+from triton_models.config import ModelSettings
+
+ENV_PREFIX = "RECSYS__"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every bad key."""
+
+
+class AuthSettings(BaseModel):
+    """Token authentication of RecordEvents and administrative RPCs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    token: SecretStr | None = None
+    """Shared bearer token; when unset, no token is required (local profile only)."""
+
+
+class ServingSettings(BaseModel):
+    """The `serving` section: the gRPC server and its limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds to."""
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (tests)."""
+    default_deadline_ms: float = Field(100.0, gt=0)
+    """Time budget of a request whose client sent no deadline; a client deadline may shorten it."""
+    grace_period_s: float = Field(10.0, ge=0)
+    """On SIGTERM, in-flight requests get this long to finish."""
+    max_concurrent_rpcs: int = Field(256, ge=1)
+    """Requests in flight per process; more are rejected with RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Transport limit of one message; larger ones are refused by gRPC itself."""
+    max_recommend_request_bytes: int = Field(64 * 1024, ge=256)
+    """Largest accepted Recommend request."""
+    max_events_request_bytes: int = Field(1024 * 1024, ge=1024)
+    """Largest accepted RecordEvents request."""
+    max_exclude_items: int = Field(500, ge=0)
+    """Most `exclude_item_ids` in one Recommend request."""
+    max_events_per_batch: int = Field(1000, ge=1)
+    """Most events in one RecordEvents request."""
+    max_event_future_skew_s: float = Field(300.0, ge=0)
+    """How far in the future an event timestamp may lie (client clock skew)."""
+    auth: AuthSettings = AuthSettings()
+    """Authentication settings."""
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics and the HTTP health endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Serve `/metrics` and `/health` over HTTP."""
+    host: str = "127.0.0.1"
+    """Address of the metrics HTTP server."""
+    port: int = Field(9464, ge=0, le=65535)
+    """Port of the metrics HTTP server; 0 picks a free one."""
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    enabled: bool = False
+    """Export spans over OTLP."""
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    """OTLP gRPC collector endpoint."""
+    sample_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    """Share of requests traced (parent-based)."""
+
+
+class MonitoringSettings(BaseModel):
+    """The `monitoring` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    """Minimum level of the JSON log lines."""
+    metrics: MetricsSettings = MetricsSettings()
+    """Metrics settings."""
+    tracing: TracingSettings = TracingSettings()
+    """Tracing settings."""
+
+
+class Settings(BaseModel):
+    """Everything the service needs, nested by concern. Built once, then passed down."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    model: ModelSettings = ModelSettings()
+    """Models, retrieval, ranking and re-ranking."""
+    feature_store: FeatureStoreSettings = FeatureStoreSettings()
+    """Feature store and event log."""
+    serving: ServingSettings = ServingSettings()
+    """The gRPC server."""
+    ab_testing: ABTestingSettings = ABTestingSettings()
+    """Experiments."""
+    monitoring: MonitoringSettings = MonitoringSettings()
+    """Metrics, traces and logs."""
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
+    """Reads the YAML file (when given), applies `RECSYS__...` overrides and validates.
+
+    Relative paths inside the file are resolved against the current working directory.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or a key is unknown or invalid.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded or {}
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            _apply_override(data, name, raw)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        source = f" in {path}" if path is not None else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration{source}: {problems}") from exc
+
+
+def _apply_override(data: dict[str, Any], name: str, raw: str) -> None:
+    keys = [key.lower() for key in name[len(ENV_PREFIX) :].split("__")]
+    if not all(keys):
+        raise ConfigError(f"environment variable {name}: empty key segment")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"environment variable {name}: {key} is not a section")
+        node = child
+    # Kept as a string: validation converts "50052" or "true" to the field's type, and a
+    # numeric-looking password stays a string.
+    node[keys[-1]] = raw

@@ -1,0 +1,72 @@
+"""The one boundary that maps exceptions to gRPC status codes.
+
+- `ServiceError` subclasses abort with their own code and message.
+- A request body that does not parse as the method's message (e.g. invalid UTF-8 in a string
+  field) is INVALID_ARGUMENT, not the INTERNAL gRPC would report by default.
+- Anything else is a bug: INTERNAL with a generic message; the detail goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from gateway.errors import InvalidArgument, ServiceError
+
+_log = logging.getLogger(__name__)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary handler so that no exception escapes unmapped."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        inner = handler.unary_unary
+        parse = handler.request_deserializer
+        method = handler_call_details.method
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except (DecodeError, UnicodeDecodeError, ValueError) as exc:
+                return _Undecodable(str(exc))
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                if isinstance(request, _Undecodable):
+                    raise InvalidArgument("request", f"is not a valid message: {request.error}")
+                return await inner(request, context)  # type: ignore[arg-type]  # aio handler
+            except ServiceError as exc:
+                await context.abort(exc.code, exc.message)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                _log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=deserialize,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,96 @@
+"""The Recommend pipeline: stages in order, each given only what it needs.
+
+Reads like a table of contents: validated query in, response out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from recsys.v1 import recommendation_pb2 as pb
+
+from ab.config import ABTestingSettings
+from feature_service.catalogue import ItemCatalogue
+from feature_service.store import FeatureStore
+from gateway.deadline import Budget
+from gateway.stages.assign import assign_variant
+from gateway.stages.candidates import PopularCandidates, candidate_count
+from gateway.stages.features import fetch_user_features
+from gateway.stages.filter import filter_candidates
+from gateway.stages.rank import PopularityRanker
+from gateway.stages.rerank import cap_per_category, truncate
+from gateway.stages.respond import build_response
+from gateway.stages.types import RecommendQuery
+from triton_models.config import ModelSettings
+
+# Share of the request budget the feature stage may use before it falls back to defaults.
+FEATURES_BUDGET_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class Recommender:
+    """Runs one Recommend request through every stage."""
+
+    model: ModelSettings
+    ab_testing: ABTestingSettings
+    catalogue: ItemCatalogue
+    store: FeatureStore
+    candidates: PopularCandidates
+    ranker: PopularityRanker
+
+    async def recommend(self, query: RecommendQuery, budget: Budget) -> pb.RecommendResponse:
+        """The response for a validated query; raises DeadlineExceeded when the budget runs out."""
+        started = time.perf_counter()
+        reasons: list[str] = []
+        assignment = assign_variant(query.user_id, self.ab_testing.experiments)
+
+        budget.check("features")
+        user, complete = await fetch_user_features(
+            self.store,
+            query.user_id,
+            query.context.time,
+            budget.remaining() * FEATURES_BUDGET_SHARE,
+        )
+        if not complete:
+            reasons.append("FEATURES_UNAVAILABLE")
+
+        budget.check("candidates")
+        rules = self.model.reranker
+        blocked = [self.catalogue.positions(query.exclude_item_ids)]
+        if rules.filter_recently_viewed:
+            blocked.append(user.recent_viewed)
+        if rules.filter_recently_purchased:
+            blocked.append(user.recent_purchased)
+        blocked_positions = np.unique(np.concatenate(blocked))
+        count = candidate_count(
+            self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
+        )
+        candidates = self.candidates.retrieve(count)
+
+        kept = filter_candidates(
+            candidates,
+            blocked_positions,
+            self.catalogue.available if rules.filter_out_of_stock else None,
+        )
+
+        budget.check("rank")
+        ranking = self.ranker.rank(kept)
+        reasons.extend(ranking.degraded_reasons)
+
+        items = truncate(
+            cap_per_category(ranking.items, self.catalogue.category, rules.max_per_category),
+            query.num_items,
+        )
+        if len(items) < query.num_items:
+            reasons.append("SHORT_RESPONSE")
+        return build_response(
+            items,
+            self.catalogue,
+            query.request_id,
+            ranking.model_version,
+            assignment,
+            tuple(reasons),
+            (time.perf_counter() - started) * 1000.0,
+        )

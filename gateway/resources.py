@@ -1,0 +1,66 @@
+"""Opens every long-lived resource in one place and closes them in reverse order.
+
+Stages get what they need through constructors; nothing is a lazy module-level singleton.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from feature_service.catalogue import ItemCatalogue
+from feature_service.embedded import EmbeddedFeatureStore
+from feature_service.event_log import SqliteEventLog
+from gateway.config import ConfigError, Settings
+from gateway.recommender import Recommender
+from gateway.stages.candidates import PopularCandidates
+from gateway.stages.rank import PopularityRanker
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the servicer needs, opened and ready."""
+
+    catalogue: ItemCatalogue
+    store: EmbeddedFeatureStore
+    recommender: Recommender
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Loads the catalogue, opens the feature store and event log; closes them on exit.
+
+    Raises:
+        CatalogueError: the offline artefacts are missing (run `make models`).
+        ConfigError: the configured feature-store backend is not available in this build.
+    """
+    data_dir = settings.model.artifacts_dir / "data"
+    store_settings = settings.feature_store
+    if store_settings.backend != "embedded":
+        raise ConfigError(
+            f"feature_store.backend: {store_settings.backend!r} is not available in this "
+            "build; use 'embedded'"
+        )
+    catalogue = ItemCatalogue.load(data_dir)
+    async with contextlib.AsyncExitStack() as stack:
+        event_log = await SqliteEventLog.open(store_settings.embedded.event_log_path)
+        stack.push_async_callback(event_log.close)
+        store = await EmbeddedFeatureStore.open(
+            catalogue,
+            data_dir,
+            event_log,
+            store_settings.recent_items,
+            timedelta(seconds=store_settings.recent_window_s),
+            datetime.now(UTC),
+        )
+        recommender = Recommender(
+            model=settings.model,
+            ab_testing=settings.ab_testing,
+            catalogue=catalogue,
+            store=store,
+            candidates=PopularCandidates(catalogue),
+            ranker=PopularityRanker(),
+        )
+        yield Resources(catalogue, store, recommender)

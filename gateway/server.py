@@ -1,0 +1,103 @@
+"""The grpc.aio server: service, health, reflection, the error interceptor, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from recsys.v1 import recommendation_pb2 as pb
+from recsys.v1 import recommendation_pb2_grpc as pb_grpc
+
+from gateway.config import Settings
+from gateway.interceptors import ErrorMappingInterceptor
+from gateway.resources import Resources, open_resources
+from gateway.servicer import RecommendationServicer
+from gateway.stages.validate import Limits
+
+_log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommendationService"].full_name
+
+
+class RunningServer:
+    """A started server and its health servicer; `port` is the bound port."""
+
+    def __init__(
+        self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, port: int
+    ) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.port = port
+
+    async def drain_and_stop(self, grace_s: float) -> None:
+        """Health to NOT_SERVING, then let in-flight requests finish within `grace_s`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_server(settings: Settings, resources: Resources) -> RunningServer:
+    """Builds, binds and starts the server; health says SERVING once it accepts calls."""
+    serving = settings.serving
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        maximum_concurrent_rpcs=serving.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", serving.max_message_bytes),
+            ("grpc.max_send_message_length", serving.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    limits = Limits(
+        max_recommend_request_bytes=serving.max_recommend_request_bytes,
+        max_events_request_bytes=serving.max_events_request_bytes,
+        max_exclude_items=serving.max_exclude_items,
+        max_events_per_batch=serving.max_events_per_batch,
+        max_event_future_skew=timedelta(seconds=serving.max_event_future_skew_s),
+    )
+    pb_grpc.add_RecommendationServiceServicer_to_server(
+        RecommendationServicer(
+            resources.recommender, resources.store, limits, serving.default_deadline_ms / 1000.0
+        ),
+        server,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(f"{serving.host}:{serving.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {serving.host}:{serving.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, health_servicer, port)
+
+
+async def serve(
+    settings: Settings, on_started: Callable[[int], Awaitable[None]] | None = None
+) -> None:
+    """Runs until SIGTERM or SIGINT, then drains in-flight requests and closes resources."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_resources(settings) as resources:
+        running = await start_server(settings, resources)
+        _log.info("serving %s on %s:%d", SERVICE_NAME, settings.serving.host, running.port)
+        if on_started is not None:
+            await on_started(running.port)
+        await stop.wait()
+        _log.info("shutting down: draining for up to %.1f s", settings.serving.grace_period_s)
+        await running.drain_and_stop(settings.serving.grace_period_s)
+    _log.info("stopped")

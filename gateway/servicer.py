@@ -1,0 +1,52 @@
+"""`recsys.v1.RecommendationService`: proto in, validated stage input, pipeline, proto out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+from recsys.v1 import recommendation_pb2 as pb
+from recsys.v1 import recommendation_pb2_grpc as pb_grpc
+
+from feature_service.store import FeatureStore, FeatureStoreError
+from gateway.deadline import Budget
+from gateway.errors import Unavailable
+from gateway.recommender import Recommender
+from gateway.stages.validate import Limits, validate_events, validate_recommend
+
+
+class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
+    """Handles the public RPCs; errors are mapped to status codes by the interceptor."""
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        store: FeatureStore,
+        limits: Limits,
+        default_deadline_s: float,
+    ) -> None:
+        self._recommender = recommender
+        self._store = store
+        self._limits = limits
+        self._default_deadline_s = default_deadline_s
+
+    async def Recommend(
+        self,
+        request: pb.RecommendRequest,
+        context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse],
+    ) -> pb.RecommendResponse:
+        budget = Budget.for_request(context.time_remaining(), self._default_deadline_s)
+        query = validate_recommend(request, self._limits, datetime.now(UTC))
+        return await self._recommender.recommend(query, budget)
+
+    async def RecordEvents(
+        self,
+        request: pb.RecordEventsRequest,
+        context: grpc.aio.ServicerContext[pb.RecordEventsRequest, pb.RecordEventsResponse],
+    ) -> pb.RecordEventsResponse:
+        events = validate_events(request, self._limits, datetime.now(UTC))
+        try:
+            result = await self._store.record_events(events)
+        except FeatureStoreError as exc:
+            raise Unavailable("events could not be stored; retry the batch") from exc
+        return pb.RecordEventsResponse(accepted=result.accepted, duplicates=result.duplicates)

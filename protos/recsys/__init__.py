@@ -1,0 +1,1 @@
+"""Generated client library of the recommendation service API (package `recsys.v1`)."""

@@ -1,0 +1,1 @@
+"""Unit tests of the experiment statistics engine and its command line."""

@@ -1,0 +1,63 @@
+"""Pure stage functions: filtering, business rules, budgets."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from gateway.deadline import Budget
+from gateway.errors import DeadlineExceeded
+from gateway.stages.candidates import candidate_count
+from gateway.stages.filter import filter_candidates
+from gateway.stages.rank import PopularityRanker
+from gateway.stages.rerank import cap_per_category, truncate
+from gateway.stages.types import Candidates
+
+
+def _candidates(*positions: int) -> Candidates:
+    n = len(positions)
+    return Candidates(
+        np.asarray(positions, dtype=np.int32), np.linspace(1.0, 0.1, n, dtype=np.float32)
+    )
+
+
+def test_filter_drops_blocked_and_unavailable_keeping_order() -> None:
+    available = np.array([True, True, False, True, True, True])
+    kept = filter_candidates(_candidates(5, 2, 4, 0, 1), np.array([4], dtype=np.int32), available)
+    assert kept.positions.tolist() == [5, 0, 1]
+    without_stock_rule = filter_candidates(_candidates(5, 2, 4), np.array([], np.int32), None)
+    assert without_stock_rule.positions.tolist() == [5, 2, 4]
+
+
+def test_cap_per_category_keeps_first_items_of_each_category() -> None:
+    category = np.array([0, 0, 1, 0, 1, 2], dtype=np.int16)
+    capped = cap_per_category(_candidates(0, 1, 2, 3, 4, 5), category, 1)
+    assert capped.positions.tolist() == [0, 2, 5]
+    capped2 = cap_per_category(_candidates(3, 2, 1, 0, 4), category, 2)
+    assert capped2.positions.tolist() == [3, 2, 1, 4]
+    assert cap_per_category(_candidates(0, 1), category, 0).positions.tolist() == [0, 1]
+
+
+def test_truncate_and_candidate_count() -> None:
+    assert truncate(_candidates(3, 2, 1), 2).positions.tolist() == [3, 2]
+    assert truncate(_candidates(3), 5).positions.tolist() == [3]
+    assert candidate_count(500, 10, 30) == 500
+    assert candidate_count(500, 100, 600) == 700
+
+
+def test_popularity_ranker_orders_by_score_and_flags_fallback() -> None:
+    items = Candidates(np.array([7, 8, 9], np.int32), np.array([0.2, 0.9, 0.5], np.float32))
+    ranking = PopularityRanker().rank(items, reason="RANKER_TIMEOUT")
+    assert ranking.items.positions.tolist() == [8, 9, 7]
+    assert ranking.degraded_reasons == ("RANKER_TIMEOUT",)
+    assert ranking.model_version == "popularity"
+
+
+def test_budget_uses_the_tighter_deadline() -> None:
+    assert Budget.for_request(None, 0.1).remaining() == pytest.approx(0.1, abs=0.01)
+    assert Budget.for_request(0.02, 0.1).remaining() == pytest.approx(0.02, abs=0.01)
+    expired = Budget(0.0, now=time.monotonic() - 1)
+    with pytest.raises(DeadlineExceeded, match="before stage rank"):
+        expired.check("rank")

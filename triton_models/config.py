@@ -1,0 +1,67 @@
+"""Typed settings of the `model` section: where built artefacts live, how stages use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CandidateGeneratorSettings(BaseModel):
+    """Candidate retrieval (Annoy over item embeddings, merged with popular items)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    candidates: int = Field(500, ge=10, le=5000)
+    """Number of candidates retrieved per request before filtering."""
+    popular_candidates: int = Field(50, ge=0, le=1000)
+    """Trending/popular items merged into every candidate set (cold start, freshness)."""
+    search_k: int = Field(-1, ge=-1)
+    """Annoy `search_k`; -1 lets Annoy use n_trees * n."""
+
+
+class RankerSettings(BaseModel):
+    """The ranking model served by Triton."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    triton_grpc_url: str = "127.0.0.1:8001"
+    """host:port of Triton's gRPC endpoint."""
+    default_model: str = "ranker_v2"
+    """Ensemble used when no experiment assigns one."""
+    timeout_ms: float = Field(40.0, gt=0)
+    """Upper bound of one Triton call; the request's remaining deadline may make it shorter."""
+
+
+class RerankerSettings(BaseModel):
+    """Re-ranking for diversity and business rules, applied after the ranker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    diversity_weight: float = Field(0.0, ge=0.0, le=1.0)
+    """Maximal-marginal-relevance trade-off: 0 keeps the ranker's order, 1 maximises diversity."""
+    max_per_category: int = Field(0, ge=0)
+    """At most this many items of one top-level category per response; 0 disables the cap."""
+    filter_out_of_stock: bool = True
+    """Drop items whose derived availability says out of stock."""
+    filter_recently_viewed: bool = True
+    """Drop items the user viewed within the recent-activity window."""
+    filter_recently_purchased: bool = False
+    """Drop items the user bought recently. Off: customers in this data re-buy the same items."""
+
+
+class ModelSettings(BaseModel):
+    """The `model` section: artefacts produced by `make models` and the stages that use them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    data_dir: Path = Path("../shared/data/uci_online_retail")
+    """Folder with the raw data (`online_retail.csv.gz`); read only by the offline pipeline."""
+    artifacts_dir: Path = Path("build")
+    """Root of everything `make models` writes: canonical tables, indexes, model repositories."""
+    candidate_generator: CandidateGeneratorSettings = CandidateGeneratorSettings()
+    """Candidate retrieval settings."""
+    ranker: RankerSettings = RankerSettings()
+    """Ranker (Triton) settings."""
+    reranker: RerankerSettings = RerankerSettings()
+    """Re-ranking and business-rule settings."""
