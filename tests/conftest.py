@@ -88,4 +88,7 @@ def status_of(error: Any) -> tuple[grpc.StatusCode, str]:
 
 def async_stub(channel: grpc.aio.Channel) -> pb_grpc.RecommendationServiceAsyncStub:
     """The service stub on an asyncio channel, typed as such."""
-    return cast(pb_grpc.RecommendationServiceAsyncStub, pb_grpc.RecommendationServiceStub(channel))
+    # The async stub type exists only in the generated .pyi (mypy-protobuf).
+    return cast(
+        "pb_grpc.RecommendationServiceAsyncStub", pb_grpc.RecommendationServiceStub(channel)
+    )

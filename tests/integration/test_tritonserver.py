@@ -1,0 +1,360 @@
+"""The real ``tritonserver`` serves our ONNX models through the Python backend and ensembles.
+
+A tiny ranker, ``score = sigmoid(features @ w + b)``, is written to a local-flavour repository
+together with an ensemble wrapping it; one server, started once on free ports, serves the
+module. Tests that need a broken model start servers of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc.aio as grpcclient
+from onnx import TensorProto, helper, numpy_helper
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from triton_models import repository as repo
+from triton_models.tritonserver import (
+    TritonServer,
+    TritonServerError,
+    TritonServerOptions,
+    prepare_backend_directory,
+    tritonserver_command,
+)
+
+pytestmark = pytest.mark.integration
+
+StartTriton = Callable[..., TritonServer]  # the start_tritonserver fixture
+
+FEATURES = 8
+MODEL = "ranker"
+ENSEMBLE = "ranker_ensemble"
+MAX_BATCH = 1024
+
+FEATURES_SPEC = repo.TensorSpec("features", np.float32, (FEATURES,))
+SCORE_SPEC = repo.TensorSpec("score", np.float32, (1,))
+
+
+def _ranker_onnx() -> bytes:
+    """features [B, F] float32 -> score [B, 1] = sigmoid(features @ w + b), B dynamic."""
+    rng = np.random.default_rng(7)
+    weights = rng.normal(size=(FEATURES, 1)).astype(np.float32)
+    bias = np.array([0.25], dtype=np.float32)
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("MatMul", ["features", "w"], ["logit_raw"]),
+            helper.make_node("Add", ["logit_raw", "b"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["score"]),
+        ],
+        name="tiny_ranker",
+        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURES])],
+        outputs=[helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9  # what onnxruntime releases of the last years all read
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _ranker_spec(name: str = MODEL, *, input_name: str = "features") -> repo.OnnxModelSpec:
+    return repo.OnnxModelSpec(
+        name=name,
+        inputs=(repo.TensorSpec(input_name, np.float32, (FEATURES,)),),
+        outputs=(SCORE_SPEC,),
+        max_batch_size=MAX_BATCH,
+        # A long enough window that concurrent requests meet in the queue on a busy machine.
+        dynamic_batching=repo.DynamicBatching(
+            preferred_batch_size=(64, 256), max_queue_delay_microseconds=20_000
+        ),
+        instance_count=1,
+        intra_op_threads=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def ranker_onnx() -> bytes:
+    return _ranker_onnx()
+
+
+@pytest.fixture(scope="module")
+def model_repository(tmp_path_factory: pytest.TempPathFactory, ranker_onnx: bytes) -> Path:
+    root = tmp_path_factory.mktemp("model_repository")
+    repo.write_onnx_model(
+        root,
+        _ranker_spec(),
+        ranker_onnx,
+        flavour=repo.Flavour.LOCAL,
+        metadata={"trained_on": "tests", "features": FEATURES},
+    )
+    repo.write_ensemble(
+        root,
+        repo.EnsembleSpec(
+            name=ENSEMBLE,
+            inputs=(FEATURES_SPEC,),
+            outputs=(SCORE_SPEC,),
+            steps=(
+                repo.EnsembleStep(
+                    model_name=MODEL,
+                    input_map={"features": "features"},
+                    output_map={"score": "score"},
+                ),
+            ),
+            max_batch_size=MAX_BATCH,
+        ),
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def triton(start_tritonserver: StartTriton, model_repository: Path) -> Iterator[TritonServer]:
+    server = start_tritonserver(model_repository, model_control_mode="explicit", load_models=("*",))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(triton: TritonServer) -> AsyncIterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def _reference_scores(onnx_bytes: bytes, features: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (scores,) = session.run(["score"], {"features": features})
+    return np.asarray(scores)
+
+
+async def _infer(
+    client: grpcclient.InferenceServerClient, model: str, features: npt.NDArray[np.float32]
+) -> npt.NDArray[Any]:
+    tensor = grpcclient.InferInput("features", list(features.shape), FEATURES_SPEC.wire_type)
+    tensor.set_data_from_numpy(features)
+    result = await client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("score")])
+    return np.asarray(result.as_numpy("score"))
+
+
+async def _stats(client: grpcclient.InferenceServerClient, model: str) -> dict[str, Any]:
+    response = await client.get_inference_statistics(
+        model_name=model, model_version="1", as_json=True
+    )
+    (stats,) = response["model_stats"]
+    return dict(stats)
+
+
+def _batch_counts(stats: dict[str, Any]) -> dict[int, int]:
+    """Executions per batch size, from a model's cumulative statistics."""
+    return {
+        int(entry["batch_size"]): int(entry["compute_infer"]["count"])
+        for entry in stats.get("batch_stats", [])
+    }
+
+
+def test_command_has_what_the_wheel_needs(tmp_path: Path) -> None:
+    command = tritonserver_command(TritonServerOptions(model_repository=tmp_path))
+    backend_dir = Path(
+        next(a for a in command.argv if a.startswith("--backend-directory=")).split("=", 1)[1]
+    )
+    python_backend = backend_dir / "python"
+    assert (python_backend / "libtriton_python.so").is_file()
+    assert (python_backend / "triton_python_backend_stub").is_file()
+    assert "nvidia_pytriton.libs" in command.env["LD_LIBRARY_PATH"]
+    assert command.env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert "--http-port=8000" in command.argv
+    assert "--grpc-port=8001" in command.argv
+    assert "--metrics-port=8002" in command.argv
+    # Preparing again is a no-op that yields the same directory.
+    assert prepare_backend_directory() == backend_dir
+
+
+def test_module_entry_point_prints_the_command(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "triton_models.tritonserver",
+            "--model-repository",
+            str(tmp_path),
+            "--model-control-mode=poll",
+            "--repository-poll-secs=3",
+            "--print-command",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = completed.stdout.strip()
+    assert line.startswith("env LD_LIBRARY_PATH=")
+    assert "--model-control-mode=poll" in line
+    assert "--repository-poll-secs=3" in line
+    assert f"--model-repository={tmp_path.resolve()}" in line
+
+
+async def test_every_model_is_ready(
+    client: grpcclient.InferenceServerClient, model_repository: Path
+) -> None:
+    version = model_repository / MODEL / "1"
+    assert {"metadata.json", "model.onnx", "model.py"} <= {p.name for p in version.iterdir()}
+    assert repo.read_version_metadata(model_repository / MODEL, 1)["features"] == FEATURES
+    assert (model_repository / ENSEMBLE / "1").is_dir()
+
+    index = await client.get_model_repository_index(as_json=True)
+    states = {model["name"]: model.get("state") for model in index["models"]}
+    assert {MODEL, ENSEMBLE} <= set(states)
+    assert states[MODEL] == "READY"
+    assert states[ENSEMBLE] == "READY"
+    assert await client.is_server_ready()
+    assert await client.is_model_ready(MODEL)
+    assert await client.is_model_ready(ENSEMBLE)
+
+
+async def test_ensemble_scores_match_onnxruntime(
+    client: grpcclient.InferenceServerClient, ranker_onnx: bytes
+) -> None:
+    features = np.random.default_rng(1).normal(size=(500, FEATURES)).astype(np.float32)
+
+    scores = await _infer(client, ENSEMBLE, features)
+
+    assert scores.shape == (500, 1)
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, _reference_scores(ranker_onnx, features), rtol=0, atol=1e-5)
+
+
+async def test_dynamic_batching_merges_concurrent_requests(
+    client: grpcclient.InferenceServerClient,
+    ranker_onnx: bytes,
+    record_property: Any,
+) -> None:
+    requests, rows = 64, 4
+    rng = np.random.default_rng(2)
+    batches = [rng.normal(size=(rows, FEATURES)).astype(np.float32) for _ in range(requests)]
+    before = await _stats(client, MODEL)
+
+    results = await asyncio.gather(*(_infer(client, ENSEMBLE, batch) for batch in batches))
+
+    after = await _stats(client, MODEL)
+    for batch, scores in zip(batches, results, strict=True):
+        np.testing.assert_allclose(scores, _reference_scores(ranker_onnx, batch), atol=1e-5)
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    before_sizes, after_sizes = _batch_counts(before), _batch_counts(after)
+    sizes = {
+        size: count - before_sizes.get(size, 0)
+        for size, count in sorted(after_sizes.items())
+        if count > before_sizes.get(size, 0)
+    }
+    record_property(
+        "triton_batching",
+        {"requests": requests, "rows": rows, "executions": executions, "batch_sizes": sizes},
+    )
+    print(
+        f"dynamic batching: {requests} requests x {rows} rows -> {executions} executions; "
+        f"executed batch sizes (size: count) {sizes}"
+    )
+    assert inferences == requests * rows
+    # Each execution ran several requests' rows at once: the batcher merged them.
+    assert executions < requests, f"no merging: {executions} executions, batch sizes {sizes}"
+    assert max(sizes) > rows
+
+
+async def test_tensor_name_mismatch_stops_the_model_from_loading(
+    start_tritonserver: StartTriton, tmp_path: Path, ranker_onnx: bytes
+) -> None:
+    # Its own server: under strict readiness a failed model leaves the server not ready.
+    name = "ranker_bad_names"
+    repo.write_onnx_model(
+        tmp_path, _ranker_spec(name, input_name="feats"), ranker_onnx, flavour=repo.Flavour.LOCAL
+    )
+    server = start_tritonserver(tmp_path, model_control_mode="explicit")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException) as failure:
+            await client.load_model(name)
+
+        message = str(failure.value)
+        assert "config.pbtxt does not match model.onnx" in message
+        assert "input 'feats' is in config.pbtxt but model.onnx has inputs ['features']" in message
+        assert "input 'features' of model.onnx is missing from config.pbtxt" in message
+        assert not await client.is_model_ready(name)
+        (entry,) = (await client.get_model_repository_index(as_json=True))["models"]
+        assert entry["name"] == name
+        assert entry["state"] == "UNAVAILABLE"
+        assert "input 'feats'" in entry["reason"]
+        assert not await client.is_server_ready()
+    finally:
+        await client.close()
+        server.stop()
+
+
+def test_failed_start_reports_the_server_log(tmp_path: Path, ranker_onnx: bytes) -> None:
+    root = tmp_path / "repository"
+    repo.write_onnx_model(
+        root, _ranker_spec("broken", input_name="feats"), ranker_onnx, flavour=repo.Flavour.LOCAL
+    )
+    server = TritonServer(
+        TritonServerOptions(model_repository=root).with_free_ports(),
+        log_path=tmp_path / "tritonserver.log",
+        startup_timeout_s=120,
+    )
+
+    with pytest.raises(TritonServerError) as failure:
+        server.start()
+
+    assert "exited" in str(failure.value)
+    assert "input 'feats' is in config.pbtxt" in str(failure.value)
+    assert not server.is_running()
+
+
+def test_production_flavour_config_says_onnxruntime(tmp_path: Path, ranker_onnx: bytes) -> None:
+    spec = repo.OnnxModelSpec(
+        name=MODEL,
+        inputs=(FEATURES_SPEC,),
+        outputs=(SCORE_SPEC,),
+        max_batch_size=MAX_BATCH,
+        dynamic_batching=repo.DynamicBatching((64, 256), 2_000),
+        instance_count=2,
+        intra_op_threads=3,
+        version_policy=repo.SpecificVersions((1, 2)),
+        parameters={"ranker_variant": "b"},
+    )
+
+    model_dir = repo.write_onnx_model(
+        tmp_path, spec, ranker_onnx, flavour=repo.Flavour.PRODUCTION, version=2, metadata={"a": 1}
+    )
+
+    config = repo.parse_config((model_dir / "config.pbtxt").read_text())
+    assert config.backend == "onnxruntime"
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == MAX_BATCH
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
+        ("features", model_config_pb2.TYPE_FP32, [FEATURES])
+    ]
+    assert list(config.dynamic_batching.preferred_batch_size) == [64, 256]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2_000
+    assert config.instance_group[0].count == 2
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert list(config.version_policy.specific.versions) == [1, 2]
+    assert config.parameters["intra_op_thread_count"].string_value == "3"
+    assert config.parameters["ranker_variant"].string_value == "b"
+    assert sorted(p.name for p in (model_dir / "2").iterdir()) == ["metadata.json", "model.onnx"]
+    assert json.loads((model_dir / "2" / "metadata.json").read_text()) == {"a": 1}
+    assert repo.read_version_metadata(model_dir, 2) == {"a": 1}
+    # The same spec, read back from the ONNX graph itself.
+    inputs, outputs = repo.tensor_specs_from_onnx(onnx.load_from_string(ranker_onnx))
+    assert (inputs, outputs) == ((FEATURES_SPEC,), (SCORE_SPEC,))

@@ -1,0 +1,1 @@
+"""Offline pipeline: data to served models (training, ONNX export, Triton model repository)."""
