@@ -11,14 +11,20 @@ VENV := .venv/bin
 CONFIG ?= infra/config/local.yaml
 DATA_DIR ?= ../shared/data/uci_online_retail
 BUILD_DIR ?= build
-export PATH := $(CURDIR)/.tools/bin:$(PATH)
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 
 # Pinned Go tools, built with `go install` into .tools/bin.
-HELM := helm.sh/helm/v3/cmd/helm@v3.19.0
+HELM_VERSION := v3.16.4
+HELM := helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+# Without these, a source-built helm calls itself "v3.16" and assumes Kubernetes 1.20.
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=31 \
+  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=31
 GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+COMPOSE_SPEC := compose-spec=github.com/compose-spec/compose-go/v2/cmd@v2.16.2
 GHZ := github.com/bojand/ghz/cmd/ghz@v0.120.0
 # Debian packages the test suite starts for real.
-APT_TEST := nginx-light
+APT_TEST := nginx
 
 .PHONY: help setup system tools models run stack test lint format protos bench clean
 
@@ -38,8 +44,9 @@ setup: .venv/.synced ## create .venv from uv.lock (Python 3.11)
 system: ## install the Debian packages the tests need (when missing)
 	infra/scripts/bootstrap.sh apt $(APT_TEST)
 
-tools: ## build the pinned Go tools (helm, grpcurl) into .tools/bin (when missing)
-	infra/scripts/bootstrap.sh go $(HELM) $(GRPCURL)
+tools: ## build the pinned Go tools (helm, grpcurl, compose-spec) into .tools/bin (when missing)
+	GO_LDFLAGS="$(HELM_LDFLAGS)" infra/scripts/bootstrap.sh go $(HELM)
+	infra/scripts/bootstrap.sh go $(GRPCURL) $(COMPOSE_SPEC)
 
 models: setup ## build canonical tables, indexes and models from ../shared/data into build/
 	$(VENV)/recsys-models --data-dir $(DATA_DIR) --out $(BUILD_DIR)

@@ -4,11 +4,15 @@
 - A request body that does not parse as the method's message (e.g. invalid UTF-8 in a string
   field) is INVALID_ARGUMENT, not the INTERNAL gRPC would report by default.
 - Anything else is a bug: INTERNAL with a generic message; the detail goes to the log.
+
+Being the one place that sees every outcome, it also counts requests and their latency per
+method and status code.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gateway.errors import InvalidArgument, ServiceError
+from gateway.metrics import Metrics
 
 _log = logging.getLogger(__name__)
 
@@ -32,6 +37,9 @@ class _Undecodable:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary-unary handler so that no exception escapes unmapped."""
 
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -45,6 +53,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
         parse = handler.request_deserializer
         method = handler_call_details.method
+        method_name = method.rsplit("/", 1)[-1]
+        metrics = self._metrics
 
         def deserialize(data: bytes) -> Any:
             try:
@@ -53,17 +63,26 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 return _Undecodable(str(exc))
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
                 if isinstance(request, _Undecodable):
                     raise InvalidArgument("request", f"is not a valid message: {request.error}")
                 return await inner(request, context)  # type: ignore[arg-type]  # aio handler
             except ServiceError as exc:
+                code = exc.code
                 await context.abort(exc.code, exc.message)
             except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception:
+                code = grpc.StatusCode.INTERNAL
                 _log.exception("unhandled error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                labels = (method_name, code.name)
+                metrics.requests.labels(*labels).inc()
+                metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,

@@ -15,6 +15,7 @@ from ab.config import ABTestingSettings
 from feature_service.catalogue import ItemCatalogue
 from feature_service.store import FeatureStore
 from gateway.deadline import Budget
+from gateway.metrics import Metrics
 from gateway.stages.assign import assign_variant
 from gateway.stages.candidates import PopularCandidates, candidate_count
 from gateway.stages.features import fetch_user_features
@@ -39,58 +40,73 @@ class Recommender:
     store: FeatureStore
     candidates: PopularCandidates
     ranker: PopularityRanker
+    metrics: Metrics
 
     async def recommend(self, query: RecommendQuery, budget: Budget) -> pb.RecommendResponse:
         """The response for a validated query; raises DeadlineExceeded when the budget runs out."""
         started = time.perf_counter()
+        stage = self.metrics.stage
         reasons: list[str] = []
-        assignment = assign_variant(query.user_id, self.ab_testing.experiments)
+        with stage("assign"):
+            assignment = assign_variant(query.user_id, self.ab_testing.experiments)
 
         budget.check("features")
-        user, complete = await fetch_user_features(
-            self.store,
-            query.user_id,
-            query.context.time,
-            budget.remaining() * FEATURES_BUDGET_SHARE,
-        )
+        with stage("features"):
+            user, complete = await fetch_user_features(
+                self.store,
+                query.user_id,
+                query.context.time,
+                budget.remaining() * FEATURES_BUDGET_SHARE,
+            )
         if not complete:
             reasons.append("FEATURES_UNAVAILABLE")
 
         budget.check("candidates")
         rules = self.model.reranker
-        blocked = [self.catalogue.positions(query.exclude_item_ids)]
-        if rules.filter_recently_viewed:
-            blocked.append(user.recent_viewed)
-        if rules.filter_recently_purchased:
-            blocked.append(user.recent_purchased)
-        blocked_positions = np.unique(np.concatenate(blocked))
-        count = candidate_count(
-            self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
-        )
-        candidates = self.candidates.retrieve(count)
+        with stage("candidates"):
+            blocked = [self.catalogue.positions(query.exclude_item_ids)]
+            if rules.filter_recently_viewed:
+                blocked.append(user.recent_viewed)
+            if rules.filter_recently_purchased:
+                blocked.append(user.recent_purchased)
+            blocked_positions = np.unique(np.concatenate(blocked))
+            count = candidate_count(
+                self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
+            )
+            candidates = self.candidates.retrieve(count)
 
-        kept = filter_candidates(
-            candidates,
-            blocked_positions,
-            self.catalogue.available if rules.filter_out_of_stock else None,
-        )
+        with stage("filter"):
+            kept = filter_candidates(
+                candidates,
+                blocked_positions,
+                self.catalogue.available if rules.filter_out_of_stock else None,
+            )
+        self.metrics.candidates.labels("retrieved").observe(len(candidates))
+        self.metrics.candidates.labels("filtered").observe(len(kept))
 
         budget.check("rank")
-        ranking = self.ranker.rank(kept)
+        with stage("rank"):
+            ranking = self.ranker.rank(kept)
         reasons.extend(ranking.degraded_reasons)
 
-        items = truncate(
-            cap_per_category(ranking.items, self.catalogue.category, rules.max_per_category),
-            query.num_items,
-        )
+        with stage("rerank"):
+            items = truncate(
+                cap_per_category(ranking.items, self.catalogue.category, rules.max_per_category),
+                query.num_items,
+            )
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")
-        return build_response(
-            items,
-            self.catalogue,
-            query.request_id,
-            ranking.model_version,
-            assignment,
-            tuple(reasons),
-            (time.perf_counter() - started) * 1000.0,
-        )
+        for reason in reasons:
+            self.metrics.degraded.labels(reason).inc()
+        if assignment is not None:
+            self.metrics.exposures.labels(assignment.experiment, assignment.variant).inc()
+        with stage("respond"):
+            return build_response(
+                items,
+                self.catalogue,
+                query.request_id,
+                ranking.model_version,
+                assignment,
+                tuple(reasons),
+                (time.perf_counter() - started) * 1000.0,
+            )

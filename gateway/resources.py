@@ -14,6 +14,8 @@ from feature_service.catalogue import ItemCatalogue
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.event_log import SqliteEventLog
 from gateway.config import ConfigError, Settings
+from gateway.http_endpoint import HealthState, HttpEndpoint
+from gateway.metrics import Metrics
 from gateway.recommender import Recommender
 from gateway.stages.candidates import PopularCandidates
 from gateway.stages.rank import PopularityRanker
@@ -26,11 +28,18 @@ class Resources:
     catalogue: ItemCatalogue
     store: EmbeddedFeatureStore
     recommender: Recommender
+    metrics: Metrics
+    health: HealthState
+    http: HttpEndpoint | None
+    """The /metrics and /health endpoint, when enabled."""
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Loads the catalogue, opens the feature store and event log; closes them on exit.
+async def open_resources(
+    settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Resources]:
+    """Loads the catalogue, opens the feature store, event log and HTTP endpoint; closes them
+    in reverse order on exit. `metrics` defaults to a fresh registry.
 
     Raises:
         CatalogueError: the offline artefacts are missing (run `make models`).
@@ -44,7 +53,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             "build; use 'embedded'"
         )
     catalogue = ItemCatalogue.load(data_dir)
+    metrics = metrics if metrics is not None else Metrics()
+    health = HealthState()
     async with contextlib.AsyncExitStack() as stack:
+        http = None
+        if settings.monitoring.metrics.enabled:
+            endpoint = settings.monitoring.metrics
+            http = HttpEndpoint(metrics.registry, health, endpoint.host, endpoint.port)
+            stack.callback(http.close)
         event_log = await SqliteEventLog.open(store_settings.embedded.event_log_path)
         stack.push_async_callback(event_log.close)
         store = await EmbeddedFeatureStore.open(
@@ -62,5 +78,6 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             store=store,
             candidates=PopularCandidates(catalogue),
             ranker=PopularityRanker(),
+            metrics=metrics,
         )
-        yield Resources(catalogue, store, recommender)
+        yield Resources(catalogue, store, recommender, metrics, health, http)

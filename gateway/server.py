@@ -15,6 +15,7 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from gateway.config import Settings
+from gateway.http_endpoint import HealthState
 from gateway.interceptors import ErrorMappingInterceptor
 from gateway.resources import Resources, open_resources
 from gateway.servicer import RecommendationServicer
@@ -28,14 +29,24 @@ class RunningServer:
     """A started server and its health servicer; `port` is the bound port."""
 
     def __init__(
-        self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, port: int
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        health_state: HealthState,
+        port: int,
+        http_port: int | None,
     ) -> None:
         self.server = server
         self.health = health_servicer
+        self._health_state = health_state
         self.port = port
+        self.http_port = http_port
+        """Port of the /metrics and /health endpoint, None when disabled."""
 
     async def drain_and_stop(self, grace_s: float) -> None:
-        """Health to NOT_SERVING, then let in-flight requests finish within `grace_s`."""
+        """Health to NOT_SERVING (gRPC and HTTP), then let in-flight requests finish within
+        `grace_s`."""
+        self._health_state.set_serving(False)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
 
@@ -44,7 +55,7 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     """Builds, binds and starts the server; health says SERVING once it accepts calls."""
     serving = settings.serving
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(resources.metrics)],
         maximum_concurrent_rpcs=serving.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", serving.max_message_bytes),
@@ -61,7 +72,11 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     )
     pb_grpc.add_RecommendationServiceServicer_to_server(
         RecommendationServicer(
-            resources.recommender, resources.store, limits, serving.default_deadline_ms / 1000.0
+            resources.recommender,
+            resources.store,
+            limits,
+            serving.default_deadline_ms / 1000.0,
+            resources.metrics,
         ),
         server,
     )
@@ -81,7 +96,9 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, port)
+    resources.health.set_serving(True)
+    http_port = resources.http.port if resources.http is not None else None
+    return RunningServer(server, health_servicer, resources.health, port, http_port)
 
 
 async def serve(
@@ -94,7 +111,13 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     async with open_resources(settings) as resources:
         running = await start_server(settings, resources)
-        _log.info("serving %s on %s:%d", SERVICE_NAME, settings.serving.host, running.port)
+        _log.info(
+            "serving %s on %s:%d (metrics and health on HTTP port %s)",
+            SERVICE_NAME,
+            settings.serving.host,
+            running.port,
+            running.http_port,
+        )
         if on_started is not None:
             await on_started(running.port)
         await stop.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 
 import grpc
@@ -11,6 +12,7 @@ from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 from feature_service.store import FeatureStore, FeatureStoreError
 from gateway.deadline import Budget
 from gateway.errors import Unavailable
+from gateway.metrics import Metrics
 from gateway.recommender import Recommender
 from gateway.stages.validate import Limits, validate_events, validate_recommend
 
@@ -24,11 +26,13 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         store: FeatureStore,
         limits: Limits,
         default_deadline_s: float,
+        metrics: Metrics,
     ) -> None:
         self._recommender = recommender
         self._store = store
         self._limits = limits
         self._default_deadline_s = default_deadline_s
+        self._metrics = metrics
 
     async def Recommend(
         self,
@@ -49,4 +53,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             result = await self._store.record_events(events)
         except FeatureStoreError as exc:
             raise Unavailable("events could not be stored; retry the batch") from exc
+        counter = self._metrics.events
+        for kind, count in Counter(e.type.name.lower() for e in events).items():
+            counter.labels(kind, "received").inc(count)
+        counter.labels("all", "accepted").inc(result.accepted)
+        counter.labels("all", "duplicate").inc(result.duplicates)
         return pb.RecordEventsResponse(accepted=result.accepted, duplicates=result.duplicates)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs outside Python, skipping whatever is already in place:
 #   bootstrap.sh apt PACKAGE...     Debian packages (as root, or through sudo)
-#   bootstrap.sh go MODULE@VERSION  a Go tool into .tools/bin (GOBIN)
+#   bootstrap.sh go [NAME=]MODULE@VERSION...  Go tools into .tools/bin (as NAME when given);
+#                                  GO_LDFLAGS, when set, is passed to `go install -ldflags`
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mode=${1:?usage: bootstrap.sh apt PACKAGE... | go MODULE@VERSION...}
@@ -30,19 +31,28 @@ apt)
   done
   ;;
 go)
-  export GOBIN="$root/.tools/bin"
-  mkdir -p "$GOBIN"
+  bin="$root/.tools/bin"
+  mkdir -p "$bin"
   for spec in "$@"; do
+    name=""
+    if [[ "$spec" == *=* ]]; then
+      name=${spec%%=*}
+      spec=${spec#*=}
+    fi
     module=${spec%@*}
     version=${spec##*@}
-    binary="$GOBIN/$(basename "$module")"
+    [ -n "$name" ] || name=$(basename "$module")
+    binary="$bin/$name"
     stamp="$binary.version"
-    if [ -x "$binary" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+    if [ -x "$binary" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$spec ${GO_LDFLAGS:-}" ]; then
       continue
     fi
     echo "bootstrap: go install $spec"
-    go install "$spec"
-    echo "$version" > "$stamp"
+    scratch=$(mktemp -d)
+    GOBIN="$scratch" go install ${GO_LDFLAGS:+-ldflags "$GO_LDFLAGS"} "$spec"
+    mv "$scratch/$(basename "$module")" "$binary"
+    rmdir "$scratch"
+    echo "$spec ${GO_LDFLAGS:-}" > "$stamp"
   done
   ;;
 *)

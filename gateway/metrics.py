@@ -1,0 +1,83 @@
+"""Every Prometheus metric of the gateway, declared in one place.
+
+Names: the `recsys_` prefix, what is measured, then the base unit (`_seconds`, `_total`).
+Labels come only from small fixed sets (method, status code name, stage, reason, event type,
+result, experiment arm); never user, item or request ids. The registry is injectable so tests
+use a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+
+# Latency buckets (seconds) around the 100 ms p99 objective.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+CANDIDATE_BUCKETS = (0, 10, 50, 100, 200, 300, 400, 500, 750, 1000, 2000)
+
+
+class Metrics:
+    """The gateway's metrics, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "recsys_grpc_requests",
+            "gRPC requests handled, by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "recsys_grpc_request_duration_seconds",
+            "Server-side gRPC request latency.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "recsys_stage_duration_seconds",
+            "Time spent in each Recommend pipeline stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.candidates = Histogram(
+            "recsys_candidates",
+            "Candidates per request, after retrieval and after filtering.",
+            ["phase"],
+            buckets=CANDIDATE_BUCKETS,
+            registry=r,
+        )
+        self.degraded = Counter(
+            "recsys_degraded_responses",
+            "Responses served by a fallback path, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.exposures = Counter(
+            "recsys_exposures",
+            "Recommend responses per experiment arm.",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.events = Counter(
+            "recsys_events",
+            "Events received by RecordEvents, by type and outcome.",
+            ["type", "result"],
+            registry=r,
+        )
+        self.build = Info("recsys_build", "Build and model versions of this process.", registry=r)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Times the enclosed block as pipeline stage `name`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_duration.labels(name).observe(time.perf_counter() - started)
