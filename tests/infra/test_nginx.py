@@ -1,0 +1,190 @@
+"""nginx gRPC load balancer: render the template, `nginx -t` it, and proxy real gRPC calls."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from tests.infra.tooling import INFRA, require_tool, run
+
+RENDER = INFRA / "nginx" / "render-config"
+TEMPLATE = INFRA / "nginx" / "nginx.conf.template"
+
+
+def render_config(*args: str) -> str:
+    result = run([RENDER, *args])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def prefix_dir(tmp_path: Path) -> Path:
+    """An nginx prefix with the folders the config's relative paths need."""
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "tmp").mkdir()
+    return prefix
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_render_for_three_gateways() -> None:
+    text = render_config("--gateways", "3", "--base-port", "50051")
+    assert "${" not in text
+    servers = [line.strip() for line in text.splitlines() if line.strip().startswith("server 1")]
+    assert servers == [
+        f"server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in (50051, 50052, 50053)
+    ]
+    assert "grpc_pass grpc://gateways;" in text
+    assert "listen 50050 http2;" in text
+    assert "keepalive 64;" in text
+    assert "grpc_next_upstream error timeout http_502 http_503 http_504;" in text
+    assert "grpc_next_upstream_tries 3;" in text
+    assert "grpc_read_timeout 10s;" in text
+    assert "grpc_send_timeout 10s;" in text
+    assert "error_page 502 503 504 = @grpc_unavailable;" in text
+    assert "add_header grpc-status 14 always;" in text
+    assert "$upstream_addr" in text
+    assert "$request_time" in text
+
+
+def test_render_rejects_missing_upstreams() -> None:
+    result = run([RENDER])
+    assert result.returncode == 2
+    assert "no upstreams" in result.stderr
+    assert run([RENDER, "--help"]).returncode == 0
+
+
+def test_every_placeholder_is_documented_and_rendered() -> None:
+    template = TEMPLATE.read_text(encoding="utf-8")
+    header = template.split("worker_processes", 1)[0]
+    body = template[len(header) :]
+    placeholders = {part.split("}", 1)[0] for part in body.split("${")[1:]}
+    assert placeholders == {
+        "NGINX_WORKER_PROCESSES",
+        "NGINX_ERROR_LOG",
+        "NGINX_ACCESS_LOG",
+        "NGINX_UPSTREAM_SERVERS",
+        "NGINX_LISTEN",
+    }
+    for name in placeholders:
+        assert name in header
+
+
+@pytest.mark.parametrize("gateways", [1, 3, 8])
+def test_nginx_accepts_the_config(gateways: int, tmp_path: Path) -> None:
+    nginx = require_tool("nginx")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_config("--gateways", str(gateways)), encoding="utf-8")
+    result = run([nginx, "-t", "-e", "stderr", "-c", conf, "-p", f"{prefix_dir(tmp_path)}/"])
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    """A real gRPC server with the standard health service (SERVING), on a free port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(grace=None).wait()
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"nginx exited: {process.communicate()[1]}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"nginx did not listen on {port}")
+
+
+def start_nginx(tmp_path: Path, upstreams: list[str]) -> tuple[subprocess.Popen[str], int, Path]:
+    nginx = require_tool("nginx")
+    listen = free_port()
+    prefix = prefix_dir(tmp_path)
+    args = ["--listen", f"127.0.0.1:{listen}", "--workers", "1", "--error-log", "logs/error.log"]
+    for upstream in upstreams:
+        args += ["--upstream", upstream]
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_config(*args), encoding="utf-8")
+    process = subprocess.Popen(
+        [str(nginx), "-e", "stderr", "-c", str(conf), "-p", f"{prefix}/", "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_port(listen, process)
+    return process, listen, prefix
+
+
+@pytest.fixture
+def nginx_factory(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def health_check(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    status: int = reply.status
+    return status
+
+
+def test_grpc_through_nginx_skips_a_dead_gateway(
+    tmp_path: Path, health_server: int, nginx_factory: list[subprocess.Popen[str]]
+) -> None:
+    dead = free_port()  # nothing listens there
+    process, listen, prefix = start_nginx(
+        tmp_path, [f"127.0.0.1:{dead}", f"127.0.0.1:{health_server}"]
+    )
+    nginx_factory.append(process)
+    for _ in range(6):
+        assert health_check(listen) == health_pb2.HealthCheckResponse.SERVING
+    access_log = (prefix / "logs" / "access.log").read_text(encoding="utf-8")
+    assert "/grpc.health.v1.Health/Check" in access_log
+    assert f"127.0.0.1:{health_server}" in access_log
+    # A call that met the dead gateway first was passed on: two upstreams in one log entry.
+    assert f"127.0.0.1:{dead}, 127.0.0.1:{health_server}" in access_log
+
+
+def test_no_gateway_left_is_grpc_unavailable(
+    tmp_path: Path, nginx_factory: list[subprocess.Popen[str]]
+) -> None:
+    process, listen, _ = start_nginx(tmp_path, [f"127.0.0.1:{free_port()}"])
+    nginx_factory.append(process)
+    with pytest.raises(grpc.RpcError) as info:
+        health_check(listen)
+    error = info.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "no gateway available"
