@@ -54,8 +54,8 @@ models: setup ## build canonical tables, indexes and models from ../shared/data 
 run: models ## serve recommendations on 127.0.0.1:50051 until Ctrl-C
 	$(VENV)/recsys-run --config $(CONFIG)
 
-stack: models system ## production-like local profile (grows with the deployment work)
-	$(VENV)/recsys-run --config $(CONFIG)
+stack: models system ## nginx on 127.0.0.1:50051 in front of several gateway processes (+ Triton)
+	$(VENV)/recsys-run --profile stack --config $(CONFIG)
 
 protos: setup ## regenerate the Python stubs from protos/recsys/v1/*.proto
 	$(VENV)/python protos/generate.py

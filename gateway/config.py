@@ -43,7 +43,9 @@ class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     """Address the gRPC server binds to."""
     port: int = Field(50051, ge=0, le=65535)
-    """gRPC port; 0 picks a free one (tests)."""
+    """gRPC port; 0 picks a free one (tests). In `make stack`, nginx's port."""
+    processes: int = Field(2, ge=1, le=64)
+    """Gateway processes `make stack` runs behind nginx, on the ports after `port`."""
     default_deadline_ms: float = Field(100.0, gt=0)
     """Time budget of a request whose client sent no deadline; a client deadline may shorten it."""
     grace_period_s: float = Field(10.0, ge=0)

@@ -1,8 +1,13 @@
-"""`make run`: the local profile under honcho (process supervision by a maintained library).
+"""`make run` and `make stack`: the local profiles under honcho (a maintained supervisor).
 
-Starts Triton (the `tritonserver` binary of the nvidia-pytriton wheel) when a local model
-repository has been built, then the gateway; waits until gRPC health reports SERVING, prints how
-to call the service, and stops everything cleanly on Ctrl-C (honcho forwards the signal).
+- `local` (`make run`): Triton (the `tritonserver` binary of the nvidia-pytriton wheel) when a
+  local model repository has been built, then one gateway on `serving.port`.
+- `stack` (`make stack`): nginx on `serving.port` load-balancing gRPC over
+  `serving.processes` gateway processes on the following ports (metrics on the ports after
+  `monitoring.metrics.port`), plus Triton when built.
+
+Both wait until gRPC health reports SERVING on `serving.port`, print how to call the service,
+and stop everything cleanly on Ctrl-C (honcho forwards the signal to every process).
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -22,22 +29,86 @@ from honcho.manager import Manager
 from gateway.config import ConfigError, Settings, load_settings
 
 READY_TIMEOUT_S = 180.0
+REPO = Path(__file__).resolve().parents[1]
+NGINX_RENDER = REPO / "infra" / "nginx" / "render-config"
 
 
-def process_commands(settings: Settings, config: Path) -> dict[str, list[str]]:
-    """The processes of the local profile and their exact command lines."""
-    commands: dict[str, list[str]] = {}
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One supervised process: its command line and the environment it adds."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _triton(settings: Settings) -> dict[str, ProcessSpec]:
     repository = settings.model.artifacts_dir / "triton" / "local"
-    if repository.is_dir():
-        commands["triton"] = [
-            sys.executable,
-            "-m",
-            "triton_models.tritonserver",
-            "--model-repository",
-            str(repository),
-        ]
-    commands["gateway"] = [sys.executable, "-m", "gateway.main", "--config", str(config)]
-    return commands
+    if not repository.is_dir():
+        return {}
+    argv = [
+        sys.executable,
+        "-m",
+        "triton_models.tritonserver",
+        "--model-repository",
+        str(repository),
+    ]
+    return {"triton": ProcessSpec(argv)}
+
+
+def _gateway(config: Path) -> list[str]:
+    return [sys.executable, "-m", "gateway.main", "--config", str(config)]
+
+
+def local_processes(settings: Settings, config: Path) -> dict[str, ProcessSpec]:
+    """The `make run` profile: Triton (when built) and one gateway."""
+    return {**_triton(settings), "gateway": ProcessSpec(_gateway(config))}
+
+
+def stack_processes(settings: Settings, config: Path, run_dir: Path) -> dict[str, ProcessSpec]:
+    """The `make stack` profile: nginx in front of `serving.processes` gateways (+ Triton).
+
+    Writes nginx's configuration under `run_dir`.
+    """
+    serving = settings.serving
+    first_port = serving.port + 1
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / "tmp").mkdir(exist_ok=True)
+    subprocess.run(
+        [
+            str(NGINX_RENDER),
+            "--gateways",
+            str(serving.processes),
+            "--host",
+            "127.0.0.1",
+            "--base-port",
+            str(first_port),
+            "--listen",
+            f"{serving.host}:{serving.port}",
+            "--error-log",
+            "/dev/stderr",
+            "--access-log",
+            "logs/access.log",
+            "--workers",
+            "1",
+            "--output",
+            str(run_dir / "nginx.conf"),
+        ],
+        check=True,
+    )
+    processes = dict(_triton(settings))
+    processes["nginx"] = ProcessSpec(
+        ["nginx", "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"), "-g", "daemon off;"]
+    )
+    for i in range(serving.processes):
+        processes[f"gateway{i + 1}"] = ProcessSpec(
+            _gateway(config),
+            {
+                "RECSYS__SERVING__HOST": "127.0.0.1",
+                "RECSYS__SERVING__PORT": str(first_port + i),
+                "RECSYS__MONITORING__METRICS__PORT": str(settings.monitoring.metrics.port + 1 + i),
+            },
+        )
+    return processes
 
 
 def wait_until_serving(target: str, timeout_s: float, stopped: threading.Event) -> bool:
@@ -75,16 +146,29 @@ def _announce(target: str, stopped: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="recsys-run", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="recsys-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("infra/config/local.yaml"))
+    parser.add_argument("--profile", choices=("local", "stack"), default="local")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".run/stack"),
+        help="where the stack profile writes nginx's config and logs",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config, os.environ)
     except ConfigError as exc:
         sys.exit(f"recsys-run: {exc}")
+    if args.profile == "stack":
+        processes = stack_processes(settings, args.config, args.run_dir.resolve())
+    else:
+        processes = local_processes(settings, args.config)
     manager = Manager()
-    for name, command in process_commands(settings, args.config).items():
-        manager.add_process(name, shlex.join(command), env=dict(os.environ))
+    for name, spec in processes.items():
+        manager.add_process(name, shlex.join(spec.argv), env={**os.environ, **spec.env})
     stopped = threading.Event()
     target = f"{settings.serving.host}:{settings.serving.port}"
     threading.Thread(target=_announce, args=(target, stopped), daemon=True).start()

@@ -1,0 +1,161 @@
+"""`make stack`: nginx spreads gRPC traffic over several gateway processes, and stopping one
+of them loses no request."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from recsys.v1 import recommendation_pb2 as pb
+from recsys.v1 import recommendation_pb2_grpc as pb_grpc
+
+from tests.conftest import LOCAL_CONFIG, REPO
+
+pytestmark = pytest.mark.integration
+GATEWAYS = 3
+
+
+def _free_block(size: int) -> int:
+    """A first port such that `size` consecutive ports are free right now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + size >= 65000:
+            continue
+        try:
+            sockets = []
+            for port in range(first, first + size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no block of free ports found")
+
+
+def _gateway_pid(port: int) -> int:
+    """The pid of the gateway process configured to listen on `port`."""
+    wanted = f"RECSYS__SERVING__PORT={port}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"gateway.main" in cmdline and wanted in environ.split(b"\0"):
+            return int(entry.name)
+    raise LookupError(f"no gateway process for port {port}")
+
+
+def _recommend_count(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "recsys_grpc_requests_total" and s.labels.get("method") == "Recommend"
+    )
+
+
+def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_path: Path) -> None:
+    grpc_port = _free_block(GATEWAYS + 1)
+    metrics_port = _free_block(GATEWAYS + 1)
+    env = dict(os.environ)
+    env.update(
+        {
+            "RECSYS__SERVING__PORT": str(grpc_port),
+            "RECSYS__SERVING__PROCESSES": str(GATEWAYS),
+            "RECSYS__MONITORING__METRICS__PORT": str(metrics_port),
+            "RECSYS__MODEL__ARTIFACTS_DIR": str(build_dir),
+            "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(tmp_path / "events.sqlite3"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.runner",
+            "--profile",
+            "stack",
+            "--config",
+            str(LOCAL_CONFIG),
+            "--run-dir",
+            str(tmp_path / "stack"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        assert runner.stdout is not None
+        stream = runner.stdout
+        reader = threading.Thread(
+            target=lambda: output.extend(iter(stream.readline, "")), daemon=True
+        )
+        reader.start()
+        deadline = time.monotonic() + 120
+        while not any("is SERVING" in line for line in output):
+            assert time.monotonic() < deadline and runner.poll() is None, "".join(output)
+            time.sleep(0.2)
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            for i in range(60):
+                reply = stub.Recommend(
+                    pb.RecommendRequest(user_id=str(12347 + i), num_items=5), timeout=5
+                )
+                assert len(reply.recommendations) == 5
+            # Every gateway process took part (nginx balances by least outstanding requests).
+            counts = [_recommend_count(metrics_port + 1 + i) for i in range(GATEWAYS)]
+            assert sum(counts) == 60 and all(c > 0 for c in counts), counts
+
+            # Stop one gateway (graceful SIGTERM) in the middle of a stream of calls: nginx
+            # retries refused connections on the others, so no call fails.
+            failures: list[grpc.RpcError] = []
+            answered = 0
+            victim = _gateway_pid(grpc_port + 2)
+            started = time.monotonic()
+            stopped_at = None
+            while time.monotonic() - started < 4.0:
+                if stopped_at is None and time.monotonic() - started > 1.0:
+                    os.kill(victim, signal.SIGTERM)
+                    stopped_at = time.monotonic()
+                try:
+                    stub.Recommend(pb.RecommendRequest(user_id="17850", num_items=5), timeout=5)
+                    answered += 1
+                except grpc.RpcError as error:
+                    failures.append(error)
+            assert stopped_at is not None and answered > 50
+            assert failures == [], [(e.code(), e.details()) for e in failures]
+    finally:
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGINT)
+            try:
+                runner.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait()
+        if runner.stdout is not None:
+            runner.stdout.close()
