@@ -6,7 +6,8 @@
 - Anything else is a bug: INTERNAL with a generic message; the detail goes to the log.
 
 Being the one place that sees every outcome, it also counts requests and their latency per
-method and status code.
+method and status code, and opens the request's span, continuing the caller's trace context
+(W3C `traceparent` in the gRPC metadata).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import propagate, trace
 
 from gateway.errors import InvalidArgument, ServiceError
 from gateway.metrics import Metrics
@@ -37,8 +39,9 @@ class _Undecodable:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary-unary handler so that no exception escapes unmapped."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, tracer: trace.Tracer) -> None:
         self._metrics = metrics
+        self._tracer = tracer
 
     async def intercept_service(
         self,
@@ -55,6 +58,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         method_name = method.rsplit("/", 1)[-1]
         metrics = self._metrics
+        tracer = self._tracer
 
         def deserialize(data: bytes) -> Any:
             try:
@@ -63,6 +67,22 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 return _Undecodable(str(exc))
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            carrier = {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)
+            }
+            span = tracer.start_span(
+                method_name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER
+            )
+            with trace.use_span(
+                span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+            ):
+                return await _handle(request, context, span)
+
+        async def _handle(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any], span: trace.Span
+        ) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -71,18 +91,22 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 return await inner(request, context)  # type: ignore[arg-type]  # aio handler
             except ServiceError as exc:
                 code = exc.code
+                span.set_attribute("recsys.error", exc.message)
                 await context.abort(exc.code, exc.message)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except Exception:
+            except Exception as exc:
                 code = grpc.StatusCode.INTERNAL
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR)
                 _log.exception("unhandled error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
                 labels = (method_name, code.name)
                 metrics.requests.labels(*labels).inc()
                 metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,

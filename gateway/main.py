@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import uvloop
 from feature_service.catalogue import CatalogueError
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.server import serve
+from gateway.telemetry import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,12 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         settings: Settings = load_settings(args.config, os.environ)
     except ConfigError as exc:
         sys.exit(f"recsys-gateway: {exc}")
-    logging.basicConfig(
-        level=settings.monitoring.log_level,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-        '"message":"%(message)s"}',
-        stream=sys.stderr,
-    )
+    configure_logging(settings.monitoring.log_level)
     try:
         uvloop.run(serve(settings))
     except (CatalogueError, ConfigError) as exc:

@@ -5,10 +5,13 @@ Reads like a table of contents: validated query in, response out.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry import trace
 from recsys.v1 import recommendation_pb2 as pb
 
 from ab.config import ABTestingSettings
@@ -41,11 +44,20 @@ class Recommender:
     candidates: PopularCandidates
     ranker: PopularityRanker
     metrics: Metrics
+    tracer: trace.Tracer
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """One span and one latency observation per stage; exceptions are recorded on the span
+        and re-raised."""
+        with self.tracer.start_as_current_span(name), self.metrics.stage(name):
+            yield
 
     async def recommend(self, query: RecommendQuery, budget: Budget) -> pb.RecommendResponse:
         """The response for a validated query; raises DeadlineExceeded when the budget runs out."""
         started = time.perf_counter()
-        stage = self.metrics.stage
+        stage = self._stage
+        request_span = trace.get_current_span()
         reasons: list[str] = []
         with stage("assign"):
             assignment = assign_variant(query.user_id, self.ab_testing.experiments)
@@ -60,6 +72,8 @@ class Recommender:
             )
         if not complete:
             reasons.append("FEATURES_UNAVAILABLE")
+        if assignment is not None:
+            request_span.set_attribute("recsys.experiment_id", assignment.experiment_id)
 
         budget.check("candidates")
         rules = self.model.reranker
@@ -83,11 +97,14 @@ class Recommender:
             )
         self.metrics.candidates.labels("retrieved").observe(len(candidates))
         self.metrics.candidates.labels("filtered").observe(len(kept))
+        request_span.set_attribute("recsys.candidates.retrieved", len(candidates))
+        request_span.set_attribute("recsys.candidates.filtered", len(kept))
 
         budget.check("rank")
         with stage("rank"):
             ranking = self.ranker.rank(kept)
         reasons.extend(ranking.degraded_reasons)
+        request_span.set_attribute("recsys.model_version", ranking.model_version)
 
         with stage("rerank"):
             items = truncate(
@@ -98,6 +115,8 @@ class Recommender:
             reasons.append("SHORT_RESPONSE")
         for reason in reasons:
             self.metrics.degraded.labels(reason).inc()
+        if reasons:
+            request_span.set_attribute("recsys.degraded_reasons", reasons)
         if assignment is not None:
             self.metrics.exposures.labels(assignment.experiment, assignment.variant).inc()
         with stage("respond"):

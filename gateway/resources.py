@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
 from feature_service.catalogue import ItemCatalogue
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.event_log import SqliteEventLog
@@ -19,6 +22,7 @@ from gateway.metrics import Metrics
 from gateway.recommender import Recommender
 from gateway.stages.candidates import PopularCandidates
 from gateway.stages.rank import PopularityRanker
+from gateway.telemetry import build_tracer_provider
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,18 @@ class Resources:
     health: HealthState
     http: HttpEndpoint | None
     """The /metrics and /health endpoint, when enabled."""
+    tracer: trace.Tracer
 
 
 @contextlib.asynccontextmanager
 async def open_resources(
-    settings: Settings, metrics: Metrics | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[Resources]:
     """Loads the catalogue, opens the feature store, event log and HTTP endpoint; closes them
-    in reverse order on exit. `metrics` defaults to a fresh registry.
+    in reverse order on exit, then flushes telemetry. `metrics` defaults to a fresh registry,
+    `tracer_provider` to one built from `monitoring.tracing`.
 
     Raises:
         CatalogueError: the offline artefacts are missing (run `make models`).
@@ -56,6 +64,10 @@ async def open_resources(
     metrics = metrics if metrics is not None else Metrics()
     health = HealthState()
     async with contextlib.AsyncExitStack() as stack:
+        if tracer_provider is None:
+            tracer_provider = build_tracer_provider(settings.monitoring)
+            stack.callback(tracer_provider.shutdown)  # runs last: flushes the final spans
+        tracer = tracer_provider.get_tracer("gateway")
         http = None
         if settings.monitoring.metrics.enabled:
             endpoint = settings.monitoring.metrics
@@ -79,5 +91,6 @@ async def open_resources(
             candidates=PopularCandidates(catalogue),
             ranker=PopularityRanker(),
             metrics=metrics,
+            tracer=tracer,
         )
-        yield Resources(catalogue, store, recommender, metrics, health, http)
+        yield Resources(catalogue, store, recommender, metrics, health, http, tracer)

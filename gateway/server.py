@@ -55,7 +55,7 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     """Builds, binds and starts the server; health says SERVING once it accepts calls."""
     serving = settings.serving
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(resources.metrics)],
+        interceptors=[ErrorMappingInterceptor(resources.metrics, resources.tracer)],
         maximum_concurrent_rpcs=serving.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", serving.max_message_bytes),

@@ -10,6 +10,7 @@ from typing import Any, cast
 import grpc
 import pyarrow.parquet as pq
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from gateway.config import Settings, load_settings
@@ -52,10 +53,10 @@ def make_settings(build_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings,
+    settings: Settings, tracer_provider: TracerProvider | None = None
 ) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel]]:
     """Starts the real asyncio server on a free port and yields it with a channel to it."""
-    async with open_resources(settings) as resources:
+    async with open_resources(settings, tracer_provider=tracer_provider) as resources:
         server = await start_server(settings, resources)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

@@ -1,0 +1,68 @@
+"""Traces and structured logs: the OpenTelemetry tracer provider and JSON log lines.
+
+- One span per request (opened by the interceptor, continuing the caller's W3C trace context
+  from gRPC metadata) and one child span per pipeline stage, named after the stage.
+- Spans are exported over OTLP only when `monitoring.tracing.enabled`; sampling is parent
+  based with `sample_ratio` for new traces. The provider is injectable (tests use an
+  in-memory exporter).
+- Log lines are JSON, one per event, and carry the current trace and span ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from pythonjsonlogger.json import JsonFormatter
+
+from gateway.config import MonitoringSettings
+
+SERVICE_NAME = "recsys-gateway"
+
+
+def build_tracer_provider(settings: MonitoringSettings) -> TracerProvider:
+    """A provider sampling `tracing.sample_ratio` of new traces, exporting over OTLP when
+    tracing is enabled (otherwise spans are created for context but never exported)."""
+    tracing = settings.tracing
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": SERVICE_NAME}),
+        sampler=ParentBased(TraceIdRatioBased(tracing.sample_ratio if tracing.enabled else 0.0)),
+    )
+    if tracing.enabled:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=tracing.otlp_endpoint, insecure=True))
+        )
+    return provider
+
+
+class _TraceContextFilter(logging.Filter):
+    """Adds the current trace and span ids (hex, empty outside a span) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        record.trace_id = format(context.trace_id, "032x") if context.is_valid else ""
+        record.span_id = format(context.span_id, "016x") if context.is_valid else ""
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """JSON log lines on stderr with time, level, logger, message, trace and span ids."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_TraceContextFilter())
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}{trace_id}{span_id}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
