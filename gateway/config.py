@@ -12,8 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import limits
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ab.config import ABTestingSettings
 from feature_service.config import FeatureStoreSettings
@@ -32,7 +41,34 @@ class AuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     token: SecretStr | None = None
-    """Shared bearer token; when unset, no token is required (local profile only)."""
+    """Bearer token clients send as `authorization: Bearer <token>`; set it through
+    RECSYS__SERVING__AUTH__TOKEN."""
+    token_file: Path | None = None
+    """File holding the token (e.g. a mounted Kubernetes Secret); read once at start-up."""
+    required: bool = False
+    """Refuse to start without a token (production). When False and no token is set, no
+    token is asked for (the local profile, bound to 127.0.0.1)."""
+
+
+class TlsSettings(BaseModel):
+    """TLS on the gRPC port; mutual TLS when a client CA is given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    cert_file: Path | None = None
+    """PEM server certificate (chain); TLS is on when this and `key_file` are set."""
+    key_file: Path | None = None
+    """PEM private key of the server certificate."""
+    client_ca_file: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file (mutual TLS)")
+        return self
 
 
 class ServingSettings(BaseModel):
@@ -66,6 +102,21 @@ class ServingSettings(BaseModel):
     """How far in the future an event timestamp may lie (client clock skew)."""
     auth: AuthSettings = AuthSettings()
     """Authentication settings."""
+    tls: TlsSettings = TlsSettings()
+    """TLS settings; plaintext when no certificate is configured."""
+    rate_limit: str | None = "5000/second"
+    """Per-client request limit in `limits` notation (`100/second`, `10000/minute`); clients
+    are told apart by peer address. None disables it."""
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                limits.parse(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit such as '100/second': {exc}") from exc
+        return value
 
 
 class MetricsSettings(BaseModel):

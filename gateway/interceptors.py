@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -23,6 +23,7 @@ from opentelemetry import propagate, trace
 
 from gateway.errors import InvalidArgument, ServiceError
 from gateway.metrics import Metrics
+from gateway.security import Guard
 
 _log = logging.getLogger(__name__)
 
@@ -39,9 +40,12 @@ class _Undecodable:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary-unary handler so that no exception escapes unmapped."""
 
-    def __init__(self, metrics: Metrics, tracer: trace.Tracer) -> None:
+    def __init__(
+        self, metrics: Metrics, tracer: trace.Tracer, guards: Sequence[Guard] = ()
+    ) -> None:
         self._metrics = metrics
         self._tracer = tracer
+        self._guards = tuple(guards)
 
     async def intercept_service(
         self,
@@ -59,6 +63,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         method_name = method.rsplit("/", 1)[-1]
         metrics = self._metrics
         tracer = self._tracer
+        guards = self._guards
 
         def deserialize(data: bytes) -> Any:
             try:
@@ -78,14 +83,19 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             with trace.use_span(
                 span, end_on_exit=True, record_exception=False, set_status_on_exception=False
             ):
-                return await _handle(request, context, span)
+                return await _handle(request, context, span, carrier)
 
         async def _handle(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any], span: trace.Span
+            request: Any,
+            context: grpc.aio.ServicerContext[Any, Any],
+            span: trace.Span,
+            metadata: Mapping[str, str],
         ) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                for guard in guards:
+                    guard.check(method, metadata, context.peer())
                 if isinstance(request, _Undecodable):
                     raise InvalidArgument("request", f"is not a valid message: {request.error}")
                 return await inner(request, context)  # type: ignore[arg-type]  # aio handler

@@ -18,6 +18,7 @@ from gateway.config import Settings
 from gateway.http_endpoint import HealthState
 from gateway.interceptors import ErrorMappingInterceptor
 from gateway.resources import Resources, open_resources
+from gateway.security import Guard, RateLimitGuard, TokenGuard, load_token, server_credentials
 from gateway.servicer import RecommendationServicer
 from gateway.stages.validate import Limits
 
@@ -54,8 +55,14 @@ class RunningServer:
 async def start_server(settings: Settings, resources: Resources) -> RunningServer:
     """Builds, binds and starts the server; health says SERVING once it accepts calls."""
     serving = settings.serving
+    guards: list[Guard] = []
+    token = load_token(serving.auth)
+    if token is not None:
+        guards.append(TokenGuard(token))
+    if serving.rate_limit is not None:
+        guards.append(RateLimitGuard(serving.rate_limit))
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(resources.metrics, resources.tracer)],
+        interceptors=[ErrorMappingInterceptor(resources.metrics, resources.tracer, guards)],
         maximum_concurrent_rpcs=serving.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", serving.max_message_bytes),
@@ -90,7 +97,12 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
         ),
         server,
     )
-    port = server.add_insecure_port(f"{serving.host}:{serving.port}")
+    address = f"{serving.host}:{serving.port}"
+    credentials = server_credentials(serving.tls)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind {serving.host}:{serving.port}")
     await server.start()
