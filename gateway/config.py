@@ -106,11 +106,13 @@ class ServingSettings(BaseModel):
     """TLS settings; plaintext when no certificate is configured."""
     rate_limit: str | None = "5000/second"
     """Per-client request limit in `limits` notation (`100/second`, `10000/minute`); clients
-    are told apart by peer address. None disables it."""
+    are told apart by peer address. None or empty disables it."""
 
     @field_validator("rate_limit")
     @classmethod
     def _valid_rate_limit(cls, value: str | None) -> str | None:
+        if value == "":  # RECSYS__SERVING__RATE_LIMIT= switches it off
+            return None
         if value is not None:
             try:
                 limits.parse(value)
