@@ -10,11 +10,11 @@ from datetime import datetime
 
 import grpc
 import pytest
+from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.store import UserFeatures
 from gateway.config import Settings
-from recsys.v1 import recommendation_pb2 as pb
 from tests.conftest import async_stub, running_gateway
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,11 @@ async def test_an_expired_deadline_is_not_worked_on(
         started = time.monotonic()
         try:
             reply = await stub.Recommend(pb.RecommendRequest(user_id="17850"), timeout=0.05)
-            assert pb.DEGRADED_REASON_FEATURES_UNAVAILABLE in reply.degraded_reasons
+            outcome = (
+                grpc.StatusCode.OK,
+                pb.DEGRADED_REASON_FEATURES_UNAVAILABLE in reply.degraded_reasons,
+            )
         except grpc.aio.AioRpcError as error:
-            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            outcome = (error.code(), True)
+        assert outcome in {(grpc.StatusCode.OK, True), (grpc.StatusCode.DEADLINE_EXCEEDED, True)}
         assert time.monotonic() - started < 0.25
