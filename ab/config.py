@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -85,6 +86,11 @@ class ABTestingSettings(BaseModel):
 
     experiments: tuple[ExperimentConfig, ...] = ()
     """Running and planned experiments."""
+    exposure_log_path: Path = Path(".run/exposures.sqlite3")
+    """SQLite file of exposures in the embedded profile."""
+    exposure_queue_size: int = Field(10_000, ge=100)
+    """Exposures waiting to be written per process; beyond it new ones are dropped and
+    counted (recsys_exposures_dropped_total)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> ABTestingSettings:

@@ -65,6 +65,11 @@ class Metrics:
             ["experiment", "variant"],
             registry=r,
         )
+        self.exposures_dropped = Counter(
+            "recsys_exposures_dropped",
+            "Exposures not logged because the queue was full.",
+            registry=r,
+        )
         self.events = Counter(
             "recsys_events",
             "Events received by RecordEvents, by type and outcome.",

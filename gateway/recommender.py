@@ -15,6 +15,7 @@ from opentelemetry import trace
 from recsys.v1 import recommendation_pb2 as pb
 
 from ab.config import ABTestingSettings
+from ab.exposures import Exposure, ExposureRecorder
 from feature_service.catalogue import ItemCatalogue
 from feature_service.store import FeatureStore
 from gateway.deadline import Budget
@@ -45,6 +46,7 @@ class Recommender:
     ranker: PopularityRanker
     metrics: Metrics
     tracer: trace.Tracer
+    exposures: ExposureRecorder
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -120,7 +122,7 @@ class Recommender:
         if assignment is not None:
             self.metrics.exposures.labels(assignment.experiment, assignment.variant).inc()
         with stage("respond"):
-            return build_response(
+            response = build_response(
                 items,
                 self.catalogue,
                 query.request_id,
@@ -129,3 +131,16 @@ class Recommender:
                 tuple(reasons),
                 (time.perf_counter() - started) * 1000.0,
             )
+        if assignment is not None:
+            exposure = Exposure(
+                request_id=query.request_id,
+                user_id=query.user_id,
+                experiment=assignment.experiment,
+                variant=assignment.variant,
+                model_version=ranking.model_version,
+                item_ids=tuple(r.item_id for r in response.recommendations),
+                timestamp=query.context.time,
+            )
+            if not self.exposures.record(exposure):
+                self.metrics.exposures_dropped.inc()
+        return response

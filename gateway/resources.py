@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from ab.exposures import ExposureRecorder, SqliteExposureSink
 from feature_service.catalogue import ItemCatalogue
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.event_log import SqliteEventLog
@@ -83,6 +84,11 @@ async def open_resources(
             timedelta(seconds=store_settings.recent_window_s),
             datetime.now(UTC),
         )
+        exposure_sink = await SqliteExposureSink.open(settings.ab_testing.exposure_log_path)
+        stack.push_async_callback(exposure_sink.close)
+        exposures = await stack.enter_async_context(
+            ExposureRecorder(exposure_sink, capacity=settings.ab_testing.exposure_queue_size)
+        )
         recommender = Recommender(
             model=settings.model,
             ab_testing=settings.ab_testing,
@@ -92,5 +98,6 @@ async def open_resources(
             ranker=PopularityRanker(),
             metrics=metrics,
             tracer=tracer,
+            exposures=exposures,
         )
         yield Resources(catalogue, store, recommender, metrics, health, http, tracer)

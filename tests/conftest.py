@@ -42,6 +42,7 @@ def make_settings(build_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
         environ = {
             "RECSYS__MODEL__ARTIFACTS_DIR": str(build_dir),
             "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(tmp_path / "events.sqlite3"),
+            "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(tmp_path / "exposures.sqlite3"),
             "RECSYS__SERVING__PORT": "0",
             "RECSYS__MONITORING__METRICS__PORT": "0",
         }

@@ -44,6 +44,9 @@ def channel(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "RECSYS__SERVING__RATE_LIMIT": "",
             "RECSYS__MONITORING__METRICS__ENABLED": "false",
             "RECSYS__MODEL__ARTIFACTS_DIR": str(build_dir),
+            "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(
+                tmp_path_factory.mktemp("fuzz-exposures") / "exposures.sqlite3"
+            ),
             "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(
                 tmp_path_factory.mktemp("fuzz") / "events.sqlite3"
             ),

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from recsys.v1 import recommendation_pb2 as pb
 
+from ab.exposures import SqliteExposureSink
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.store import UserFeatures
 from gateway.config import Settings
@@ -407,3 +408,22 @@ async def test_graceful_shutdown_drains_in_flight_requests(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Recommend(pb.RecommendRequest(user_id="12347"), timeout=2)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_exposures_are_logged_per_arm(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    async with running_gateway(settings) as (_, channel):
+        stub = async_stub(channel)
+        for i in range(40):
+            await stub.Recommend(
+                pb.RecommendRequest(user_id=str(12347 + i), num_items=3, request_id=f"exp-{i}"),
+                timeout=5,
+            )
+    # The recorder flushed on shutdown; every response is logged once, with its arm.
+    sink = await SqliteExposureSink.open(settings.ab_testing.exposure_log_path)
+    try:
+        counts = await sink.counts("ranker_v2_vs_v3")
+    finally:
+        await sink.close()
+    assert sum(counts.values()) == 40
+    assert set(counts) <= {"control", "treatment"}

@@ -86,6 +86,7 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             "RECSYS__MONITORING__METRICS__PORT": str(metrics_port),
             "RECSYS__MODEL__ARTIFACTS_DIR": str(build_dir),
             "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(tmp_path / "events.sqlite3"),
+            "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(tmp_path / "exposures.sqlite3"),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -1,0 +1,204 @@
+"""Exposure logging off the hot path: the gateway hands each Recommend outcome to a bounded
+queue and returns; a background task writes batches to a sink.
+
+An exposure says which user saw which ranked items from which experiment arm, under which
+request id; outcome events (`RecordEvents`) carrying that request id are attributed to the arm
+through it. When the queue is full (the sink is down or slow for long), new exposures are
+dropped and counted, never blocking a response: the experiment's sample-ratio check then sees
+the loss if it is uneven between arms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """One Recommend response as the experiment sees it."""
+
+    request_id: str
+    user_id: str
+    experiment: str
+    variant: str
+    model_version: str
+    item_ids: tuple[str, ...]
+    timestamp: datetime
+    """Timezone-aware (UTC)."""
+    assignment_probability: float = 1.0
+    """Probability of this arm for this user (1 for hash splits; below 1 under a bandit)."""
+
+
+class ExposureSink(Protocol):
+    """Durable storage of exposure batches (SQLite locally, Postgres in production)."""
+
+    async def write(self, batch: Sequence[Exposure]) -> None:
+        """Stores the batch idempotently by request id."""
+        ...
+
+
+class ExposureRecorder:
+    """Bounded, batched, asynchronous exposure writer. Use `async with`.
+
+    Args:
+        sink: where batches go.
+        capacity: most exposures waiting; beyond it new ones are dropped (and counted).
+        batch_size: most exposures per write.
+        flush_interval_s: longest an exposure waits for a batch to fill.
+    """
+
+    def __init__(
+        self,
+        sink: ExposureSink,
+        capacity: int = 10_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.5,
+    ) -> None:
+        self._sink = sink
+        self._queue: asyncio.Queue[Exposure] = asyncio.Queue(maxsize=capacity)
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        """Exposures refused because the queue was full."""
+        self.written = 0
+        """Exposures handed to the sink successfully."""
+
+    async def __aenter__(self) -> ExposureRecorder:
+        self._task = asyncio.create_task(self._run(), name="exposure-recorder")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Writes what is queued, then stops."""
+        await self._queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def record(self, exposure: Exposure) -> bool:
+        """Queues one exposure without waiting; False when it had to be dropped."""
+        try:
+            self._queue.put_nowait(exposure)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            return False
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self._flush_interval_s
+            while len(batch) < self._batch_size:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            await self._write_with_retry(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _write_with_retry(self, batch: list[Exposure]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._sink.write(batch)
+                self.written += len(batch)
+                return
+            except Exception:  # a failing sink must not kill the recorder; retry with backoff
+                _log.exception("writing %d exposures failed; retrying in %.1f s", len(batch), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS exposures (
+    request_id  TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    experiment  TEXT NOT NULL,
+    variant     TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    item_ids    TEXT NOT NULL,
+    ts_us       INTEGER NOT NULL,
+    assignment_probability REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS exposures_experiment_ts ON exposures (experiment, ts_us);
+"""
+
+
+class SqliteExposureSink:
+    """Exposures in a local SQLite file (the embedded profile); `INSERT OR IGNORE` by request
+    id makes a retried batch harmless."""
+
+    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+        self._connection = connection
+        self._executor = executor
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteExposureSink:
+        """Opens (creating if needed) the exposure table in `path`."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exposures")
+
+        def connect() -> sqlite3.Connection:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(_SCHEMA)
+            return connection
+
+        return cls(await asyncio.get_running_loop().run_in_executor(executor, connect), executor)
+
+    async def write(self, batch: Sequence[Exposure]) -> None:
+        rows = [
+            (
+                e.request_id,
+                e.user_id,
+                e.experiment,
+                e.variant,
+                e.model_version,
+                " ".join(e.item_ids),
+                int(e.timestamp.timestamp() * 1_000_000),
+                e.assignment_probability,
+            )
+            for e in batch
+        ]
+
+        def insert() -> None:
+            with self._connection:
+                self._connection.execute("BEGIN")
+                self._connection.executemany(
+                    "INSERT OR IGNORE INTO exposures VALUES (?,?,?,?,?,?,?,?)", rows
+                )
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, insert)
+
+    async def counts(self, experiment: str) -> dict[str, int]:
+        """Exposures per variant of `experiment`."""
+
+        def read() -> dict[str, int]:
+            cursor = self._connection.execute(
+                "SELECT variant, COUNT(*) FROM exposures WHERE experiment = ? GROUP BY variant",
+                (experiment,),
+            )
+            return {variant: int(n) for variant, n in cursor.fetchall()}
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, read)
+
+    async def close(self) -> None:
+        """Closes the file."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._connection.close)
+        self._executor.shutdown(wait=True)
