@@ -25,7 +25,7 @@ from gateway.stages.candidates import PopularCandidates, candidate_count
 from gateway.stages.features import fetch_user_features
 from gateway.stages.filter import filter_candidates
 from gateway.stages.rank import PopularityRanker
-from gateway.stages.rerank import cap_per_category, truncate
+from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.respond import build_response
 from gateway.stages.types import RecommendQuery
 from triton_models.config import ModelSettings
@@ -109,8 +109,13 @@ class Recommender:
         request_span.set_attribute("recsys.model_version", ranking.model_version)
 
         with stage("rerank"):
+            # Diversity picks a few more than needed so the category cap can still fill the list.
+            pool = query.num_items * 3 if rules.max_per_category else query.num_items
+            diverse = diversify(
+                ranking.items, self.catalogue.category, rules.diversity_weight, pool
+            )
             items = truncate(
-                cap_per_category(ranking.items, self.catalogue.category, rules.max_per_category),
+                cap_per_category(diverse, self.catalogue.category, rules.max_per_category),
                 query.num_items,
             )
         if len(items) < query.num_items:

@@ -1,8 +1,13 @@
 """Stage 7: re-rank for business rules and cut to the requested length.
 
 Rules run in this fixed order, each a small pure function:
-1. `cap_per_category`: at most N items of one top-level category (0 disables);
-2. `truncate`: the first `num_items`.
+1. `diversify`: maximal marginal relevance with `model.reranker.diversity_weight` (0 keeps the
+   ranker's order), similarity from the items' categories (and embeddings when given);
+2. `cap_per_category`: at most N items of one top-level category (0 disables);
+3. `truncate`: the first `num_items`.
+
+Filters (out of stock, recently viewed, excluded) run before ranking, in the filter stage, so
+the ranker never scores an item that could not be shown.
 """
 
 from __future__ import annotations
@@ -11,6 +16,43 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.stages.types import Candidates
+
+
+def diversify(
+    items: Candidates,
+    category: npt.NDArray[np.int16],
+    weight: float,
+    count: int,
+    embeddings: npt.NDArray[np.float32] | None = None,
+) -> Candidates:
+    """Greedy maximal marginal relevance: picks `count` items, each maximising
+    `(1 - weight) * relevance - weight * max similarity to the items already picked`.
+
+    Relevance is the item's score min-max scaled to [0, 1] within the list; similarity is 1
+    for two items of the same category, or the cosine of their embeddings when `embeddings`
+    (unit-normalised rows by catalogue position) is given. Scores are kept as ranked.
+    """
+    n = len(items)
+    if weight <= 0.0 or n <= 1:
+        return items
+    scores = items.scores.astype(np.float64)
+    spread = scores.max() - scores.min()
+    relevance = (scores - scores.min()) / spread if spread > 0 else np.ones(n)
+    if embeddings is not None:
+        vectors = embeddings[items.positions]
+    else:
+        cats = category[items.positions]
+        vectors = (cats[:, None] == np.unique(cats)[None, :]).astype(np.float32)
+    max_similarity = np.zeros(n)
+    chosen = np.zeros(n, dtype=bool)
+    order: list[int] = []
+    for _ in range(min(count, n)):
+        gain = np.where(chosen, -np.inf, (1.0 - weight) * relevance - weight * max_similarity)
+        best = int(np.argmax(gain))
+        order.append(best)
+        chosen[best] = True
+        max_similarity = np.maximum(max_similarity, vectors @ vectors[best])
+    return items.take(np.asarray(order, dtype=np.intp))
 
 
 def cap_per_category(

@@ -427,3 +427,28 @@ async def test_exposures_are_logged_per_arm(make_settings: Callable[..., Setting
         await sink.close()
     assert sum(counts.values()) == 40
     assert set(counts) <= {"control", "treatment"}
+
+
+async def test_diversity_weight_changes_the_list(make_settings: Callable[..., Settings]) -> None:
+    lists = []
+    for weight in ("0.0", "0.7"):
+        settings = make_settings(MODEL__RERANKER__DIVERSITY_WEIGHT=weight)
+        async with running_gateway(settings) as (_, channel):
+            reply = await async_stub(channel).Recommend(
+                pb.RecommendRequest(user_id="17850", num_items=10), timeout=5
+            )
+        lists.append(reply.recommendations)
+    plain, diverse = lists
+    assert [r.item_id for r in plain] != [r.item_id for r in diverse]
+    assert len({r.metadata.category for r in diverse}) > len({r.metadata.category for r in plain})
+
+
+async def test_category_cap(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(MODEL__RERANKER__MAX_PER_CATEGORY="2")
+    async with running_gateway(settings) as (_, channel):
+        reply = await async_stub(channel).Recommend(
+            pb.RecommendRequest(user_id="17850", num_items=12), timeout=5
+        )
+    categories = [r.metadata.category for r in reply.recommendations]
+    assert len(categories) == 12
+    assert max(categories.count(c) for c in categories) <= 2

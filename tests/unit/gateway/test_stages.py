@@ -12,7 +12,7 @@ from gateway.errors import DeadlineExceeded
 from gateway.stages.candidates import candidate_count
 from gateway.stages.filter import filter_candidates
 from gateway.stages.rank import PopularityRanker
-from gateway.stages.rerank import cap_per_category, truncate
+from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.types import Candidates
 
 
@@ -61,3 +61,26 @@ def test_budget_uses_the_tighter_deadline() -> None:
     expired = Budget(0.0, now=time.monotonic() - 1)
     with pytest.raises(DeadlineExceeded, match="before stage rank"):
         expired.check("rank")
+
+
+def test_diversify_trades_relevance_for_variety() -> None:
+    category = np.array([0, 0, 0, 1, 2], dtype=np.int16)
+    items = Candidates(
+        np.arange(5, dtype=np.int32), np.array([1.0, 0.95, 0.9, 0.5, 0.4], np.float32)
+    )
+    assert diversify(items, category, 0.0, 5).positions.tolist() == [0, 1, 2, 3, 4]
+    # With weight, the second pick leaves category 0 for the best item of another category.
+    assert diversify(items, category, 0.5, 3).positions.tolist() == [0, 3, 4]
+    # A small weight only reorders when relevance is close.
+    assert diversify(items, category, 0.05, 5).positions.tolist()[:3] == [0, 1, 2]
+    # Scores travel with their items.
+    picked = diversify(items, category, 0.5, 3)
+    assert picked.scores.tolist() == pytest.approx([1.0, 0.5, 0.4])
+
+
+def test_diversify_with_embeddings() -> None:
+    vectors = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    items = Candidates(np.arange(3, dtype=np.int32), np.array([1.0, 0.9, 0.8], np.float32))
+    category = np.zeros(3, dtype=np.int16)
+    chosen = diversify(items, category, 0.5, 2, embeddings=vectors)
+    assert chosen.positions.tolist() == [0, 2]
