@@ -24,7 +24,7 @@ GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 COMPOSE_SPEC := compose-spec=github.com/compose-spec/compose-go/v2/cmd@v2.16.2
 GHZ := github.com/bojand/ghz/cmd/ghz@v0.120.0
 # Debian packages the test suite starts for real.
-APT_TEST := nginx redis-server postgresql prometheus
+APT_TEST := nginx redis-server postgresql prometheus prometheus-alertmanager
 
 .PHONY: help setup system tools models run stack test lint format protos bench clean
 

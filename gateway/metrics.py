@@ -12,7 +12,14 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 # Latency buckets (seconds) around the 100 ms p99 objective.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -77,6 +84,9 @@ class Metrics:
             registry=r,
         )
         self.build = Info("recsys_build", "Build and model versions of this process.", registry=r)
+        # CPU, memory and file descriptors of this process (process_*), Python version.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

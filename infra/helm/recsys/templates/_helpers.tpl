@@ -165,15 +165,20 @@ Environment variables shared by the gateway and the sidecar: secrets as config o
 {{- end }}
 
 {{/*
-Scrape settings shared by every ServiceMonitor endpoint. Usage: include ... (dict "sm" .Values.serviceMonitor)
+Scrape settings shared by every ServiceMonitor endpoint, with the endpoint's `job` label (the name
+the Prometheus rules and dashboards select on). Usage:
+include ... (dict "sm" .Values.serviceMonitor "job" "recsys-gateway")
 */}}
 {{- define "recsys.serviceMonitor.endpoint" -}}
 interval: {{ .sm.interval }}
 scrapeTimeout: {{ .sm.scrapeTimeout }}
-{{- with .sm.relabelings }}
 relabelings:
+  - action: replace
+    targetLabel: job
+    replacement: {{ .job }}
+  {{- with .sm.relabelings }}
   {{- toYaml . | nindent 2 }}
-{{- end }}
+  {{- end }}
 {{- with .sm.metricRelabelings }}
 metricRelabelings:
   {{- toYaml . | nindent 2 }}
