@@ -21,6 +21,10 @@ class RedisSettings(BaseModel):
     """Lifetime of cached user features."""
     item_ttl_s: int = Field(86400, gt=0)
     """Lifetime of cached item features."""
+    timeout_s: float = Field(0.25, gt=0)
+    """Connect and read timeout of one Redis call."""
+    retry_after_s: float = Field(1.0, ge=0)
+    """After a Redis failure, reads go straight to Postgres for this long before retrying."""
 
 
 class PostgresSettings(BaseModel):
@@ -34,6 +38,21 @@ class PostgresSettings(BaseModel):
     """Postgres password; set it through RECSYS__FEATURE_STORE__POSTGRES__PASSWORD."""
     pool_size: int = Field(10, ge=1, le=200)
     """Connections in the asyncpg pool per process."""
+    timeout_s: float = Field(2.0, gt=0)
+    """Connect timeout and per-statement timeout of Postgres calls."""
+
+
+class LocalCacheSettings(BaseModel):
+    """L1: in-process caches in front of Redis (backend `redis_postgres`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    max_users: int = Field(100_000, ge=1)
+    """Most users held in the in-process cache (least recently used go first)."""
+    user_ttl_s: float = Field(1.0, gt=0)
+    """Lifetime of a cached user; bounds staleness when another process's invalidation is lost."""
+    item_ttl_s: float = Field(60.0, gt=0)
+    """Lifetime of cached item rows."""
 
 
 class EmbeddedSettings(BaseModel):
@@ -62,3 +81,5 @@ class FeatureStoreSettings(BaseModel):
     """Redis settings (backend `redis_postgres`)."""
     postgres: PostgresSettings = PostgresSettings()
     """Postgres settings (backend `redis_postgres`)."""
+    l1: LocalCacheSettings = LocalCacheSettings()
+    """In-process cache settings (backend `redis_postgres`)."""
