@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure the service and its models and write benchmarks/results/."""

@@ -1,0 +1,346 @@
+"""The ranker's features, defined once for training (offline) and serving (the gateway).
+
+Everything the ranking models see is computed here, by vectorised NumPy functions that the
+offline training-set builder (:mod:`triton_models.dataset`) and the online gateway both call, so
+there is no training/serving skew by construction. The serving contract is:
+
+1. The gateway keeps, per user, the purchase events it has seen (item, time, quantity, unit
+   price; ``RecordEvents`` purchases, ``unit price = revenue / quantity``) and the user's
+   country, and turns them into a :class:`UserState` with :func:`build_user_state` (or keeps the
+   state up to date incrementally with the same arithmetic).
+2. Item features come from :class:`ItemArrays` (``ItemArrays.from_catalogue``), gathered by
+   candidate position.
+3. A request's :class:`Context` carries its time, device, page and country.
+4. :func:`assemble_features` returns the ``float32 [n_candidates, len(FEATURE_NAMES)]`` matrix
+   sent to Triton as the ``features`` input, columns in :data:`FEATURE_NAMES` order (stored in
+   every model version's ``metadata.json``; the gateway must refuse a model whose list differs).
+
+Times are seconds since the epoch, UTC; a naive ``datetime`` is read as UTC (the data set's
+local times are treated the same way offline). Device and page are the API enum numbers; the
+historical data has neither, so training rows carry ``UNSPECIFIED`` (0) and the model cannot
+yet use them: they are in the vector so that logged serving traffic can train them later
+without changing the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from feature_service.catalogue import ItemCatalogue
+from triton_models.categories import top_categories
+
+CATEGORY_NAMES: tuple[str, ...] = top_categories()
+"""Top-level categories, in the order of the category one-hot and affinity vectors."""
+NUM_DEVICES = 5
+"""API ``Device`` values 0..4 (0 = UNSPECIFIED)."""
+NUM_PAGES = 7
+"""API ``Page`` values 0..6 (0 = UNSPECIFIED)."""
+MAX_DAYS = 365.0
+"""Recency features are capped here; "never" also reads as this value."""
+SECONDS_PER_DAY = 86_400.0
+UK_COUNTRIES = frozenset({"united kingdom", "gb", "uk"})
+"""Spellings of the home market: the data's country names and ISO 3166-1 alpha-2."""
+
+_USER = (
+    "user_log_orders",
+    "user_log_distinct_items",
+    "user_days_since_last_order",
+    "user_mean_log_price",
+    "user_is_new",
+    "user_country_uk",
+)
+_ITEM = (
+    "item_log_price",
+    "item_log_popularity",
+    "item_available",
+    *(f"item_category_{name.replace(' ', '_')}" for name in CATEGORY_NAMES),
+)
+_CONTEXT = (
+    "context_hour_sin",
+    "context_hour_cos",
+    "context_weekday_sin",
+    "context_weekday_cos",
+    *(f"context_device_{value}" for value in range(NUM_DEVICES)),
+    *(f"context_page_{value}" for value in range(NUM_PAGES)),
+    "context_country_known",
+    "context_country_uk",
+)
+_CROSS = (
+    "cross_user_category_affinity",
+    "cross_price_vs_user",
+    "cross_user_item_log_count",
+    "cross_user_item_bought",
+    "cross_user_item_days_since",
+    "cross_retrieval_score",
+)
+FEATURE_NAMES: tuple[str, ...] = (*_USER, *_ITEM, *_CONTEXT, *_CROSS)
+"""Column order of the feature matrix; stored in model metadata."""
+NUM_FEATURES = len(FEATURE_NAMES)
+
+_COLUMN = {name: index for index, name in enumerate(FEATURE_NAMES)}
+_USER_START = 0
+_ITEM_START = len(_USER)
+_CATEGORY_START = _COLUMN[f"item_category_{CATEGORY_NAMES[0].replace(' ', '_')}"]
+_CONTEXT_START = _ITEM_START + len(_ITEM)
+_DEVICE_START = _COLUMN["context_device_0"]
+_PAGE_START = _COLUMN["context_page_0"]
+_CROSS_START = _CONTEXT_START + len(_CONTEXT)
+
+
+def epoch_seconds(moment: datetime) -> float:
+    """Seconds since the epoch; a naive ``datetime`` counts as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def is_uk(country: str) -> bool:
+    """True for the home market in either spelling ("United Kingdom", "GB")."""
+    return country.strip().lower() in UK_COUNTRIES
+
+
+@dataclass(frozen=True, slots=True)
+class ItemArrays:
+    """Per-item feature columns, one entry per catalogue position."""
+
+    log_price: npt.NDArray[np.float32]
+    """log1p(price in GBP)."""
+    log_popularity: npt.NDArray[np.float32]
+    """log1p(distinct buyers in the popularity window)."""
+    available: npt.NDArray[np.float32]
+    """1.0 when the item sold recently (derived availability), else 0.0."""
+    category: npt.NDArray[np.int16]
+    """Top-level category index into :data:`CATEGORY_NAMES`."""
+
+    def __len__(self) -> int:
+        return len(self.category)
+
+    @classmethod
+    def from_columns(
+        cls,
+        price: npt.ArrayLike,
+        popularity: npt.ArrayLike,
+        available: npt.ArrayLike,
+        category: npt.ArrayLike,
+    ) -> ItemArrays:
+        """Item features from raw columns (price GBP, buyer counts, availability, index)."""
+        return cls(
+            log_price=np.log1p(np.asarray(price, dtype=np.float64)).astype(np.float32),
+            log_popularity=np.log1p(np.asarray(popularity, dtype=np.float64)).astype(np.float32),
+            available=np.asarray(available, dtype=bool).astype(np.float32),
+            category=np.asarray(category, dtype=np.int16),
+        )
+
+    @classmethod
+    def from_catalogue(cls, catalogue: ItemCatalogue) -> ItemArrays:
+        """Item features of the serving catalogue (``build/data/items.parquet``)."""
+        return cls.from_columns(
+            catalogue.price, catalogue.popularity, catalogue.available, catalogue.category
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseHistory:
+    """A user's purchase lines as arrays (lines of items not in the catalogue dropped)."""
+
+    positions: npt.NDArray[np.int32]
+    """Catalogue position of each line's item."""
+    timestamps: npt.NDArray[np.float64]
+    """Seconds since the epoch (UTC). Lines at the same second form one order."""
+    quantities: npt.NDArray[np.float32]
+    unit_prices: npt.NDArray[np.float32]
+    """GBP per unit (``revenue / quantity`` for API events)."""
+
+    @classmethod
+    def empty(cls) -> PurchaseHistory:
+        """No purchases (a new user)."""
+        return cls(
+            np.empty(0, np.int32),
+            np.empty(0, np.float64),
+            np.empty(0, np.float32),
+            np.empty(0, np.float32),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What the ranker knows about a user: aggregates of their purchases before ``as_of``."""
+
+    item_positions: npt.NDArray[np.int32]
+    """Items bought, sorted ascending (unique)."""
+    item_counts: npt.NDArray[np.float32]
+    """Orders that contained each item (aligned with ``item_positions``)."""
+    item_last_purchase: npt.NDArray[np.float64]
+    """Time (epoch s) each item was last bought."""
+    category_affinity: npt.NDArray[np.float32]
+    """Share of the user's purchase lines per top category (sums to 1; zeros when new)."""
+    mean_log_price: float
+    """Mean log1p(unit price paid) over purchase lines; 0 when new."""
+    order_count: int
+    """Distinct orders (distinct purchase times)."""
+    last_order: float
+    """Time (epoch s) of the latest order; NaN when new."""
+    country: str
+    """Country as known for the user (either spelling); empty when unknown."""
+
+
+def build_user_state(
+    history: PurchaseHistory, items: ItemArrays, as_of: float | datetime, country: str = ""
+) -> UserState:
+    """Aggregates the user's purchases strictly before ``as_of`` into a :class:`UserState`."""
+    cutoff = epoch_seconds(as_of) if isinstance(as_of, datetime) else float(as_of)
+    keep = history.timestamps < cutoff
+    positions = history.positions[keep]
+    times = history.timestamps[keep]
+    if len(positions) == 0:
+        return UserState(
+            item_positions=np.empty(0, np.int32),
+            item_counts=np.empty(0, np.float32),
+            item_last_purchase=np.empty(0, np.float64),
+            category_affinity=np.zeros(len(CATEGORY_NAMES), np.float32),
+            mean_log_price=0.0,
+            order_count=0,
+            last_order=float("nan"),
+            country=country,
+        )
+    # One count per (item, order): a line repeated within an order is one purchase of it.
+    pairs = np.unique(np.stack([positions.astype(np.float64), times]), axis=1)
+    unique_items, counts = np.unique(pairs[0].astype(np.int32), return_counts=True)
+    last = np.full(len(unique_items), -np.inf)
+    np.maximum.at(last, np.searchsorted(unique_items, positions), times)
+    categories = items.category[positions]
+    affinity = np.bincount(categories, minlength=len(CATEGORY_NAMES)).astype(np.float32)
+    affinity /= affinity.sum()
+    prices = history.unit_prices[keep].astype(np.float64)
+    return UserState(
+        item_positions=unique_items.astype(np.int32),
+        item_counts=counts.astype(np.float32),
+        item_last_purchase=last,
+        category_affinity=affinity,
+        mean_log_price=float(np.log1p(prices).mean()),
+        order_count=len(np.unique(times)),
+        last_order=float(times.max()),
+        country=country,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Where and when the recommendations are shown."""
+
+    time: datetime
+    """Request time (client time when given); at training time the purchase time."""
+    device: int = 0
+    """API ``Device`` number (0..4); 0 in all training data."""
+    page: int = 0
+    """API ``Page`` number (0..6); 0 in all training data."""
+    country: str = ""
+    """Request country (either spelling); empty when unknown."""
+
+
+def _days(now: float, then: npt.NDArray[np.float64] | float) -> npt.NDArray[np.float64]:
+    days = (now - np.asarray(then, dtype=np.float64)) / SECONDS_PER_DAY
+    return np.where(np.isfinite(days), np.clip(days, 0.0, MAX_DAYS), MAX_DAYS)
+
+
+def _shared_row(state: UserState, context: Context) -> npt.NDArray[np.float32]:
+    """The user and context columns, which are the same for every candidate."""
+    row = np.zeros(NUM_FEATURES, dtype=np.float32)
+    now = epoch_seconds(context.time)
+    row[_USER_START : _USER_START + len(_USER)] = (
+        np.log1p(state.order_count),
+        np.log1p(len(state.item_positions)),
+        _days(now, state.last_order),
+        state.mean_log_price,
+        float(state.order_count == 0),
+        float(is_uk(state.country)),
+    )
+    utc = context.time if context.time.tzinfo is None else context.time.astimezone(UTC)
+    hour = 2.0 * np.pi * (utc.hour + utc.minute / 60.0) / 24.0
+    weekday = 2.0 * np.pi * utc.weekday() / 7.0
+    row[_COLUMN["context_hour_sin"]] = np.sin(hour)
+    row[_COLUMN["context_hour_cos"]] = np.cos(hour)
+    row[_COLUMN["context_weekday_sin"]] = np.sin(weekday)
+    row[_COLUMN["context_weekday_cos"]] = np.cos(weekday)
+    device = context.device if 0 <= context.device < NUM_DEVICES else 0
+    page = context.page if 0 <= context.page < NUM_PAGES else 0
+    row[_DEVICE_START + device] = 1.0
+    row[_PAGE_START + page] = 1.0
+    row[_COLUMN["context_country_known"]] = float(bool(context.country.strip()))
+    row[_COLUMN["context_country_uk"]] = float(is_uk(context.country))
+    return row
+
+
+def assemble_features(
+    state: UserState,
+    items: ItemArrays,
+    candidates: npt.NDArray[np.int32],
+    context: Context,
+    retrieval_scores: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """The feature matrix of one request: ``float32 [len(candidates), NUM_FEATURES]``.
+
+    Args:
+        state: the user's state (from :func:`build_user_state`).
+        items: item feature columns by catalogue position.
+        candidates: catalogue positions to score.
+        context: request time, device, page and country.
+        retrieval_scores: the retrieval model's score of each candidate (user embedding · item
+            embedding; 0 for a user without an embedding), aligned with ``candidates``.
+
+    Returns:
+        Rows in ``candidates`` order, columns in :data:`FEATURE_NAMES` order.
+    """
+    n = len(candidates)
+    if len(retrieval_scores) != n:
+        raise ValueError(f"{n} candidates but {len(retrieval_scores)} retrieval scores")
+    out = np.empty((n, NUM_FEATURES), dtype=np.float32)
+    out[:] = _shared_row(state, context)
+    if n == 0:
+        return out
+    category = items.category[candidates].astype(np.intp)
+    log_price = items.log_price[candidates]
+    out[:, _ITEM_START] = log_price
+    out[:, _ITEM_START + 1] = items.log_popularity[candidates]
+    out[:, _ITEM_START + 2] = items.available[candidates]
+    out[np.arange(n), _CATEGORY_START + category] = 1.0
+
+    owned = state.item_positions
+    if len(owned):
+        index = np.minimum(np.searchsorted(owned, candidates), len(owned) - 1)
+        bought = owned[index] == candidates
+        count = np.where(bought, state.item_counts[index], 0.0)
+        last = np.where(bought, state.item_last_purchase[index], -np.inf)
+        price_gap = log_price - np.float32(state.mean_log_price)
+    else:
+        bought = np.zeros(n, dtype=bool)
+        count = np.zeros(n, dtype=np.float32)
+        last = np.full(n, -np.inf)
+        price_gap = np.zeros(n, dtype=np.float32)
+    c = _CROSS_START
+    out[:, c] = state.category_affinity[category]
+    out[:, c + 1] = price_gap
+    out[:, c + 2] = np.log1p(count)
+    out[:, c + 3] = bought
+    out[:, c + 4] = _days(epoch_seconds(context.time), last)
+    out[:, c + 5] = retrieval_scores
+    return out
+
+
+def merge_candidates(*sources: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+    """Union of candidate sources, first occurrence wins, in source order.
+
+    The ranker was trained on ``merge_candidates(retrieval, history, popular)``: the retrieval
+    top-N (the user's own items excluded), the items the user bought before, and the most
+    popular items.
+    """
+    if not sources:
+        return np.empty(0, np.int32)
+    stacked = np.concatenate([np.asarray(s, dtype=np.int32) for s in sources])
+    _, first = np.unique(stacked, return_index=True)
+    merged: npt.NDArray[np.int32] = stacked[np.sort(first)]
+    return merged

@@ -1,0 +1,69 @@
+"""The rankers' Triton repository: one quantized model plus a one-step ensemble, both flavours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tritonclient.grpc import model_config_pb2
+
+from triton_models import repository as repo
+from triton_models.triton_repo import ServingOptions, git_sha, write_ranker
+
+F = 5
+
+
+def _onnx(path: Path) -> Path:
+    weights = numpy_helper.from_array(np.ones((F, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "w"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["score"]),
+        ],
+        "ranker",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", F])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        [weights],
+    )
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path)
+    )
+    return path
+
+
+def test_write_ranker_both_flavours(tmp_path: Path) -> None:
+    model = _onnx(tmp_path / "model.onnx")
+    options = ServingOptions(
+        preferred_batch_sizes=(100, 400), max_queue_delay_us=500, instance_count=3
+    )
+    for flavour in repo.Flavour:
+        root = tmp_path / flavour.value
+        model_dir, ensemble_dir = write_ranker(
+            root, "ranker_v2", model, F, {"feature_names": ["a"]}, options, flavour
+        )
+
+        config = repo.read_config(model_dir)
+        assert config.name == "ranker_v2_onnx"
+        assert [(t.name, list(t.dims)) for t in config.input] == [("features", [F])]
+        assert [(t.name, list(t.dims)) for t in config.output] == [("score", [1])]
+        assert list(config.dynamic_batching.preferred_batch_size) == [100, 400]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert config.instance_group[0].count == 3
+        assert config.backend == ("python" if flavour is repo.Flavour.LOCAL else "onnxruntime")
+
+        ensemble = repo.read_config(ensemble_dir)
+        assert ensemble.platform == "ensemble"
+        (step,) = ensemble.ensemble_scheduling.step
+        assert step.model_name == "ranker_v2_onnx"
+        assert dict(step.input_map) == {"features": "features"}
+        assert dict(step.output_map) == {"score": "score"}
+        assert ensemble.input[0].data_type == model_config_pb2.TYPE_FP32
+        assert repo.read_version_metadata(model_dir, 1) == {"feature_names": ["a"]}
+        assert repo.read_version_metadata(ensemble_dir, 1) == {"feature_names": ["a"]}
+
+
+def test_git_sha_is_a_hash_or_none() -> None:
+    sha = git_sha()
+    assert sha is None or (len(sha) == 40 and int(sha, 16) >= 0)

@@ -1,0 +1,98 @@
+"""Offline ranking metrics on ranked lists of item positions (binary relevance).
+
+For one query with ranked list ``r`` and relevant set ``R``:
+
+- ``NDCG@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{i<k, r_i in R} 1 / log2(i + 2)`` and
+  ``IDCG@k`` the DCG of ``min(|R|, k)`` hits at the top;
+- ``Recall@k = |r[:k] ∩ R| / |R|``;
+- ``HR@k = 1`` when ``r[:k]`` holds any relevant item;
+- ``MRR = 1 / (rank of the first relevant item)`` within the first ``MRR_DEPTH`` items, else 0.
+
+Queries with an empty relevant set are skipped; each metric is the mean over queries.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+MRR_DEPTH = 100
+
+
+def _hits(
+    ranked: npt.NDArray[np.int32], relevant: npt.NDArray[np.int32], depth: int
+) -> npt.NDArray[np.bool_]:
+    return np.isin(ranked[:depth], relevant)
+
+
+def ndcg_at_k(ranked: npt.NDArray[np.int32], relevant: npt.NDArray[np.int32], k: int) -> float:
+    """NDCG@k of one ranked list."""
+    hits = _hits(ranked, relevant, k)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = float(discounts[: len(hits)][hits].sum())
+    ideal = float(discounts[: min(len(np.unique(relevant)), k)].sum())
+    return dcg / ideal if ideal > 0 else 0.0
+
+
+def recall_at_k(ranked: npt.NDArray[np.int32], relevant: npt.NDArray[np.int32], k: int) -> float:
+    """Recall@k of one ranked list."""
+    unique = np.unique(relevant)
+    return float(_hits(ranked, unique, k).sum() / len(unique)) if len(unique) else 0.0
+
+
+def hit_rate_at_k(ranked: npt.NDArray[np.int32], relevant: npt.NDArray[np.int32], k: int) -> float:
+    """1.0 when any of the first k items is relevant."""
+    return float(_hits(ranked, relevant, k).any())
+
+
+def reciprocal_rank(ranked: npt.NDArray[np.int32], relevant: npt.NDArray[np.int32]) -> float:
+    """1 / rank of the first relevant item within ``MRR_DEPTH``, else 0."""
+    hits = np.flatnonzero(_hits(ranked, relevant, MRR_DEPTH))
+    return 1.0 / (hits[0] + 1) if len(hits) else 0.0
+
+
+def ranking_metrics(
+    ranked: Sequence[npt.NDArray[np.int32]],
+    relevant: Sequence[npt.NDArray[np.int32]],
+    k: int = 10,
+) -> dict[str, float]:
+    """Mean NDCG@k, Recall@k, HR@k and MRR over queries with a relevant item."""
+    rows = [
+        (
+            ndcg_at_k(r, rel, k),
+            recall_at_k(r, rel, k),
+            hit_rate_at_k(r, rel, k),
+            reciprocal_rank(r, rel),
+        )
+        for r, rel in zip(ranked, relevant, strict=True)
+        if len(rel)
+    ]
+    values = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    means = values.mean(axis=0) if len(values) else np.zeros(4)
+    return {
+        f"ndcg@{k}": float(means[0]),
+        f"recall@{k}": float(means[1]),
+        f"hr@{k}": float(means[2]),
+        "mrr": float(means[3]),
+        "queries": float(len(values)),
+    }
+
+
+def rank_by_score(
+    positions: npt.NDArray[np.int32],
+    scores: npt.NDArray[np.floating[Any]],
+    offsets: npt.NDArray[np.int64],
+) -> list[npt.NDArray[np.int32]]:
+    """Per query (rows ``offsets[q]:offsets[q+1]``), the positions sorted by score, best first.
+
+    Ties keep the candidate order (stable sort), so results are deterministic.
+    """
+    ranked = []
+    for start, end in itertools.pairwise(offsets):
+        order = np.argsort(-scores[start:end], kind="stable")
+        ranked.append(positions[start:end][order])
+    return ranked

@@ -1,0 +1,117 @@
+"""Step 7 of the offline pipeline: the Triton model repositories of the rankers.
+
+For each ranker ``<name>`` (``ranker_v2``, ``ranker_v3``) two models are written with
+:mod:`triton_models.repository`, in both flavours (``build/triton/local`` for the wheel's
+tritonserver, ``build/triton/production`` for the NGC image):
+
+- ``<name>_onnx``: the quantized ONNX model, with dynamic batching and CPU instances;
+- ``<name>``: an ensemble (``platform: "ensemble"``) of exactly one step, that model.
+
+The ensemble has one step because everything else is already inside the graph:
+standardisation and the sigmoid were folded into it at export, so a preprocessing model would
+only add a scheduling hop and a tensor copy per request. Clients (the gateway) call the stable
+ensemble name; a future version can add steps (or swap the composing model) without any client
+change. Tensors: input ``features`` FP32 ``[-1, F]``, output ``score`` FP32 ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triton_models import repository as repo
+from triton_models.export import INPUT_NAME, OUTPUT_NAME
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """Batching and instance settings written into every ranker's config."""
+
+    max_batch_size: int = 4096
+    """Largest batch Triton forms (rows, i.e. candidates, summed over requests)."""
+    preferred_batch_sizes: tuple[int, ...] = (500, 1000, 2000)
+    """Batch sizes the dynamic batcher aims for (one request carries ~500 candidates)."""
+    max_queue_delay_us: int = 1_000
+    """How long a request may wait for others to join its batch."""
+    instance_count: int = 2
+    """Model instances per server (CPU)."""
+    intra_op_threads: int = 1
+    """onnxruntime threads per instance."""
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the checkout, or None outside one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def tensor_specs(num_features: int) -> tuple[repo.TensorSpec, repo.TensorSpec]:
+    """The ``features`` input and ``score`` output of every ranker."""
+    return (
+        repo.TensorSpec(INPUT_NAME, np.float32, (num_features,)),
+        repo.TensorSpec(OUTPUT_NAME, np.float32, (1,)),
+    )
+
+
+def write_ranker(
+    root: Path,
+    name: str,
+    onnx_model: Path,
+    num_features: int,
+    metadata: Mapping[str, Any],
+    options: ServingOptions,
+    flavour: repo.Flavour,
+    version: int = 1,
+) -> tuple[Path, Path]:
+    """Writes ``<name>_onnx`` and the ensemble ``<name>`` into ``root``; returns both folders."""
+    features, score = tensor_specs(num_features)
+    model_name = f"{name}_onnx"
+    spec = repo.OnnxModelSpec(
+        name=model_name,
+        inputs=(features,),
+        outputs=(score,),
+        max_batch_size=options.max_batch_size,
+        dynamic_batching=repo.DynamicBatching(
+            preferred_batch_size=options.preferred_batch_sizes,
+            max_queue_delay_microseconds=options.max_queue_delay_us,
+        ),
+        instance_count=options.instance_count,
+        intra_op_threads=options.intra_op_threads,
+    )
+    model_dir = repo.write_onnx_model(
+        root, spec, onnx_model, flavour=flavour, version=version, metadata=metadata
+    )
+    ensemble_dir = repo.write_ensemble(
+        root,
+        repo.EnsembleSpec(
+            name=name,
+            inputs=(features,),
+            outputs=(score,),
+            steps=(
+                repo.EnsembleStep(
+                    model_name=model_name,
+                    input_map={INPUT_NAME: INPUT_NAME},
+                    output_map={OUTPUT_NAME: OUTPUT_NAME},
+                ),
+            ),
+            max_batch_size=options.max_batch_size,
+        ),
+        version=version,
+    )
+    repo.write_version_metadata(ensemble_dir, version, metadata)
+    return model_dir, ensemble_dir
