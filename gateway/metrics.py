@@ -24,6 +24,7 @@ from prometheus_client import (
 # Latency buckets (seconds) around the 100 ms p99 objective.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+SCORE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 CANDIDATE_BUCKETS = (0, 10, 50, 100, 200, 300, 400, 500, 750, 1000, 2000)
 
 
@@ -70,6 +71,32 @@ class Metrics:
             "recsys_exposures",
             "Recommend responses per experiment arm.",
             ["experiment", "variant"],
+            registry=r,
+        )
+        self.prediction_cache = Counter(
+            "recsys_prediction_cache_requests",
+            "Prediction cache lookups, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.triton_duration = Histogram(
+            "recsys_triton_request_duration_seconds",
+            "Latency of one Triton ranking call.",
+            ["model"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.ranker_failures = Counter(
+            "recsys_ranker_failures",
+            "Ranking calls answered by the fallback, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.ranker_score = Histogram(
+            "recsys_ranker_score",
+            "Median ranker score of each request's candidates.",
+            ["model"],
+            buckets=SCORE_BUCKETS,
             registry=r,
         )
         self.exposures_dropped = Counter(

@@ -14,24 +14,42 @@ import numpy as np
 from opentelemetry import trace
 from recsys.v1 import recommendation_pb2 as pb
 
+from ab.assignment import Assignment
 from ab.config import ABTestingSettings
 from ab.exposures import Exposure, ExposureRecorder
 from feature_service.catalogue import ItemCatalogue
+from feature_service.definitions import PurchaseHistory
 from feature_service.store import FeatureStore
 from gateway.deadline import Budget
 from gateway.metrics import Metrics
+from gateway.models import ModelRegistry
 from gateway.stages.assign import assign_variant
-from gateway.stages.candidates import PopularCandidates, candidate_count
-from gateway.stages.features import fetch_user_features
+from gateway.stages.candidates import HISTORY_CANDIDATES, CandidateRetriever, candidate_count
+from gateway.stages.features import RankingFeatures, fetch_user_features
 from gateway.stages.filter import filter_candidates
-from gateway.stages.rank import PopularityRanker
+from gateway.stages.rank import (
+    FallbackRanker,
+    PredictionCache,
+    RankerFailure,
+    TritonRanker,
+)
 from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.respond import build_response
-from gateway.stages.types import RecommendQuery
+from gateway.stages.types import Candidates, Ranking, RecommendQuery
 from triton_models.config import ModelSettings
 
 # Share of the request budget the feature stage may use before it falls back to defaults.
 FEATURES_BUDGET_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """The trained-model path of the rank stage; absent until `make models` has built one."""
+
+    triton: TritonRanker
+    registry: ModelRegistry
+    features: RankingFeatures
+    cache: PredictionCache
 
 
 @dataclass(frozen=True)
@@ -42,8 +60,9 @@ class Recommender:
     ab_testing: ABTestingSettings
     catalogue: ItemCatalogue
     store: FeatureStore
-    candidates: PopularCandidates
-    ranker: PopularityRanker
+    candidates: CandidateRetriever
+    fallback: FallbackRanker
+    ranker: Ranker | None
     metrics: Metrics
     tracer: trace.Tracer
     exposures: ExposureRecorder
@@ -63,6 +82,8 @@ class Recommender:
         reasons: list[str] = []
         with stage("assign"):
             assignment = assign_variant(query.user_id, self.ab_testing.experiments)
+        if assignment is not None:
+            request_span.set_attribute("recsys.experiment_id", assignment.experiment_id)
 
         budget.check("features")
         with stage("features"):
@@ -72,10 +93,13 @@ class Recommender:
                 query.context.time,
                 budget.remaining() * FEATURES_BUDGET_SHARE,
             )
+            history = (
+                self.ranker.features.histories.history(query.user_id)
+                if self.ranker is not None
+                else PurchaseHistory.empty()
+            )
         if not complete:
             reasons.append("FEATURES_UNAVAILABLE")
-        if assignment is not None:
-            request_span.set_attribute("recsys.experiment_id", assignment.experiment_id)
 
         budget.check("candidates")
         rules = self.model.reranker
@@ -89,7 +113,12 @@ class Recommender:
             count = candidate_count(
                 self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
             )
-            candidates = self.candidates.retrieve(count)
+            past_items = (
+                self.ranker.features.histories.recent_items(history, HISTORY_CANDIDATES)
+                if self.ranker is not None
+                else np.empty(0, np.int32)
+            )
+            candidates = self.candidates.retrieve(query.user_id, past_items, count)
 
         with stage("filter"):
             kept = filter_candidates(
@@ -104,15 +133,20 @@ class Recommender:
 
         budget.check("rank")
         with stage("rank"):
-            ranking = self.ranker.rank(kept)
+            ranking = await self._rank(query, assignment, history, kept, budget)
         reasons.extend(ranking.degraded_reasons)
         request_span.set_attribute("recsys.model_version", ranking.model_version)
 
         with stage("rerank"):
             # Diversity picks a few more than needed so the category cap can still fill the list.
             pool = query.num_items * 3 if rules.max_per_category else query.num_items
+            embeddings = (
+                self.candidates.index.unit_item_vectors
+                if self.candidates.index is not None
+                else None
+            )
             diverse = diversify(
-                ranking.items, self.catalogue.category, rules.diversity_weight, pool
+                ranking.items, self.catalogue.category, rules.diversity_weight, pool, embeddings
             )
             items = truncate(
                 cap_per_category(diverse, self.catalogue.category, rules.max_per_category),
@@ -137,15 +171,75 @@ class Recommender:
                 (time.perf_counter() - started) * 1000.0,
             )
         if assignment is not None:
-            exposure = Exposure(
-                request_id=query.request_id,
-                user_id=query.user_id,
-                experiment=assignment.experiment,
-                variant=assignment.variant,
-                model_version=ranking.model_version,
-                item_ids=tuple(r.item_id for r in response.recommendations),
-                timestamp=query.context.time,
-            )
-            if not self.exposures.record(exposure):
-                self.metrics.exposures_dropped.inc()
+            self._log_exposure(query, assignment, ranking.model_version, response)
         return response
+
+    async def _rank(
+        self,
+        query: RecommendQuery,
+        assignment: Assignment | None,
+        history: PurchaseHistory,
+        candidates: Candidates,
+        budget: Budget,
+    ) -> Ranking:
+        """Scores with the arm's model on Triton; the fallback ranker answers when there is no
+        model or Triton fails or is too slow."""
+        if self.ranker is None or len(candidates) == 0:
+            return self.fallback.rank(candidates, "NO_MODEL")
+        ranker = self.ranker
+        model = assignment.model if assignment is not None else self.model.ranker.default_model
+        version = (assignment.model_version if assignment is not None else 0) or (
+            ranker.registry.version(model)
+        )
+        if version is None:
+            return self.fallback.rank(candidates, "NO_MODEL")
+        context = query.context
+        key = PredictionCache.key(
+            model,
+            version,
+            query.user_id,
+            len(history.positions),
+            (context.device, context.page, hash(context.country), context.time.hour),
+            candidates.positions,
+        )
+        scores = ranker.cache.get(key)
+        if scores is not None:
+            self.metrics.prediction_cache.labels("hit").inc()
+        else:
+            self.metrics.prediction_cache.labels("miss").inc()
+            features = ranker.features.build(query.user_id, history, candidates, context)
+            timeout_s = min(budget.remaining(), self.model.ranker.timeout_ms / 1000.0)
+            started = time.perf_counter()
+            try:
+                scored = await ranker.triton.score(model, version, features, timeout_s)
+            except RankerFailure as exc:
+                self.metrics.ranker_failures.labels(model, exc.reason).inc()
+                return self.fallback.rank(candidates, exc.reason)
+            finally:
+                self.metrics.triton_duration.labels(model).observe(time.perf_counter() - started)
+            scores = scored.scores
+            ranker.cache.put(key, scores)
+            self.metrics.ranker_score.labels(model).observe(float(np.median(scores)))
+        order = np.argsort(-scores, kind="stable")
+        return Ranking(
+            Candidates(candidates.positions[order], scores[order]), f"{model}/{version}", ()
+        )
+
+    def _log_exposure(
+        self,
+        query: RecommendQuery,
+        assignment: Assignment,
+        model_version: str,
+        response: pb.RecommendResponse,
+    ) -> None:
+        exposure = Exposure(
+            request_id=query.request_id,
+            user_id=query.user_id,
+            experiment=assignment.experiment,
+            variant=assignment.variant,
+            model_version=model_version,
+            item_ids=tuple(r.item_id for r in response.recommendations),
+            timestamp=query.context.time,
+        )
+        if not self.exposures.record(exposure):
+            self.metrics.exposures_dropped.inc()

@@ -5,24 +5,33 @@ Stages get what they need through constructors; nothing is a lazy module-level s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from ab.exposures import ExposureRecorder, SqliteExposureSink
 from feature_service.catalogue import ItemCatalogue
+from feature_service.definitions import ItemArrays
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.event_log import SqliteEventLog
-from gateway.config import ConfigError, Settings
+from feature_service.history import PurchaseHistories, replay_offset
+from feature_service.layered import LayeredFeatureStore
+from feature_service.store import FeatureStore
+from gateway.config import Settings
 from gateway.http_endpoint import HealthState, HttpEndpoint
 from gateway.metrics import Metrics
-from gateway.recommender import Recommender
-from gateway.stages.candidates import PopularCandidates
-from gateway.stages.rank import PopularityRanker
+from gateway.models import ModelRegistry
+from gateway.recommender import Ranker, Recommender
+from gateway.stages.candidates import CandidateRetriever, PopularCandidates, RetrievalIndex
+from gateway.stages.features import RankingFeatures
+from gateway.stages.rank import FallbackRanker, PredictionCache, TritonRanker
 from gateway.telemetry import build_tracer_provider
 
 
@@ -31,13 +40,15 @@ class Resources:
     """What the servicer needs, opened and ready."""
 
     catalogue: ItemCatalogue
-    store: EmbeddedFeatureStore
+    store: FeatureStore
     recommender: Recommender
     metrics: Metrics
     health: HealthState
     http: HttpEndpoint | None
     """The /metrics and /health endpoint, when enabled."""
     tracer: trace.Tracer
+    histories: PurchaseHistories | None
+    """Purchase histories the ranker reads (None without a ranker); RecordEvents appends."""
 
 
 @contextlib.asynccontextmanager
@@ -52,15 +63,13 @@ async def open_resources(
 
     Raises:
         CatalogueError: the offline artefacts are missing (run `make models`).
-        ConfigError: the configured feature-store backend is not available in this build.
+        ConfigError: a configured model does not match this gateway (see ModelRegistry).
+        RetrievalError: the retrieval index does not match the catalogue.
+        FeatureStoreError: the redis_postgres backend cannot reach Postgres.
     """
-    data_dir = settings.model.artifacts_dir / "data"
+    model = settings.model
+    data_dir = model.artifacts_dir / "data"
     store_settings = settings.feature_store
-    if store_settings.backend != "embedded":
-        raise ConfigError(
-            f"feature_store.backend: {store_settings.backend!r} is not available in this "
-            "build; use 'embedded'"
-        )
     catalogue = ItemCatalogue.load(data_dir)
     metrics = metrics if metrics is not None else Metrics()
     health = HealthState()
@@ -74,30 +83,103 @@ async def open_resources(
             endpoint = settings.monitoring.metrics
             http = HttpEndpoint(metrics.registry, health, endpoint.host, endpoint.port)
             stack.callback(http.close)
-        event_log = await SqliteEventLog.open(store_settings.embedded.event_log_path)
-        stack.push_async_callback(event_log.close)
-        store = await EmbeddedFeatureStore.open(
-            catalogue,
-            data_dir,
-            event_log,
-            store_settings.recent_items,
-            timedelta(seconds=store_settings.recent_window_s),
-            datetime.now(UTC),
-        )
+
+        store: FeatureStore
+        if store_settings.backend == "redis_postgres":
+            layered = await LayeredFeatureStore.open(
+                store_settings, catalogue, data_dir, metrics.registry
+            )
+            stack.push_async_callback(layered.close)
+            store = layered
+        else:
+            event_log = await SqliteEventLog.open(store_settings.embedded.event_log_path)
+            stack.push_async_callback(event_log.close)
+            store = await EmbeddedFeatureStore.open(
+                catalogue,
+                data_dir,
+                event_log,
+                store_settings.recent_items,
+                timedelta(seconds=store_settings.recent_window_s),
+                datetime.now(UTC),
+            )
+
         exposure_sink = await SqliteExposureSink.open(settings.ab_testing.exposure_log_path)
         stack.push_async_callback(exposure_sink.close)
         exposures = await stack.enter_async_context(
             ExposureRecorder(exposure_sink, capacity=settings.ab_testing.exposure_queue_size)
         )
+
+        popular = PopularCandidates(catalogue)
+        retrieval_dir = model.artifacts_dir / "retrieval"
+        index = (
+            RetrievalIndex.load(retrieval_dir, catalogue, model.candidate_generator.search_k)
+            if retrieval_dir.is_dir()
+            else None
+        )
+        ranker = await _open_ranker(settings, catalogue, data_dir, stack)
         recommender = Recommender(
-            model=settings.model,
+            model=model,
             ab_testing=settings.ab_testing,
             catalogue=catalogue,
             store=store,
-            candidates=PopularCandidates(catalogue),
-            ranker=PopularityRanker(),
+            candidates=CandidateRetriever(
+                popular, index, model.candidate_generator.popular_candidates
+            ),
+            fallback=FallbackRanker(catalogue.popularity),
+            ranker=ranker,
             metrics=metrics,
             tracer=tracer,
             exposures=exposures,
         )
-        yield Resources(catalogue, store, recommender, metrics, health, http, tracer)
+        histories = ranker.features.histories if ranker is not None else None
+        yield Resources(catalogue, store, recommender, metrics, health, http, tracer, histories)
+
+
+async def _open_ranker(
+    settings: Settings, catalogue: ItemCatalogue, data_dir: Path, stack: contextlib.AsyncExitStack
+) -> Ranker | None:
+    """The Triton ranking path, or None while no model repository has been built.
+
+    Raises:
+        ConfigError: a configured model is missing from the repository or was trained on other
+            features than this gateway builds.
+    """
+    model = settings.model
+    repository = model.repository_dir or model.artifacts_dir / "triton" / "local"
+    if not repository.is_dir():
+        return None
+    names = [model.ranker.default_model] + [
+        v.model for e in settings.ab_testing.experiments for v in e.variants
+    ]
+    registry = ModelRegistry(repository, names)
+    registry.validate_repository()
+    offset = timedelta(0)
+    if model.replay_data_clock:
+        report = json.loads((data_dir / "ingest_report.json").read_text())
+        data_end = datetime.fromisoformat(report["split"]["data_end"]).replace(tzinfo=UTC)
+        offset = replay_offset(data_end, datetime.now(UTC))
+    histories = PurchaseHistories.load(data_dir, catalogue, offset.total_seconds())
+    triton = TritonRanker(
+        model.ranker.triton_grpc_url,
+        model.ranker.failure_threshold,
+        model.ranker.recovery_timeout_s,
+    )
+    stack.push_async_callback(triton.close)
+    poller = asyncio.create_task(
+        registry.poll(triton, model.ranker.model_poll_interval_s), name="model-poller"
+    )
+
+    async def stop_poller() -> None:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+
+    stack.push_async_callback(stop_poller)
+    return Ranker(
+        triton=triton,
+        registry=registry,
+        features=RankingFeatures(histories, ItemArrays.from_catalogue(catalogue)),
+        cache=PredictionCache(
+            model.ranker.prediction_cache_size, model.ranker.prediction_cache_ttl_s
+        ),
+    )

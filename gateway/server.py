@@ -84,6 +84,7 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
             limits,
             serving.default_deadline_ms / 1000.0,
             resources.metrics,
+            resources.histories,
         ),
         server,
     )

@@ -9,6 +9,7 @@ import grpc
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
+from feature_service.history import PurchaseHistories
 from feature_service.store import FeatureStore, FeatureStoreError
 from gateway.deadline import Budget
 from gateway.errors import Unavailable
@@ -27,12 +28,14 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         limits: Limits,
         default_deadline_s: float,
         metrics: Metrics,
+        histories: PurchaseHistories | None,
     ) -> None:
         self._recommender = recommender
         self._store = store
         self._limits = limits
         self._default_deadline_s = default_deadline_s
         self._metrics = metrics
+        self._histories = histories
 
     async def Recommend(
         self,
@@ -53,6 +56,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             result = await self._store.record_events(events)
         except FeatureStoreError as exc:
             raise Unavailable("events could not be stored; retry the batch") from exc
+        if self._histories is not None:
+            # Purchases feed the ranker's user features from the next request on.
+            self._histories.record(events)
         counter = self._metrics.events
         for kind, count in Counter(e.type.name.lower() for e in events).items():
             counter.labels(kind, "received").inc(count)

@@ -33,7 +33,8 @@ def build_dir() -> Path:
 
 @pytest.fixture
 def make_settings(build_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings from the local profile with a private event log and a free port.
+    """Settings from the local profile with private logs, free ports and no ranker model (the
+    popularity fallback answers; `tests/integration/test_serving_path.py` covers Triton).
 
     Keyword arguments are extra `RECSYS__...` overrides, e.g. `SERVING__MAX_EXCLUDE_ITEMS="2"`.
     """
@@ -41,6 +42,7 @@ def make_settings(build_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: str) -> Settings:
         environ = {
             "RECSYS__MODEL__ARTIFACTS_DIR": str(build_dir),
+            "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no-model-repository"),
             "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(tmp_path / "events.sqlite3"),
             "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(tmp_path / "exposures.sqlite3"),
             "RECSYS__SERVING__PORT": "0",

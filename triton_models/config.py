@@ -31,6 +31,16 @@ class RankerSettings(BaseModel):
     """Ensemble used when no experiment assigns one."""
     timeout_ms: float = Field(40.0, gt=0)
     """Upper bound of one Triton call; the request's remaining deadline may make it shorter."""
+    failure_threshold: int = Field(5, ge=1)
+    """Consecutive Triton failures that open the circuit breaker (calls then fail at once)."""
+    recovery_timeout_s: float = Field(5.0, gt=0)
+    """How long the breaker stays open before one trial call."""
+    model_poll_interval_s: float = Field(5.0, gt=0)
+    """How often the gateway asks Triton which model versions are ready (rollouts)."""
+    prediction_cache_size: int = Field(20_000, ge=0)
+    """Cached score vectors per process (0 disables the prediction cache)."""
+    prediction_cache_ttl_s: float = Field(60.0, gt=0)
+    """Lifetime of a cached score vector."""
 
 
 class RerankerSettings(BaseModel):
@@ -59,6 +69,12 @@ class ModelSettings(BaseModel):
     """Folder with the raw data (`online_retail.csv.gz`); read only by the offline pipeline."""
     artifacts_dir: Path = Path("build")
     """Root of everything `make models` writes: canonical tables, indexes, model repositories."""
+    repository_dir: Path | None = None
+    """Triton model repository whose metadata the gateway checks; default
+    `<artifacts_dir>/triton/local`."""
+    replay_data_clock: bool = True
+    """Serve the historical data set as if its last day were today: feature times move back by
+    whole weeks (hour and weekday kept). Off for live data."""
     candidate_generator: CandidateGeneratorSettings = CandidateGeneratorSettings()
     """Candidate retrieval settings."""
     ranker: RankerSettings = RankerSettings()

@@ -1,15 +1,35 @@
 """Stage 4: retrieve candidate items for the user.
 
-Until the offline pipeline's Annoy index is deployed, candidates are the most popular items of
-the catalogue (the same list new users will always get merged in for cold start).
+The candidate set is the one the rankers were trained on
+(`feature_service.definitions.merge_candidates`): the Annoy index's nearest items to the user's
+embedding (their own past items excluded), the items the user bought before (most recent first),
+and the most popular items, which also give new and unknown users a full list (cold start).
+Each candidate's retrieval score is the user-item inner product (0 without an embedding).
+
+The index file is memory-mapped, so every gateway process on a machine shares one copy.
+Without a retrieval index (`make models` not run yet), candidates are the popular items.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
+from annoy import AnnoyIndex
 
 from feature_service.catalogue import ItemCatalogue
+from feature_service.definitions import merge_candidates
 from gateway.stages.types import Candidates
+
+HISTORY_CANDIDATES = 200
+"""Past items per user in the candidate set (as in training)."""
+
+
+class RetrievalError(Exception):
+    """The retrieval artefacts are missing or do not match the catalogue."""
 
 
 class PopularCandidates:
@@ -20,9 +40,107 @@ class PopularCandidates:
         top = float(catalogue.popularity[order[0]]) if len(order) else 1.0
         self._ranked = Candidates(order, (catalogue.popularity[order] / max(top, 1.0)))
 
+    @property
+    def positions(self) -> npt.NDArray[np.int32]:
+        """All catalogue positions, most popular first."""
+        return self._ranked.positions
+
     def retrieve(self, count: int) -> Candidates:
         """The `count` most popular items."""
         return self._ranked.take(np.arange(min(count, len(self._ranked))))
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalIndex:
+    """The Annoy index over item embeddings and the user embeddings, by catalogue position."""
+
+    index: Any
+    """AnnoyIndex (metric dot), item i = catalogue position i; memory-mapped."""
+    search_k: int
+    user_row: dict[str, int]
+    user_vectors: npt.NDArray[np.float32]
+    item_vectors: npt.NDArray[np.float32]
+    unit_item_vectors: npt.NDArray[np.float32]
+    """Item embeddings scaled to unit length (for diversity)."""
+
+    @classmethod
+    def load(cls, directory: Path, catalogue: ItemCatalogue, search_k: int) -> RetrievalIndex:
+        """Opens `directory` (build/retrieval) written by `make models`.
+
+        Raises:
+            RetrievalError: a file is missing or the item order differs from the catalogue.
+        """
+        import json
+
+        try:
+            meta = json.loads((directory / "metadata.json").read_text())
+            item_ids = (directory / "item_ids.txt").read_text().split()
+            user_ids = (directory / "user_ids.txt").read_text().split()
+            items = np.load(directory / "item_embeddings.npy").astype(np.float32)
+            users = np.load(directory / "user_embeddings.npy").astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise RetrievalError(f"cannot read the retrieval index in {directory}: {exc}") from exc
+        if item_ids != catalogue.item_ids.tolist():
+            raise RetrievalError(
+                f"{directory}/item_ids.txt does not match the catalogue order: "
+                "rebuild with `make models`"
+            )
+        index = AnnoyIndex(int(meta["dim"]), meta["metric"])
+        index.load(str(directory / "items.ann"))  # mmap: shared by every process on the host
+        norms = np.linalg.norm(items, axis=1, keepdims=True)
+        return cls(
+            index=index,
+            search_k=search_k if search_k > 0 else int(meta["search_k"]),
+            user_row={user: i for i, user in enumerate(user_ids)},
+            user_vectors=users,
+            item_vectors=items,
+            unit_item_vectors=items / np.maximum(norms, 1e-12),
+        )
+
+    def nearest(
+        self, user_id: str, count: int, exclude: npt.NDArray[np.int32]
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+        """Annoy's `count` nearest items to the user (excluded items dropped) and the user's
+        vector (zeros when the user has no embedding, with no items)."""
+        row = self.user_row.get(user_id)
+        if row is None:
+            return np.empty(0, np.int32), np.zeros(self.user_vectors.shape[1], np.float32)
+        vector = self.user_vectors[row]
+        found = np.asarray(
+            self.index.get_nns_by_vector(
+                vector.tolist(), count + len(exclude), search_k=self.search_k
+            ),
+            dtype=np.int32,
+        )
+        return found[~np.isin(found, exclude)][:count], vector
+
+
+class CandidateRetriever:
+    """Merges retrieval, the user's past items and popular items into one candidate set."""
+
+    def __init__(
+        self, popular: PopularCandidates, index: RetrievalIndex | None, popular_count: int
+    ) -> None:
+        self._popular = popular
+        self._index = index
+        self._popular_count = popular_count
+
+    @property
+    def index(self) -> RetrievalIndex | None:
+        """The retrieval index, when one is deployed."""
+        return self._index
+
+    def retrieve(self, user_id: str, past_items: npt.NDArray[np.int32], count: int) -> Candidates:
+        """Candidates for the user: `count` from retrieval (or popularity without an index),
+        their past items, and the popular items; scores are retrieval scores."""
+        if self._index is None:
+            return self._popular.retrieve(count)
+        nearest, vector = self._index.nearest(user_id, count, past_items)
+        positions = merge_candidates(
+            nearest, past_items[:HISTORY_CANDIDATES], self._popular.positions[: self._popular_count]
+        )
+        scores = self._index.item_vectors[positions] @ vector
+        return Candidates(positions, scores.astype(np.float32))
 
 
 def candidate_count(configured: int, num_items: int, blocked: int) -> int:

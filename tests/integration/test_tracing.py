@@ -47,7 +47,8 @@ async def test_stage_spans_under_the_request_span(make_settings: Callable[..., S
     assert ok.attributes is not None
     assert ok.attributes["rpc.grpc.status_code"] == 0
     assert ok.attributes["recsys.model_version"] == "popularity"
-    assert ok.attributes["recsys.candidates.retrieved"] == 500
+    retrieved = ok.attributes["recsys.candidates.retrieved"]
+    assert isinstance(retrieved, int) and retrieved >= 500
     assert str(ok.attributes["recsys.experiment_id"]).startswith("ranker_v2_vs_v3_")
 
     children = [s for s in spans if s.parent is not None and s.parent.span_id == ok.context.span_id]
