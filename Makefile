@@ -72,8 +72,9 @@ format: setup ## apply ruff's fixes and formatting
 test: setup system tools models lint ## lint, then every test (unit and integration)
 	$(VENV)/pytest
 
-bench: models ## run the benchmarks in benchmarks/ and write reports to benchmarks/results/
-	$(VENV)/python -m benchmarks.pipeline_bench
+bench: models system ## load, model and feature benchmarks; reports in benchmarks/results/ (ARGS=--quick)
+	infra/scripts/bootstrap.sh go $(GHZ)
+	$(VENV)/python -m benchmarks.run_all $(ARGS)
 
 clean: ## remove everything the targets built
 	rm -rf .venv .tools $(BUILD_DIR) .run .pytest_cache .mypy_cache .ruff_cache

@@ -102,6 +102,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except ServiceError as exc:
                 code = exc.code
                 span.set_attribute("recsys.error", exc.message)
+                if context.cancelled():
+                    # The client gave up (its deadline passed): nobody is left to tell.
+                    code = grpc.StatusCode.CANCELLED
+                    return None
                 await context.abort(exc.code, exc.message)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN

@@ -1,0 +1,457 @@
+"""Start, watch and stop what the load scenarios measure.
+
+- `local` (the `make run` profile): `python -m gateway.main` on a free port, and the real
+  `tritonserver` (triton_models.tritonserver.TritonServer, free ports) when
+  `build/triton/local` exists, the way gateway/runner.py does; the gateway is pointed at that
+  Triton through `RECSYS__MODEL__RANKER__TRITON_GRPC_URL`.
+- `stack` (the `make stack` profile): `python -m gateway.runner --profile stack` (nginx in front
+  of several gateways, Triton when built), on free ports.
+- `echo`: benchmarks/echo_server.py, the ceiling of a grpc.aio server doing no work.
+
+Every process is started in a session of its own and stopped by its own id (SIGTERM, then
+SIGKILL to that group). Event and exposure logs go to a private temporary folder so a run
+never writes into `.run/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from triton_models.tritonserver import TritonServer, TritonServerOptions, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_CONFIG = REPO / "infra" / "config" / "local.yaml"
+TRITON_REPOSITORY = REPO / "build" / "triton" / "local"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessError(RuntimeError):
+    """A process did not start or did not become healthy; the message holds its log tail."""
+
+
+def wait_for_health(target: str, timeout_s: float, *, alive: Process | None = None) -> None:
+    """Poll gRPC health (service "") until SERVING.
+
+    Raises:
+        ProcessError: timeout, or `alive` exited first.
+    """
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if alive is not None and not alive.running():
+                raise ProcessError(f"{alive.name} exited before SERVING:\n{alive.log_tail()}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    tail = alive.log_tail() if alive is not None else ""
+    raise ProcessError(f"{target} did not report SERVING within {timeout_s:.0f} s\n{tail}")
+
+
+@dataclass
+class Process:
+    """One started process (its own session), its log file, and how to stop it."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes] | None = None
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """Signal the process, wait, then SIGKILL its process group (our session only)."""
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(self.stop_signal)
+                try:
+                    self.popen.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.popen.pid, signal.SIGKILL)
+                    self.popen.wait()
+            # Children left in the group (honcho's, Triton's stubs) go too; no-op when none.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            return self.popen.returncode
+        finally:
+            if self.log_file is not None:
+                self.log_file.close()
+                self.log_file = None
+
+
+def start_process(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    stop_signal: int = signal.SIGTERM,
+) -> Process:
+    """Start `argv` in a new session with its output in `log_dir/<name>.log`."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log_file = log_path.open("wb")
+    popen = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return Process(name, popen, log_path, log_file, stop_signal)
+
+
+# ---------------------------------------------------------------- /proc: RSS, CPU, process tree
+
+
+def rss_bytes(pid: int) -> int | None:
+    """VmRSS of a process in bytes, None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # Field 2 (comm) may hold spaces; everything after the last ')' is space-separated.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime: fields 14, 15
+
+
+def cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+    return raw.replace(b"\0", b" ").decode("utf-8", errors="replace").strip()
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it (by parent id), root first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo.extend(sorted(children.get(pid, [])))
+    return out
+
+
+def classify(command: str) -> str | None:
+    """Role of a process from its command line: gateway, triton, nginx, echo; None otherwise."""
+    if "gateway.main" in command or "recsys-gateway" in command:
+        return "gateway"
+    if "tritonserver" in command.split(" ", 1)[0] or "triton_python_backend_stub" in command:
+        return "triton"
+    if command.startswith("nginx"):
+        return "nginx"
+    if "echo_server" in command:
+        return "echo"
+    return None
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """RSS and CPU time of one measured process at one moment."""
+
+    pid: int
+    role: str
+    rss_bytes: int
+    cpu_s: float
+
+
+def summarise_errors(lines: Sequence[str], top: int = 10) -> dict[str, int]:
+    """Count JSON log lines by message and the last line of their traceback (object
+    addresses removed), most frequent first; lines that are not JSON count by their text."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        start = line.find("{")
+        try:
+            record = json.loads(line[start:]) if start >= 0 else None
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            last = str(record.get("exc_info") or "").strip().splitlines()[-1:] or [""]
+            key = f"{record.get('logger', '')}: {record.get('message', '')} | {last[0]}"
+        else:
+            key = line
+        key = re.sub(r" at 0x[0-9a-f]+", "", key)[:400]
+        counts[key] = counts.get(key, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return dict(ordered[:top])
+
+
+# ---------------------------------------------------------------------------------- systems
+
+
+@dataclass
+class System:
+    """What one scenario measures: a gRPC target and the processes behind it."""
+
+    kind: str
+    """local, stack or echo."""
+    target: str
+    roots: list[Process] = field(default_factory=list)
+    triton: TritonServer | None = None
+    triton_grpc_url: str | None = None
+    ranker_model: str | None = None
+    """The ranker Triton serves to the gateway (ensemble name), when there is one."""
+    workdir: Path = Path(".")
+
+    def pids(self) -> list[tuple[int, str]]:
+        """(pid, role) of every measured process now alive: gateways, Triton (+ stubs), nginx."""
+        roots = [p.pid for p in self.roots if p.running()]
+        if self.triton is not None and self.triton.pid is not None:
+            roots.append(self.triton.pid)
+        found: list[tuple[int, str]] = []
+        seen: set[int] = set()
+        for root in roots:
+            for pid in descendants(root):
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                role = classify(cmdline(pid))
+                if role is not None:
+                    found.append((pid, role))
+        return found
+
+    def sample(self) -> list[ProcessSample]:
+        """RSS and CPU time of every measured process."""
+        out = []
+        for pid, role in self.pids():
+            rss, cpu = rss_bytes(pid), cpu_seconds(pid)
+            if rss is not None and cpu is not None:
+                out.append(ProcessSample(pid, role, rss, cpu))
+        return out
+
+    def logged_errors(self, limit: int = 10_000) -> dict[str, int]:
+        """ERROR / CRITICAL lines of the gateways' logs, summarised (see summarise_errors)."""
+        found: list[str] = []
+        for log in sorted((self.workdir / "logs").glob("*.log")):
+            if log.stem not in ("gateway", "stack"):
+                continue
+            with log.open(encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if '"level": "ERROR"' in line or '"level": "CRITICAL"' in line:
+                        found.append(line.rstrip())
+                        if len(found) >= limit:
+                            break
+        return summarise_errors(found)
+
+    def stop(self) -> None:
+        """Stop what we started; then SIGKILL any process we started indirectly (honcho puts
+        each child in a session of its own) that outlived its parent, by pid and only while
+        its command line is unchanged."""
+        started = {
+            pid: cmdline(pid)
+            for root in self.roots
+            if root.running()
+            for pid in descendants(root.pid)[1:]
+        }
+        for process in reversed(self.roots):
+            process.stop()
+        if self.triton is not None:
+            self.triton.stop()
+        for pid, command in started.items():
+            if command and cmdline(pid) == command:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _common_env(workdir: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(workdir / "events.sqlite3"),
+        "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(workdir / "exposures.sqlite3"),
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+def _ranker_ensemble(repository: Path) -> str | None:
+    for name in ("ranker_v2", "ranker_v3"):
+        if (repository / name / "config.pbtxt").is_file():
+            return name
+    return None
+
+
+@contextlib.contextmanager
+def local_system(
+    workdir: Path,
+    *,
+    config: Path = LOCAL_CONFIG,
+    triton_repository: Path = TRITON_REPOSITORY,
+    rate_limit: str = "",
+    extra_env: Mapping[str, str] | None = None,
+    startup_timeout_s: float = 180.0,
+) -> Iterator[System]:
+    """The `make run` profile: Triton (when built) and one gateway, on free ports.
+
+    `rate_limit` overrides `serving.rate_limit`; empty disables the per-client limit, which
+    would otherwise throttle ghz (one client address) in the spike.
+    """
+    env = _common_env(workdir, extra_env or {})
+    env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
+    port, metrics_port = free_port(), free_port()
+    env["RECSYS__SERVING__PORT"] = str(port)
+    env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
+    system = System(kind="local", target=f"127.0.0.1:{port}", workdir=workdir)
+    try:
+        if triton_repository.is_dir():
+            options = TritonServerOptions(model_repository=triton_repository).with_free_ports()
+            system.triton = TritonServer(options, log_path=workdir / "logs" / "triton.log")
+            system.triton.start()
+            system.triton_grpc_url = system.triton.grpc_url
+            system.ranker_model = _ranker_ensemble(triton_repository)
+            env["RECSYS__MODEL__RANKER__TRITON_GRPC_URL"] = system.triton.grpc_url
+        gateway = start_process(
+            "gateway",
+            [sys.executable, "-m", "gateway.main", "--config", str(config)],
+            workdir / "logs",
+            env,
+        )
+        system.roots.append(gateway)
+        wait_for_health(system.target, startup_timeout_s, alive=gateway)
+        yield system
+    finally:
+        system.stop()
+
+
+@contextlib.contextmanager
+def stack_system(
+    workdir: Path,
+    *,
+    config: Path = LOCAL_CONFIG,
+    processes: int | None = None,
+    rate_limit: str = "",
+    startup_timeout_s: float = 240.0,
+) -> Iterator[System]:
+    """The `make stack` profile (nginx + gateways + Triton when built) on free ports.
+
+    The runner puts gateways on the ports after nginx's and metrics on the ports after the
+    metrics port, so both bases are chosen with room above them. Triton keeps the runner's
+    default ports (8000-8002).
+    """
+    env = _common_env(workdir, {})
+    env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
+    port = _free_port_block(1 + (processes or 8))
+    metrics_port = _free_port_block(1 + (processes or 8))
+    env["RECSYS__SERVING__PORT"] = str(port)
+    env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
+    if processes is not None:
+        env["RECSYS__SERVING__PROCESSES"] = str(processes)
+    system = System(kind="stack", target=f"127.0.0.1:{port}", workdir=workdir)
+    try:
+        runner = start_process(
+            "stack",
+            [
+                sys.executable,
+                "-m",
+                "gateway.runner",
+                "--profile",
+                "stack",
+                "--config",
+                str(config),
+                "--run-dir",
+                str(workdir / "stack"),
+            ],
+            workdir / "logs",
+            env,
+            stop_signal=signal.SIGINT,  # honcho forwards it to every process
+        )
+        system.roots.append(runner)
+        if TRITON_REPOSITORY.is_dir():
+            system.triton_grpc_url = "127.0.0.1:8001"
+            system.ranker_model = _ranker_ensemble(TRITON_REPOSITORY)
+        wait_for_health(system.target, startup_timeout_s, alive=runner)
+        yield system
+    finally:
+        system.stop()
+
+
+def _free_port_block(size: int, attempts: int = 50) -> int:
+    """A port p such that p..p+size-1 were all free a moment ago."""
+    import socket
+
+    for _ in range(attempts):
+        base = free_port()
+        if base + size > 65535:
+            continue
+        ok = True
+        for offset in range(1, size):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", base + offset))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise ProcessError(f"found no block of {size} free ports")
+
+
+@contextlib.contextmanager
+def echo_system(workdir: Path, response_file: Path | None) -> Iterator[System]:
+    """benchmarks/echo_server.py on a free port, answering with `response_file`'s bytes."""
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.echo_server", "--port", str(port)]
+    if response_file is not None:
+        argv += ["--response-file", str(response_file)]
+    system = System(kind="echo", target=f"127.0.0.1:{port}", workdir=workdir)
+    try:
+        echo = start_process("echo", argv, workdir / "logs", {"PYTHONUNBUFFERED": "1"})
+        system.roots.append(echo)
+        wait_for_health(system.target, 60.0, alive=echo)
+        yield system
+    finally:
+        system.stop()

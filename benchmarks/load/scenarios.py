@@ -1,0 +1,656 @@
+"""The load scenarios: concurrency sweep, open-loop rate steps, spike, soak, ceilings, batching.
+
+Each scenario takes a `Bench` (ghz, data file, durations, a scratch folder) and a running
+`System`, and returns a JSON-ready dict that goes into the report under its name. CPU time and
+RSS of the measured processes are read from /proc around every ghz run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from recsys.v1 import recommendation_pb2 as pb
+from recsys.v1 import recommendation_pb2_grpc as pb_grpc
+
+from benchmarks.load import triton_driver
+from benchmarks.load.ghz import GhzResult, GhzRun, run_ghz
+from benchmarks.load.procs import ProcessSample, System, echo_system
+from triton_models import repository as repo
+from triton_models.tritonserver import TritonServer, TritonServerOptions
+
+P99_BOUNDS_MS = (100, 50, 25)
+"""Rate search reports the highest rate keeping p99 under each bound."""
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Durations:
+    """How long each part runs, in seconds."""
+
+    warmup: float = 5.0
+    sweep_step: float = 15.0
+    rate_step: float = 15.0
+    spike_pre: float = 15.0
+    spike: float = 30.0
+    spike_post: float = 30.0
+    soak: float = 300.0
+    soak_window: float = 30.0
+    ceiling: float = 15.0
+    batching: float = 15.0
+    profile: float = 15.0
+
+    @staticmethod
+    def quick() -> Durations:
+        """A 1-2 minute smoke run."""
+        return Durations(
+            warmup=2.0,
+            sweep_step=3.0,
+            rate_step=3.0,
+            spike_pre=3.0,
+            spike=5.0,
+            spike_post=5.0,
+            soak=20.0,
+            soak_window=5.0,
+            ceiling=3.0,
+            batching=3.0,
+            profile=5.0,
+        )
+
+
+@dataclass
+class Bench:
+    """Everything the scenarios share."""
+
+    ghz: Path
+    data_file: Path
+    workdir: Path
+    durations: Durations = field(default_factory=Durations)
+    sweep_levels: tuple[int, ...] = (1, 8, 32, 64, 128)
+    ceiling_concurrency: int = 32
+    rate_concurrency: int = 64
+    """ghz workers of open-loop runs; with --async each tick starts a call anyway."""
+    timeout_s: float = 2.0
+    log: Callable[[str], None] = print
+    samples: list[ProcessSample] = field(default_factory=list)
+    """Every /proc sample taken, for the memory summary."""
+    notes: list[str] = field(default_factory=list)
+
+    def ghz_run(self, system: System, name: str, duration_s: float, **kwargs: Any) -> GhzRun:
+        return GhzRun(
+            target=system.target,
+            data_file=self.data_file,
+            duration_s=duration_s,
+            name=name,
+            timeout_s=kwargs.pop("timeout_s", self.timeout_s),
+            **kwargs,
+        )
+
+
+def _sample(bench: Bench, system: System) -> list[ProcessSample]:
+    samples = system.sample()
+    bench.samples.extend(samples)
+    return samples
+
+
+def _cpu(samples: Sequence[ProcessSample]) -> dict[int, float]:
+    return {s.pid: s.cpu_s for s in samples}
+
+
+def _rss_by_role(samples: Sequence[ProcessSample]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for s in samples:
+        out[s.role] = out.get(s.role, 0.0) + s.rss_bytes / MB
+    return {k: round(v, 1) for k, v in sorted(out.items())}
+
+
+def measure(
+    bench: Bench, system: System, run: GhzRun, *, interval_s: float = 1.0
+) -> tuple[GhzResult, dict[str, Any]]:
+    """One ghz run with CPU time and RSS of the server processes around it."""
+    before = _sample(bench, system)
+    result = run_ghz(bench.ghz, run, bench.workdir / "ghz", interval_s=interval_s)
+    after = _sample(bench, system)
+    cpu_before = _cpu(before)
+    server_cpu = sum(s.cpu_s - cpu_before.get(s.pid, s.cpu_s) for s in after)
+    entry = result.as_dict(with_intervals=False)
+    entry["server_cpu_s"] = round(server_cpu, 2)
+    entry["server_cpu_cores"] = round(server_cpu / result.duration_s, 2) if result.duration_s else 0
+    entry["rss_mb"] = _rss_by_role(after)
+    lat = result.latency
+    bench.log(
+        f"  {run.name}: {result.ok_rps:8.1f} ok/s  p50 {lat.p50_ms:6.2f}  p99 {lat.p99_ms:7.2f}"
+        f"  max {lat.max_ms:7.1f} ms  errors {result.errors}"
+    )
+    return result, entry
+
+
+def warm_up(bench: Bench, system: System) -> None:
+    """Unmeasured calls: imports, caches, connection set-up."""
+    if bench.durations.warmup > 0:
+        run_ghz(
+            bench.ghz,
+            bench.ghz_run(system, "warmup", bench.durations.warmup, concurrency=8),
+            bench.workdir / "ghz",
+        )
+
+
+# ------------------------------------------------------------------------------ scenarios
+
+
+def sweep(bench: Bench, system: System) -> dict[str, Any]:
+    """Closed-loop runs at each concurrency level."""
+    bench.log(f"sweep: concurrency {list(bench.sweep_levels)}")
+    levels = []
+    for c in bench.sweep_levels:
+        run = bench.ghz_run(system, f"sweep-c{c}", bench.durations.sweep_step, concurrency=c)
+        _, entry = measure(bench, system, run)
+        levels.append({"concurrency": c, **entry})
+    best = max(levels, key=lambda e: e["ok_rps"]) if levels else None
+    return {
+        "system": system.kind,
+        "mode": "closed loop (-c workers, no rate limit)",
+        "duration_s": bench.durations.sweep_step,
+        "levels": levels,
+        "max_ok_rps": best["ok_rps"] if best else None,
+        "max_at_concurrency": best["concurrency"] if best else None,
+    }
+
+
+def rate_steps(max_rps: float) -> list[int]:
+    """Target rates around a closed-loop maximum: 30% .. 110% of it, rounded to tens."""
+    fractions = (0.3, 0.5, 0.65, 0.8, 0.9, 1.0, 1.1)
+    steps = sorted({max(10, int(round(max_rps * f / 10.0)) * 10) for f in fractions})
+    return steps
+
+
+def sustainable_rates(
+    steps: Sequence[Mapping[str, Any]], bounds_ms: Sequence[int] = P99_BOUNDS_MS
+) -> dict[str, int | None]:
+    """Highest target rate whose step had no errors, p99 under the bound, and kept up
+    (OK rate >= 95% of the target)."""
+    out: dict[str, int | None] = {}
+    for bound in bounds_ms:
+        good = [
+            int(s["target_rps"])
+            for s in steps
+            if s["errors"] == 0
+            and s["latency_ms"]["p99_ms"] < bound
+            and s["ok_rps"] >= 0.95 * s["target_rps"]
+        ]
+        out[f"p99_lt_{bound}ms"] = max(good) if good else None
+    return out
+
+
+def rate_search(bench: Bench, system: System, rates: Sequence[int]) -> dict[str, Any]:
+    """Open-loop constant-rate steps (ghz --rps --async), lowest first; stops after the first
+    step that misses the loosest bound, since higher rates only queue more."""
+    bench.log(f"rate search: {list(rates)} req/s open loop")
+    steps = []
+    loosest = max(P99_BOUNDS_MS)
+    for rate in sorted(rates):
+        run = bench.ghz_run(
+            system,
+            f"rate-{rate}",
+            bench.durations.rate_step,
+            concurrency=bench.rate_concurrency,
+            rps=rate,
+            open_loop=True,
+        )
+        _, entry = measure(bench, system, run)
+        steps.append({"target_rps": rate, **entry})
+        if (
+            entry["errors"] > 0
+            or entry["latency_ms"]["p99_ms"] >= loosest
+            or entry["ok_rps"] < 0.95 * rate
+        ):
+            break
+    return {
+        "system": system.kind,
+        "mode": "open loop (ghz --rps R --async)",
+        "step_s": bench.durations.rate_step,
+        "steps": steps,
+        "sustainable_rps": sustainable_rates(steps),
+    }
+
+
+def recovery_seconds(
+    intervals: Sequence[Mapping[str, Any]], baseline_p99_ms: float, *, interval_s: float = 1.0
+) -> float | None:
+    """Seconds after the spike until a bucket is error-free with p99 within 2x the baseline
+    (and at most baseline + 5 ms noise); None when it never recovered."""
+    limit = max(2 * baseline_p99_ms, baseline_p99_ms + 5.0)
+    for bucket in intervals:
+        if bucket["errors"] == 0 and bucket["count"] > 0 and bucket["p99_ms"] <= limit:
+            return float(bucket["start_s"]) + interval_s
+    return None
+
+
+def spike(bench: Bench, system: System, base_rps: int, factor: int = 10) -> dict[str, Any]:
+    """Baseline rate, then `factor`x for `spike` seconds, then baseline again (open loop)."""
+    d = bench.durations
+    bench.log(f"spike: {base_rps} -> {base_rps * factor} -> {base_rps} req/s")
+    phases: list[tuple[str, dict[str, Any]]] = []
+    post_intervals: list[dict[str, Any]] = []
+    for phase, rate, seconds in (
+        ("before", base_rps, d.spike_pre),
+        ("spike", base_rps * factor, d.spike),
+        ("after", base_rps, d.spike_post),
+    ):
+        run = bench.ghz_run(
+            system,
+            f"spike-{phase}",
+            seconds,
+            concurrency=bench.rate_concurrency,
+            rps=rate,
+            open_loop=True,
+            timeout_s=1.0,  # a call queued for over a second has failed for the client anyway
+        )
+        result, entry = measure(bench, system, run)
+        entry["target_rps"] = rate
+        entry["intervals"] = [asdict(i) for i in result.intervals]
+        if phase == "after":
+            post_intervals = entry["intervals"]
+        phases.append((phase, entry))
+    baseline_p99 = phases[0][1]["latency_ms"]["p99_ms"]
+    return {
+        "system": system.kind,
+        "base_rps": base_rps,
+        "factor": factor,
+        "phases": phases,
+        "recovery_s": recovery_seconds(post_intervals, baseline_p99),
+        "errors_during_spike": phases[1][1]["errors"],
+        "status_codes_during_spike": phases[1][1]["status_codes"],
+    }
+
+
+def p99_drift(window_p99s: Sequence[float]) -> float | None:
+    """Relative change of p99 from the first quarter of the windows to the last quarter
+    (medians of each), positive when latency grew; None with fewer than two windows."""
+    if len(window_p99s) < 2:
+        return None
+    k = max(1, len(window_p99s) // 4)
+    first = statistics.median(window_p99s[:k])
+    last = statistics.median(window_p99s[-k:])
+    return (last - first) / first if first > 0 else None
+
+
+def soak(bench: Bench, system: System, rate: int) -> dict[str, Any]:
+    """Consecutive open-loop windows at `rate`; RSS sampled before the first and after each."""
+    d = bench.durations
+    n = max(1, math.ceil(d.soak / d.soak_window))
+    bench.log(f"soak: {rate} req/s for {n} x {d.soak_window:.0f} s")
+    start_samples = _sample(bench, system)
+    windows = []
+    rss_series = [_rss_by_role(start_samples)]
+    for i in range(n):
+        run = bench.ghz_run(
+            system,
+            f"soak-{i}",
+            d.soak_window,
+            concurrency=bench.rate_concurrency,
+            rps=rate,
+            open_loop=True,
+        )
+        _, entry = measure(bench, system, run)
+        windows.append(entry)
+        rss_series.append(entry["rss_mb"])
+    start_gw = rss_series[0].get("gateway", 0.0)
+    end_gw = rss_series[-1].get("gateway", 0.0)
+    errors = sum(int(w["errors"]) for w in windows)
+    return {
+        "system": system.kind,
+        "target_rps": rate,
+        "duration_s": n * d.soak_window,
+        "window_s": d.soak_window,
+        "windows": windows,
+        "errors": errors,
+        "p99_drift": p99_drift([w["latency_ms"]["p99_ms"] for w in windows]),
+        "rss_mb": {"start": rss_series[0], "end": rss_series[-1]},
+        "rss_series_mb": rss_series,
+        "rss_growth": (end_gw - start_gw) / start_gw if start_gw else None,
+    }
+
+
+def sample_reply(target: str, data_file: Path) -> pb.RecommendResponse | None:
+    """The answer to the data file's first request, None when the call fails."""
+    import json
+
+    first = json.loads(data_file.read_text(encoding="utf-8"))[0]
+    context = pb.RequestContext(
+        device=pb.Device.Value(first["context"]["device"]),
+        page=pb.Page.Value(first["context"]["page"]),
+        country=first["context"].get("country", ""),
+    )
+    request = pb.RecommendRequest(
+        user_id=first["user_id"], num_items=first["num_items"], context=context
+    )
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply: pb.RecommendResponse = pb_grpc.RecommendationServiceStub(channel).Recommend(
+                request, timeout=5.0
+            )
+    except grpc.RpcError:
+        return None
+    return reply
+
+
+def describe_reply(reply: pb.RecommendResponse | None) -> dict[str, Any]:
+    """What answered: model version, degraded flags, size (recorded with the settings)."""
+    if reply is None:
+        return {"error": "the sample Recommend call failed"}
+    return {
+        "model_version": reply.model_version,
+        "experiment_id": reply.experiment_id,
+        "degraded": reply.degraded,
+        "degraded_reasons": [pb.DegradedReason.Name(r) for r in reply.degraded_reasons],
+        "items": len(reply.recommendations),
+        "response_bytes": reply.ByteSize(),
+    }
+
+
+def capture_response(target: str, data_file: Path, out: Path) -> Path | None:
+    """One real Recommend response, serialized, for the echo server to repeat."""
+    reply = sample_reply(target, data_file)
+    if reply is None:
+        return None
+    out.write_bytes(reply.SerializeToString())
+    return out
+
+
+def ceilings(
+    bench: Bench, system: System, gateway_entry: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Gateway vs the echo server (same ghz settings) and vs Triton alone (same concurrency)."""
+    c = bench.ceiling_concurrency
+    d = bench.durations
+    bench.log(f"ceilings at concurrency {c}")
+    if gateway_entry is None:
+        run = bench.ghz_run(system, f"gateway-c{c}", d.ceiling, concurrency=c)
+        _, gateway_entry = measure(bench, system, run)
+    response = capture_response(system.target, bench.data_file, bench.workdir / "response.bin")
+    echo_entry: dict[str, Any]
+    with echo_system(bench.workdir, response) as echo:
+        warm_up(bench, echo)
+        _, echo_entry = measure(
+            bench, echo, bench.ghz_run(echo, f"echo-c{c}", d.ceiling, concurrency=c)
+        )
+    out: dict[str, Any] = {
+        "concurrency": c,
+        "gateway_rps": gateway_entry["ok_rps"],
+        "gateway_p99_ms": gateway_entry["latency_ms"]["p99_ms"],
+        "echo_rps": echo_entry["ok_rps"],
+        "echo_p99_ms": echo_entry["latency_ms"]["p99_ms"],
+        "echo_response_bytes": response.stat().st_size if response else None,
+        "ratio_vs_echo": gateway_entry["ok_rps"] / echo_entry["ok_rps"]
+        if echo_entry["ok_rps"]
+        else None,
+        "triton_alone_rps": None,
+        "ratio_vs_triton": None,
+    }
+    if system.triton_grpc_url and system.ranker_model:
+        result = asyncio.run(
+            triton_driver.drive(
+                system.triton_grpc_url,
+                system.ranker_model,
+                concurrency=c,
+                duration_s=d.ceiling,
+                rows=500,
+            )
+        )
+        out["triton_alone"] = result.as_dict()
+        out["triton_alone_rps"] = result.rps
+        out["ratio_vs_triton"] = gateway_entry["ok_rps"] / result.rps if result.rps else None
+        bench.log(f"  triton alone ({system.ranker_model}): {result.rps:.1f} req/s")
+    else:
+        out["triton_skipped"] = (
+            "no ranker ensemble (ranker_v2 / ranker_v3) in build/triton/local; the gateway "
+            "ranks with the popularity fallback"
+        )
+    return out
+
+
+# --------------------------------------------------------------------- dynamic batching study
+
+
+def tiny_ranker_onnx(features: int = 32, hidden: int = 64, seed: int = 7) -> bytes:
+    """features [B, F] -> score [B, 1]: a two-layer MLP with a sigmoid, B dynamic."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(size=(features, hidden)).astype(np.float32) / np.sqrt(features)
+    w2 = rng.normal(size=(hidden, 1)).astype(np.float32) / np.sqrt(hidden)
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("MatMul", ["features", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["score"]),
+        ],
+        name="bench_ranker",
+        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", features])],
+        outputs=[helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def find_ranker_onnx(repository: Path) -> Path | None:
+    """The ONNX file of the ranker the local repository serves (ranker_v2's composing model
+    first), or any model.onnx under a folder named ranker*; None when there is none."""
+    if not repository.is_dir():
+        return None
+    for ensemble in ("ranker_v2", "ranker_v3"):
+        config_path = repository / ensemble / repo.CONFIG_FILENAME
+        if not config_path.is_file():
+            continue
+        config = repo.read_config(repository / ensemble)
+        for step in config.ensemble_scheduling.step:
+            found = _latest_onnx(repository / step.model_name)
+            if found is not None:
+                return found
+    for model_dir in sorted(repository.glob("ranker*")):
+        found = _latest_onnx(model_dir)
+        if found is not None:
+            return found
+    return None
+
+
+def _latest_onnx(model_dir: Path) -> Path | None:
+    versions = sorted(
+        (int(p.name) for p in model_dir.glob("[0-9]*") if p.name.isdigit()), reverse=True
+    )
+    for version in versions:
+        candidate = model_dir / str(version) / repo.ONNX_FILENAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class BatchingVariant:
+    name: str
+    dynamic_batching: repo.DynamicBatching | None
+    instance_count: int
+
+
+def batching_variants(
+    delays_us: Sequence[int] = (100, 1_000, 5_000), instances: Sequence[int] = (1, 2)
+) -> list[BatchingVariant]:
+    """Batching off and on (each queue delay), at each instance count."""
+    out = []
+    for count in instances:
+        out.append(BatchingVariant(f"off/{count}inst", None, count))
+        for delay in delays_us:
+            out.append(
+                BatchingVariant(
+                    f"on/{delay}us/{count}inst",
+                    repo.DynamicBatching(max_queue_delay_microseconds=delay),
+                    count,
+                )
+            )
+    return out
+
+
+def batching_gains(
+    variants: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], float | None]:
+    """Each variant's throughput relative to batching off at the same instance count, and the
+    best gain of a batching-on variant."""
+    off = {v["instance_count"]: v["rps"] for v in variants if not v["dynamic_batching"]}
+    out = []
+    best: float | None = None
+    for v in variants:
+        base = off.get(v["instance_count"])
+        gain = v["rps"] / base if base else None
+        out.append({**v, "gain_vs_off": None if gain is None else round(gain, 3)})
+        if v["dynamic_batching"] and gain is not None:
+            best = gain if best is None else max(best, gain)
+    return out, best
+
+
+@contextlib.contextmanager
+def _variant_server(
+    onnx_bytes: bytes, variant: BatchingVariant, rows: int, workdir: Path
+) -> Iterator[TritonServer]:
+    import onnx
+
+    inputs, outputs = repo.tensor_specs_from_onnx(onnx.load_from_string(onnx_bytes))
+    spec = repo.OnnxModelSpec(
+        name="ranker_bench",
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=rows * 8,
+        dynamic_batching=variant.dynamic_batching,
+        instance_count=variant.instance_count,
+        intra_op_threads=1,
+    )
+    with tempfile.TemporaryDirectory(prefix="batching-", dir=workdir) as scratch:
+        repository = Path(scratch) / "repository"
+        repo.write_onnx_model(repository, spec, onnx_bytes, flavour=repo.Flavour.LOCAL)
+        log = workdir / "logs" / f"triton-{variant.name.replace('/', '-')}.log"
+        server = TritonServer(
+            TritonServerOptions(model_repository=repository).with_free_ports(), log_path=log
+        )
+        with server:
+            yield server
+
+
+def batching_study(
+    bench: Bench,
+    onnx_model: Path | None,
+    *,
+    variants: Sequence[BatchingVariant],
+    concurrency: int = 32,
+    rows: int = 500,
+) -> dict[str, Any]:
+    """Throughput, p99 and achieved batch size of each variant at the same concurrency."""
+    if onnx_model is not None:
+        onnx_bytes = onnx_model.read_bytes()
+        source = f"ranker from {onnx_model}"
+    else:
+        onnx_bytes = tiny_ranker_onnx()
+        source = "generated MLP (32 features, 64 hidden): no ranker in build/triton/local"
+    bench.log(f"batching study: {len(variants)} variants, concurrency {concurrency}, {source}")
+    results = []
+    server_version = None
+    for variant in variants:
+        with _variant_server(onnx_bytes, variant, rows, bench.workdir) as server:
+            server_version = server_version or tritonserver_version(server.grpc_url)
+            before = asyncio.run(triton_driver.statistics(server.grpc_url, "ranker_bench"))
+            load = asyncio.run(
+                triton_driver.drive(
+                    server.grpc_url,
+                    "ranker_bench",
+                    concurrency=concurrency,
+                    duration_s=bench.durations.batching,
+                    rows=rows,
+                )
+            )
+            after = asyncio.run(triton_driver.statistics(server.grpc_url, "ranker_bench"))
+        stats = after.minus(before)
+        entry = {
+            "variant": variant.name,
+            "dynamic_batching": variant.dynamic_batching is not None,
+            "max_queue_delay_us": variant.dynamic_batching.max_queue_delay_microseconds
+            if variant.dynamic_batching
+            else None,
+            "instance_count": variant.instance_count,
+            "rps": round(load.rps, 1),
+            "p99_ms": round(load.latency.p99_ms, 3),
+            "p50_ms": round(load.latency.p50_ms, 3),
+            "errors": load.errors,
+            "inference_count": stats.inference_count,
+            "execution_count": stats.execution_count,
+            "rows_per_execution": round(stats.rows_per_execution, 1),
+            "requests_per_execution": round(stats.requests_per_execution(rows), 2),
+            "mean_queue_ms": round(stats.mean_queue_ms, 3),
+            "mean_compute_ms": round(stats.mean_compute_ms, 3),
+        }
+        bench.log(
+            f"  {variant.name}: {load.rps:7.1f} req/s  p99 {load.latency.p99_ms:7.2f} ms  "
+            f"{entry['requests_per_execution']} req/exec  errors {load.errors}"
+        )
+        results.append(entry)
+    with_gains, best = batching_gains(results)
+    return {
+        "model_source": source,
+        "concurrency": concurrency,
+        "rows_per_request": rows,
+        "duration_s": bench.durations.batching,
+        "client": "tritonclient.grpc.aio, one channel, closed loop",
+        "variants": with_gains,
+        "best_gain_vs_off": None if best is None else round(best, 3),
+        "tritonserver_version": server_version,
+    }
+
+
+def tritonserver_version(url: str) -> str | None:
+    async def fetch() -> str | None:
+        import tritonclient.grpc.aio as grpcclient
+
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            meta = await client.get_server_metadata(as_json=True)
+        finally:
+            await client.close()
+        version = meta.get("version")
+        return str(version) if version else None
+
+    try:
+        return asyncio.run(fetch())
+    except Exception:  # a version is nice to have, never worth failing the run
+        return None
+
+
+def memory_summary(samples: Sequence[ProcessSample]) -> dict[str, Any]:
+    """Largest RSS seen per role and per gateway process over the whole run."""
+    per_process: dict[int, tuple[str, int]] = {}
+    for s in samples:
+        role, peak = per_process.get(s.pid, (s.role, 0))
+        per_process[s.pid] = (role, max(peak, s.rss_bytes))
+    gateway = [peak for role, peak in per_process.values() if role == "gateway"]
+    triton = [peak for role, peak in per_process.values() if role == "triton"]
+    return {
+        "max_gateway_rss_mb": round(max(gateway) / MB, 1) if gateway else None,
+        "gateway_processes": len(gateway),
+        "max_triton_tree_rss_mb": round(sum(triton) / MB, 1) if triton else None,
+    }
+
+
+def with_duration(bench: Bench, **changes: float) -> Bench:
+    """A copy of `bench` with some durations changed."""
+    return replace(bench, durations=replace(bench.durations, **changes))

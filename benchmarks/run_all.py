@@ -1,0 +1,40 @@
+"""`make bench`: every load scenario with default durations, then where the reports went.
+
+Defaults keep the whole run under about 20 minutes on a 2-core machine (sweep 5 x 15 s,
+rate steps up to 7 x 15 s, spike 75 s, soak 5 minutes, ceilings, the batching study with 8
+Triton variants). `--quick` is a 1-2 minute smoke run; other options pass through to
+benchmarks/ghz_scenarios.py (`--soak-seconds 600`, `--stack`, `--profile py-spy`, ...).
+
+    python -m benchmarks.run_all [--quick] [--soak-seconds N] [--stack]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from benchmarks import ghz_scenarios
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = ghz_scenarios.build_parser()
+    parser.prog = "run_all"
+    parser.description = __doc__
+    options = parser.parse_args(args)
+    started = time.monotonic()
+    json_path, md_path = ghz_scenarios.run(options)
+    minutes = (time.monotonic() - started) / 60
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"benchmarks finished in {minutes:.1f} min")
+    print(f"  report:  {json_path}")
+    print(f"  summary: {md_path}")
+    print("  README table: python -m benchmarks.render_readme_table --readme README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ghz_scenarios.REPO)
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The pure parts of the scenarios: rate steps, sustainable rates, recovery, drift, batching
+gains, request data and Triton statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.load import data, scenarios, triton_driver
+
+
+def _step(rate: int, ok_rps: float, p99: float, errors: int = 0) -> dict[str, Any]:
+    return {"target_rps": rate, "ok_rps": ok_rps, "errors": errors, "latency_ms": {"p99_ms": p99}}
+
+
+def test_rate_steps_around_the_closed_loop_maximum() -> None:
+    assert scenarios.rate_steps(1000.0) == [300, 500, 650, 800, 900, 1000, 1100]
+    assert scenarios.rate_steps(12.0) == [10]
+
+
+def test_sustainable_rates_need_no_errors_low_p99_and_keeping_up() -> None:
+    steps = [
+        _step(300, 300.0, 8.0),
+        _step(500, 499.0, 20.0),
+        _step(650, 648.0, 45.0),
+        _step(800, 700.0, 60.0),  # fell behind: 700 < 95% of 800
+        _step(900, 900.0, 90.0, errors=3),
+    ]
+    assert scenarios.sustainable_rates(steps) == {
+        "p99_lt_100ms": 650,
+        "p99_lt_50ms": 650,
+        "p99_lt_25ms": 500,
+    }
+    assert scenarios.sustainable_rates([]) == {
+        "p99_lt_100ms": None,
+        "p99_lt_50ms": None,
+        "p99_lt_25ms": None,
+    }
+
+
+def test_recovery_after_spike() -> None:
+    buckets = [
+        {"start_s": 0.0, "count": 50, "errors": 4, "p99_ms": 900.0},
+        {"start_s": 1.0, "count": 50, "errors": 0, "p99_ms": 40.0},
+        {"start_s": 2.0, "count": 50, "errors": 0, "p99_ms": 14.0},
+    ]
+    # Limit: max(2 x baseline, baseline + 5 ms).
+    assert scenarios.recovery_seconds(buckets, baseline_p99_ms=6.0) is None  # limit 12 ms
+    assert scenarios.recovery_seconds(buckets, baseline_p99_ms=7.0) == 3.0  # limit 14 ms
+    assert scenarios.recovery_seconds(buckets, baseline_p99_ms=20.0) == 2.0
+    assert scenarios.recovery_seconds(buckets[:1], baseline_p99_ms=20.0) is None
+
+
+def test_p99_drift_compares_first_and_last_quarters() -> None:
+    assert scenarios.p99_drift([10.0, 10.0, 11.0, 12.0, 12.0, 12.0, 12.0, 12.5]) == pytest.approx(
+        0.225
+    )
+    assert scenarios.p99_drift([10.0, 8.0]) == pytest.approx(-0.2)
+    assert scenarios.p99_drift([10.0]) is None
+
+
+def test_batching_gains_against_off_with_the_same_instances() -> None:
+    variants = [
+        {"variant": "off/1", "dynamic_batching": False, "instance_count": 1, "rps": 100.0},
+        {"variant": "on/1", "dynamic_batching": True, "instance_count": 1, "rps": 250.0},
+        {"variant": "off/2", "dynamic_batching": False, "instance_count": 2, "rps": 150.0},
+        {"variant": "on/2", "dynamic_batching": True, "instance_count": 2, "rps": 300.0},
+    ]
+    out, best = scenarios.batching_gains(variants)
+    assert [v["gain_vs_off"] for v in out] == [1.0, 2.5, 1.0, 2.0]
+    assert best == pytest.approx(2.5)
+
+
+def test_batching_variants_cover_off_delays_and_instances() -> None:
+    names = [v.name for v in scenarios.batching_variants((100, 1000), (1, 2))]
+    assert names == [
+        "off/1inst",
+        "on/100us/1inst",
+        "on/1000us/1inst",
+        "off/2inst",
+        "on/100us/2inst",
+        "on/1000us/2inst",
+    ]
+
+
+def test_requests_from_users() -> None:
+    users = [("17850", "United Kingdom"), ("12347", "Iceland"), ("12345", "Unspecified")]
+    requests = data.build_requests(users, count=200, seed=1)
+    assert len(requests) == 200
+    assert {r["user_id"] for r in requests} == {"17850", "12347", "12345"}
+    assert all(r["num_items"] == 10 for r in requests)
+    by_user = {r["user_id"]: r["context"].get("country") for r in requests}
+    assert by_user == {"17850": "GB", "12347": "IS", "12345": None}
+    assert {r["context"]["device"] for r in requests} <= set(data.DEVICES)
+    assert data.build_requests(users, count=20, seed=1) == requests[:20]
+    with pytest.raises(ValueError, match="no users"):
+        data.build_requests([], count=1)
+
+
+def test_triton_statistics_and_batch_size() -> None:
+    stats = {
+        "model_stats": [
+            {
+                "name": "ranker_bench",
+                "version": "1",
+                "inference_count": "20000",
+                "execution_count": "10",
+                "inference_stats": {
+                    "success": {"count": "40", "ns": "1"},
+                    "queue": {"count": "40", "ns": "80000000"},
+                    "compute_infer": {"count": "10", "ns": "50000000"},
+                },
+            },
+            {"name": "other", "inference_count": "5", "execution_count": "5"},
+        ]
+    }
+    parsed = triton_driver.parse_statistics(stats, "ranker_bench")
+    before = triton_driver.BatchStats(0, 0, 0, 0, 0)
+    delta = parsed.minus(before)
+    assert delta.rows_per_execution == 2000.0
+    assert delta.requests_per_execution(500) == 4.0
+    assert delta.mean_queue_ms == pytest.approx(2.0)
+    assert delta.mean_compute_ms == pytest.approx(5.0)
+    assert triton_driver.parse_statistics({}, "x").execution_count == 0
+
+
+def test_feature_width_and_composing_models() -> None:
+    config = {
+        "config": {
+            "name": "ranker_v2",
+            "input": [{"name": "features", "data_type": "TYPE_FP32", "dims": ["46"]}],
+            "ensemble_scheduling": {"step": [{"model_name": "ranker_v2_onnx"}]},
+        }
+    }
+    assert triton_driver.feature_width(config) == 46
+    assert list(triton_driver.composing_models(config)) == ["ranker_v2_onnx"]
+    with pytest.raises(ValueError, match="no input"):
+        triton_driver.feature_width(config, "other")
