@@ -45,12 +45,18 @@ def _triton(settings: Settings) -> dict[str, ProcessSpec]:
     repository = settings.model.artifacts_dir / "triton" / "local"
     if not repository.is_dir():
         return {}
+    # Poll mode: a new model version dropped into the repository is loaded without a restart,
+    # and the gateway's model registry routes to it once Triton reports it READY.
     argv = [
         sys.executable,
         "-m",
         "triton_models.tritonserver",
         "--model-repository",
         str(repository),
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "5",
     ]
     return {"triton": ProcessSpec(argv)}
 

@@ -18,6 +18,9 @@ import numpy.typing as npt
 from gateway.stages.types import Candidates
 
 
+POOL_FACTOR = 5
+
+
 def diversify(
     items: Candidates,
     category: npt.NDArray[np.int16],
@@ -31,10 +34,15 @@ def diversify(
     Relevance is the item's score min-max scaled to [0, 1] within the list; similarity is 1
     for two items of the same category, or the cosine of their embeddings when `embeddings`
     (unit-normalised rows by catalogue position) is given. Scores are kept as ranked.
+
+    Only the best `POOL_FACTOR * count` items compete (the list arrives sorted by score): far
+    down the list relevance is too low to win back with diversity, and the greedy loop's cost
+    grows with the pool.
     """
-    n = len(items)
-    if weight <= 0.0 or n <= 1:
+    if weight <= 0.0 or len(items) <= 1:
         return items
+    items = items.take(np.arange(min(len(items), max(POOL_FACTOR * count, count + 10))))
+    n = len(items)
     scores = items.scores.astype(np.float64)
     spread = scores.max() - scores.min()
     relevance = (scores - scores.min()) / spread if spread > 0 else np.ones(n)

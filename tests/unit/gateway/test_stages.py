@@ -11,7 +11,7 @@ from gateway.deadline import Budget
 from gateway.errors import DeadlineExceeded
 from gateway.stages.candidates import candidate_count
 from gateway.stages.filter import filter_candidates
-from gateway.stages.rank import PopularityRanker
+from gateway.stages.rank import FallbackRanker, PredictionCache
 from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.types import Candidates
 
@@ -47,12 +47,36 @@ def test_truncate_and_candidate_count() -> None:
     assert candidate_count(500, 100, 600) == 700
 
 
-def test_popularity_ranker_orders_by_score_and_flags_fallback() -> None:
+def test_fallback_ranker_blends_retrieval_and_popularity() -> None:
+    popularity = np.zeros(10, np.float32)
+    popularity[[7, 8, 9]] = [100.0, 0.0, 10.0]
     items = Candidates(np.array([7, 8, 9], np.int32), np.array([0.2, 0.9, 0.5], np.float32))
-    ranking = PopularityRanker().rank(items, reason="RANKER_TIMEOUT")
-    assert ranking.items.positions.tolist() == [8, 9, 7]
+    ranking = FallbackRanker(popularity).rank(items, reason="RANKER_TIMEOUT")
+    # 7: 0 + 1.0; 8: 1.0 + 0; 9: 0.43 + 0.52 -> halves: 0.5, 0.5, 0.475 (stable order)
+    assert ranking.items.positions.tolist() == [7, 8, 9]
+    assert ranking.items.scores.tolist() == pytest.approx([0.5, 0.5, 0.4747], abs=1e-3)
     assert ranking.degraded_reasons == ("RANKER_TIMEOUT",)
     assert ranking.model_version == "popularity"
+    # Equal retrieval scores: popularity decides.
+    flat = Candidates(np.array([8, 9, 7], np.int32), np.zeros(3, np.float32))
+    assert FallbackRanker(popularity).rank(flat).items.positions.tolist() == [7, 9, 8]
+
+
+def test_prediction_cache_keys_on_model_version_and_candidates() -> None:
+    cache = PredictionCache(size=10, ttl_s=60)
+    positions = np.array([1, 2, 3], np.int32)
+    key = PredictionCache.key("ranker_v2", 1, "u", 5, (1, 1, 0, 12), positions)
+    cache.put(key, np.array([0.1, 0.2, 0.3], np.float32))
+    assert cache.get(key) is not None
+    # Another version, another candidate list or a longer history never hit.
+    assert cache.get(PredictionCache.key("ranker_v2", 2, "u", 5, (1, 1, 0, 12), positions)) is None
+    assert cache.get(PredictionCache.key("ranker_v3", 1, "u", 5, (1, 1, 0, 12), positions)) is None
+    assert cache.get(PredictionCache.key("ranker_v2", 1, "u", 6, (1, 1, 0, 12), positions)) is None
+    other = np.array([1, 3, 2], np.int32)
+    assert cache.get(PredictionCache.key("ranker_v2", 1, "u", 5, (1, 1, 0, 12), other)) is None
+    disabled = PredictionCache(size=0, ttl_s=60)
+    disabled.put(key, np.zeros(3, np.float32))
+    assert disabled.get(key) is None
 
 
 def test_budget_uses_the_tighter_deadline() -> None:
