@@ -154,6 +154,8 @@ class MonitoringSettings(BaseModel):
 
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     """Minimum level of the JSON log lines."""
+    request_log_sample_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    """Share of successful requests logged (one JSON line each); every error is logged."""
     metrics: MetricsSettings = MetricsSettings()
     """Metrics settings."""
     tracing: TracingSettings = TracingSettings()

@@ -102,6 +102,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except ServiceError as exc:
                 code = exc.code
                 span.set_attribute("recsys.error", exc.message)
+                _log.warning(
+                    "%s refused", method_name, extra={"code": code.name, "details": exc.message}
+                )
                 if context.cancelled():
                     # The client gave up (its deadline passed): nobody is left to tell.
                     code = grpc.StatusCode.CANCELLED

@@ -85,6 +85,7 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
             serving.default_deadline_ms / 1000.0,
             resources.metrics,
             resources.histories,
+            settings.monitoring.request_log_sample_ratio,
         ),
         server,
     )

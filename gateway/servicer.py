@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import random
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -17,6 +20,13 @@ from gateway.metrics import Metrics
 from gateway.recommender import Recommender
 from gateway.stages.validate import Limits, validate_events, validate_recommend
 
+_log = logging.getLogger(__name__)
+
+
+def hash_user(user_id: str) -> str:
+    """A stable pseudonym for logs: user ids never appear in them."""
+    return hashlib.blake2b(user_id.encode(), digest_size=8).hexdigest()
+
 
 class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
     """Handles the public RPCs; errors are mapped to status codes by the interceptor."""
@@ -29,6 +39,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         default_deadline_s: float,
         metrics: Metrics,
         histories: PurchaseHistories | None,
+        log_sample_ratio: float = 0.0,
     ) -> None:
         self._recommender = recommender
         self._store = store
@@ -36,6 +47,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self._default_deadline_s = default_deadline_s
         self._metrics = metrics
         self._histories = histories
+        self._log_sample_ratio = log_sample_ratio
 
     async def Recommend(
         self,
@@ -44,7 +56,21 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
     ) -> pb.RecommendResponse:
         budget = Budget.for_request(context.time_remaining(), self._default_deadline_s)
         query = validate_recommend(request, self._limits, datetime.now(UTC))
-        return await self._recommender.recommend(query, budget)
+        response = await self._recommender.recommend(query, budget)
+        if random.random() < self._log_sample_ratio:
+            _log.info(
+                "recommend",
+                extra={
+                    "request_id": response.request_id,
+                    "user": hash_user(query.user_id),
+                    "experiment_id": response.experiment_id,
+                    "model_version": response.model_version,
+                    "latency_ms": round(response.latency_ms, 3),
+                    "items": len(response.recommendations),
+                    "degraded": [pb.DegradedReason.Name(r) for r in response.degraded_reasons],
+                },
+            )
+        return response
 
     async def RecordEvents(
         self,

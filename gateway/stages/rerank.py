@@ -17,7 +17,6 @@ import numpy.typing as npt
 
 from gateway.stages.types import Candidates
 
-
 POOL_FACTOR = 5
 
 
