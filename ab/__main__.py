@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -33,8 +34,95 @@ def _add_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=_stats)
 
 
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the service's YAML config (its ab_testing and feature_store sections are used)",
+    )
+
+
+def _sidecar(args: argparse.Namespace) -> int:
+    from ab import cli
+
+    return cli.run_sidecar_command(args)
+
+
+def _add_sidecar(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "sidecar",
+        help="run the experiment controller and its metrics endpoint until SIGTERM",
+        description=(
+            "Evaluate running experiments every ab_testing.controller.interval_s, roll back, "
+            "promote or stop them, and serve Prometheus metrics on "
+            "ab_testing.controller.metrics_port (default 9465)."
+        ),
+    )
+    _config_argument(parser)
+    parser.set_defaults(handler=_sidecar)
+
+
+def _experiments(args: argparse.Namespace) -> int:
+    from ab import cli
+
+    return cli.run_experiments_command(args)
+
+
+def _add_experiments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "experiments",
+        help="list, show, re-weight, stop or roll back experiments (audited)",
+        description=(
+            "Operator actions; every change writes experiment_state and an audit row, and "
+            "the gateways' routing applies it within seconds."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _config_argument(actions.add_parser("list", help="every experiment with its status"))
+    for name, help_text in (
+        ("show", "config, status and decision history of one experiment"),
+        ("set-weights", "override the traffic split, e.g. control=0.5 treatment=0.5"),
+        ("stop", "disable the experiment (users get the default model)"),
+        ("rollback", "send all of the experiment's traffic to its control"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        _config_argument(action)
+        action.add_argument("experiment", help="experiment name")
+        if name == "set-weights":
+            action.add_argument("weights", nargs="+", metavar="VARIANT=WEIGHT")
+        if name != "show":
+            action.add_argument("--reason", default="", help="recorded in the audit log")
+    parser.set_defaults(handler=_experiments)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from ab import cli
+
+    return cli.run_analyze_command(args)
+
+
+def _add_analyze(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "analyze",
+        help="write a Markdown report of one experiment",
+        description=(
+            "Per-variant metrics, effects with confidence intervals, SRM, decision history "
+            "and cumulative lift per day, written to DIR/<experiment>.md."
+        ),
+    )
+    _config_argument(parser)
+    parser.add_argument("--experiment", required=True, help="experiment name")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.set_defaults(handler=_analyze)
+
+
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_stats,
+    _add_sidecar,
+    _add_experiments,
+    _add_analyze,
 )
 
 

@@ -67,6 +67,17 @@ class ExperimentConfig(BaseModel):
     """Smallest relative effect the experiment is sized for."""
     decision_policy: Literal["fixed_horizon", "sequential", "bandit"] = "sequential"
     """How the controller decides: one look at the end, continuous looks, or Thompson sampling."""
+    min_users_per_variant: int | None = Field(None, ge=2)
+    """Users every arm needs before a promotion; None derives it from ab.power (mde, alpha,
+    power and the control arm's observed variance)."""
+    srm_p_value: float = Field(0.001, gt=0.0, lt=0.5)
+    """Sample-ratio-mismatch p-value below which the experiment is rolled back."""
+    max_error_rate: float | None = Field(None, gt=0.0, le=1.0)
+    """Treatment error rate (failed / all Recommend calls) that triggers a rollback; None: off."""
+    max_latency_p99_ms: float | None = Field(None, gt=0.0)
+    """Treatment p99 latency that triggers a rollback; None: off."""
+    bandit_min_weight: float = Field(0.05, ge=0.0, lt=0.5)
+    """Under the bandit policy, the least traffic share any arm keeps (continued exploration)."""
 
     @model_validator(mode="after")
     def _weights_sum_to_one(self) -> ExperimentConfig:
@@ -77,6 +88,28 @@ class ExperimentConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"variant names repeat: {names}")
         return self
+
+
+class ControllerSettings(BaseModel):
+    """The experiment sidecar: decision loop, metrics endpoint and routing refresh."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    interval_s: float = Field(300.0, gt=0.0)
+    """Seconds between two evaluations of the running experiments."""
+    metrics_host: str = "0.0.0.0"
+    """Address the sidecar's Prometheus endpoint listens on."""
+    metrics_port: int = Field(9465, ge=0, le=65535)
+    """Port of the sidecar's Prometheus endpoint (0: any free port)."""
+    routing_refresh_s: float = Field(2.0, gt=0.0)
+    """Seconds between two reads of the experiment state by each gateway process."""
+    state_file: Path = Path(".run/experiment_state.json")
+    """Experiment state (overrides) of the embedded single-node profile."""
+    prometheus_url: str | None = None
+    """Prometheus HTTP API (e.g. http://prometheus:9090) for error-rate and latency guardrails;
+    None: those guardrails are off."""
+    bandit_seed: int | None = None
+    """Seed of the Thompson-sampling draws (None: fresh entropy each evaluation)."""
 
 
 class ABTestingSettings(BaseModel):
@@ -91,6 +124,8 @@ class ABTestingSettings(BaseModel):
     exposure_queue_size: int = Field(10_000, ge=100)
     """Exposures waiting to be written per process; beyond it new ones are dropped and
     counted (recsys_exposures_dropped_total)."""
+    controller: ControllerSettings = ControllerSettings()
+    """The experiment sidecar (`python -m ab sidecar`)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> ABTestingSettings:

@@ -1,0 +1,626 @@
+"""The experiment controller: evaluates running experiments and decides, on a schedule.
+
+For each enabled experiment without a final state, one evaluation (`evaluate`, a pure
+function of the per-variant sums, so it is unit-testable) checks, in order:
+
+1. Sample-ratio mismatch: users per arm against the configured weights (`ab.srm`);
+   p < `srm_p_value` (0.001 by default) -> **rollback**. Skipped under the bandit policy,
+   whose weights change on purpose, and while an operator's weights override is in force
+   (the users then mix two splits).
+2. Guardrails: for each treatment arm and guardrail metric, a one-sided test in the bad
+   direction (`alternative="less"`: all four metrics are better when higher) on the relative
+   effect at the experiment's alpha -- always-valid (`ab.sequential`) when decision_policy is
+   `sequential`, Welch otherwise. Breached when significant *and* the estimated loss exceeds
+   `max_relative_degradation` -> **rollback**.
+3. Operational health (optional `HealthSource`): treatment error rate above `max_error_rate`
+   or p99 latency above `max_latency_p99_ms` -> **rollback**.
+4. Bandit policy: Thompson-sampling weights on conversion -> **reweight** (state stays
+   `running` with the new weights) until the end; at the end the arm that is best with
+   posterior probability >= 1 - alpha is promoted, else the experiment stops.
+5. Primary metric, once every arm has the minimum sample (`min_users_per_variant`, else
+   `ab.power.sample_size_mean` from the control arm's mean and per-user standard deviation at
+   the configured mde / alpha / power): two-sided test per treatment (Holm-adjusted across
+   treatments); the significant positive effect with the largest estimate -> **promote**.
+6. Past `end` -> **stop**; otherwise **continue**.
+
+A decision writes `experiment_state` (rollback: control 1.0, others 0.0; promote: winner
+1.0; stop: disabled) and an audit row with the statistics as evidence (one transaction),
+increments `recsys_experiment_decisions_total`, and logs one JSON line at WARNING so that
+log-based alerting sees it. Gauges (SRM p-value, guardrails, metric values, weights) are set
+on every evaluation. Admin commands go through the same `apply_decision`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TypeAlias
+
+import asyncpg
+import numpy as np
+
+from ab.bandit import thompson_weights
+from ab.config import ExperimentConfig
+from ab.health import HealthSource, VariantHealth
+from ab.metrics_sql import METRICS, MetricName, VariantSums, fetch_variant_sums
+from ab.multitest import adjust_p_values
+from ab.power import PowerInputError, sample_size_mean
+from ab.srm import srm_test
+from ab.statistics import AnalysisResult, StatisticsError, analyze
+from ab.store import ExperimentState, StateStore, Status
+from ab.telemetry import SidecarMetrics
+
+_log = logging.getLogger(__name__)
+
+Decision: TypeAlias = Literal["continue", "rollback", "promote", "stop", "reweight"]
+FINAL_STATUSES: frozenset[Status] = frozenset({"rolled_back", "promoted", "stopped"})
+
+
+class SumsSource(Protocol):
+    """Per-variant user-level sums of an experiment (Postgres in production)."""
+
+    async def variant_sums(self, experiment: ExperimentConfig) -> Mapping[str, VariantSums]:
+        """Sums per variant name since the experiment's start."""
+        ...
+
+
+class PostgresSumsSource:
+    """`SumsSource` running `ab.metrics_sql` on the pool (borrowed)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def variant_sums(self, experiment: ExperimentConfig) -> Mapping[str, VariantSums]:
+        return await fetch_variant_sums(self._pool, experiment, start=experiment.start)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricTest:
+    """One treatment-versus-control test, JSON-ready."""
+
+    metric: str
+    variant: str
+    alternative: str
+    method: str
+    effect: float
+    ci: tuple[float, float]
+    p_value: float
+    control_value: float
+    treatment_value: float
+    control_n: int
+    treatment_n: int
+
+    @classmethod
+    def of(cls, metric: str, variant: str, result: AnalysisResult) -> MetricTest:
+        """From an engine result."""
+        e = result.estimate
+        return cls(
+            metric,
+            variant,
+            result.alternative,
+            result.method,
+            result.effect,
+            result.ci,
+            result.p_value,
+            e.control_mean,
+            e.treatment_mean,
+            e.control_n,
+            e.treatment_n,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (infinite bounds become None)."""
+        return {
+            "metric": self.metric,
+            "variant": self.variant,
+            "alternative": self.alternative,
+            "method": self.method,
+            "relative_effect": self.effect,
+            "ci": [b if math.isfinite(b) else None for b in self.ci],
+            "p_value": self.p_value,
+            "control_value": self.control_value,
+            "treatment_value": self.treatment_value,
+            "control_n": self.control_n,
+            "treatment_n": self.treatment_n,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The outcome of evaluating one experiment once."""
+
+    experiment: str
+    decision: Decision
+    reason: str
+    status: Status | None = None
+    """The state to write (None for `continue`)."""
+    weights: dict[str, float] | None = None
+    """The weights override to write."""
+    srm_p_value: float | None = None
+    breached: tuple[str, ...] = ()
+    """Guardrail metrics breached in some treatment arm."""
+    values: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Metric values per variant (for gauges)."""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """The statistics behind the decision, JSON-ready."""
+
+
+def _method(experiment: ExperimentConfig) -> Literal["fixed", "sequential"]:
+    return "sequential" if experiment.decision_policy == "sequential" else "fixed"
+
+
+def compare_arms(
+    experiment: ExperimentConfig,
+    metric: MetricName,
+    control: VariantSums,
+    treatment: VariantSums,
+    alternative: Literal["two-sided", "less", "greater"],
+) -> MetricTest | None:
+    """Relative effect of `treatment` over `control` on `metric` with the experiment's test
+    (sequential or Welch) and alpha; None while the statistics cannot be tested yet."""
+    c, t = control.stats(metric), treatment.stats(metric)
+    if c is None or t is None:
+        return None
+    try:
+        result = analyze(
+            c,
+            t,
+            method=_method(experiment),
+            difference="relative",
+            alternative=alternative,
+            alpha=experiment.alpha,
+        )
+    except (StatisticsError, ZeroDivisionError):
+        return None  # no variance yet, or a zero control mean: nothing to conclude
+    if not (math.isfinite(result.effect) and math.isfinite(result.p_value)):
+        return None
+    return MetricTest.of(metric, treatment.variant, result)
+
+
+def required_users(experiment: ExperimentConfig, control: VariantSums) -> int | None:
+    """Users per arm before the primary metric may promote; None while not computable."""
+    if experiment.min_users_per_variant is not None:
+        return experiment.min_users_per_variant
+    stats = control.stats(experiment.primary_metric)
+    if stats is None or stats.variance <= 0.0 or stats.mean == 0.0:
+        return None
+    try:
+        return sample_size_mean(
+            stats.mean,
+            math.sqrt(stats.variance),
+            experiment.minimum_detectable_effect,
+            alpha=experiment.alpha,
+            power=experiment.power,
+        ).users_per_variant
+    except PowerInputError:
+        return None
+
+
+def _empty(variant: str) -> VariantSums:
+    return VariantSums(variant, 0, *([0.0] * 13))
+
+
+def evaluate(
+    experiment: ExperimentConfig,
+    sums: Mapping[str, VariantSums],
+    now: datetime,
+    *,
+    health: Mapping[str, VariantHealth] | None = None,
+    rng: np.random.Generator | None = None,
+    weights_overridden: bool = False,
+) -> Evaluation:
+    """Decides what to do with one running experiment; see the module docstring.
+
+    `weights_overridden`: an operator changed the split while running, so the users per arm
+    mix two splits and the SRM test against the configured weights is skipped.
+    """
+    arms = [v.name for v in experiment.variants]
+    control_name = arms[0]
+    per_arm = {a: sums.get(a) or _empty(a) for a in arms}
+    control = per_arm[control_name]
+    treatments = [per_arm[a] for a in arms[1:]]
+    values: dict[str, dict[str, float]] = {
+        a: {str(m): v for m in METRICS if (v := per_arm[a].value(m)) is not None} for a in arms
+    }
+    evidence: dict[str, Any] = {
+        "policy": experiment.decision_policy,
+        "alpha": experiment.alpha,
+        "variants": {a: per_arm[a].as_dict() for a in arms},
+        "values": values,
+    }
+    rollback_weights = {a: (1.0 if a == control_name else 0.0) for a in arms}
+
+    # 1. sample-ratio mismatch
+    srm_p: float | None = None
+    if weights_overridden:
+        evidence["srm"] = {"skipped": "weights overridden while running"}
+    elif experiment.decision_policy != "bandit":
+        observed = [per_arm[a].users for a in arms]
+        weights = [v.weight for v in experiment.variants]
+        if sum(observed) > 0 and all(w > 0 for w in weights):
+            srm = srm_test(observed, weights)
+            srm_p = srm.p_value
+            evidence["srm"] = {
+                "observed": list(srm.observed),
+                "expected": list(srm.expected),
+                "statistic": srm.statistic,
+                "p_value": srm.p_value,
+                "threshold": experiment.srm_p_value,
+            }
+            if srm.p_value < experiment.srm_p_value:
+                return Evaluation(
+                    experiment.name,
+                    "rollback",
+                    f"sample-ratio mismatch: p = {srm.p_value:.3g} < {experiment.srm_p_value:g}"
+                    f" (users {dict(zip(arms, observed, strict=True))})",
+                    "rolled_back",
+                    rollback_weights,
+                    srm_p,
+                    values=values,
+                    evidence=evidence,
+                )
+
+    # 2. guardrails
+    guardrail_tests: list[dict[str, Any]] = []
+    breached: list[str] = []
+    reasons: list[str] = []
+    for guardrail in experiment.guardrails:
+        for treatment in treatments:
+            test = compare_arms(experiment, guardrail.metric, control, treatment, "less")
+            if test is None:
+                continue
+            hit = (
+                test.p_value < experiment.alpha
+                and test.effect < -guardrail.max_relative_degradation
+            )
+            guardrail_tests.append(
+                test.as_dict()
+                | {"max_relative_degradation": guardrail.max_relative_degradation}
+                | {"breached": hit}
+            )
+            if hit:
+                if guardrail.metric not in breached:
+                    breached.append(guardrail.metric)
+                reasons.append(
+                    f"{guardrail.metric} of {treatment.variant} {test.effect:+.2%}"
+                    f" (p = {test.p_value:.3g})"
+                )
+    evidence["guardrails"] = guardrail_tests
+    if breached:
+        return Evaluation(
+            experiment.name,
+            "rollback",
+            "guardrail breached: " + "; ".join(reasons),
+            "rolled_back",
+            rollback_weights,
+            srm_p,
+            tuple(breached),
+            values=values,
+            evidence=evidence,
+        )
+
+    # 3. operational health
+    if health:
+        problems = []
+        for treatment in treatments:
+            h = health.get(treatment.variant)
+            if h is None:
+                continue
+            if (
+                experiment.max_error_rate is not None
+                and h.error_rate is not None
+                and h.error_rate > experiment.max_error_rate
+            ):
+                problems.append(f"{treatment.variant} error rate {h.error_rate:.2%}")
+            if (
+                experiment.max_latency_p99_ms is not None
+                and h.latency_p99_s is not None
+                and h.latency_p99_s * 1000.0 > experiment.max_latency_p99_ms
+            ):
+                problems.append(f"{treatment.variant} p99 {h.latency_p99_s * 1000:.0f} ms")
+        evidence["health"] = {
+            name: {"error_rate": h.error_rate, "latency_p99_s": h.latency_p99_s}
+            for name, h in health.items()
+        }
+        if problems:
+            return Evaluation(
+                experiment.name,
+                "rollback",
+                "operational guardrail breached: " + "; ".join(problems),
+                "rolled_back",
+                rollback_weights,
+                srm_p,
+                values=values,
+                evidence=evidence,
+            )
+
+    ended = experiment.end is not None and now >= experiment.end
+
+    # 4. bandit
+    if experiment.decision_policy == "bandit":
+        generator = rng if rng is not None else np.random.default_rng()
+        weights_now = thompson_weights(
+            {a: per_arm[a].purchases for a in arms},
+            {a: per_arm[a].clicks for a in arms},
+            arms,
+            rng=generator,
+            min_weight=0.0 if ended else experiment.bandit_min_weight,
+        )
+        evidence["bandit"] = {"weights": weights_now}
+        if ended:
+            best = max(arms, key=lambda a: weights_now[a])
+            if weights_now[best] >= 1.0 - experiment.alpha:
+                return Evaluation(
+                    experiment.name,
+                    "promote",
+                    f"bandit ended: {best} is best with probability {weights_now[best]:.3f}",
+                    "promoted",
+                    {a: (1.0 if a == best else 0.0) for a in arms},
+                    srm_p,
+                    values=values,
+                    evidence=evidence,
+                )
+            return Evaluation(
+                experiment.name,
+                "stop",
+                "bandit ended without a clear winner",
+                "stopped",
+                None,
+                srm_p,
+                values=values,
+                evidence=evidence,
+            )
+        return Evaluation(
+            experiment.name,
+            "reweight",
+            "Thompson sampling on conversion_rate: "
+            + ", ".join(f"{a} {w:.3f}" for a, w in weights_now.items()),
+            "running",
+            weights_now,
+            srm_p,
+            values=values,
+            evidence=evidence,
+        )
+
+    # 5. primary metric
+    needed = required_users(experiment, control)
+    evidence["min_users_per_variant"] = needed
+    ready = needed is not None and all(per_arm[a].users >= needed for a in arms)
+    if ready:
+        tests = [
+            t
+            for treatment in treatments
+            if (
+                t := compare_arms(
+                    experiment, experiment.primary_metric, control, treatment, "two-sided"
+                )
+            )
+            is not None
+        ]
+        adjusted = adjust_p_values([t.p_value for t in tests], "holm")
+        evidence["primary"] = [
+            t.as_dict() | {"p_value_adjusted": q} for t, q in zip(tests, adjusted, strict=True)
+        ]
+        winners = [
+            t for t, q in zip(tests, adjusted, strict=True) if q < experiment.alpha and t.effect > 0
+        ]
+        if winners:
+            best_test = max(winners, key=lambda t: t.effect)
+            return Evaluation(
+                experiment.name,
+                "promote",
+                f"{experiment.primary_metric} of {best_test.variant} {best_test.effect:+.2%}"
+                f" (p = {best_test.p_value:.3g}) with >= {needed} users per arm",
+                "promoted",
+                {a: (1.0 if a == best_test.variant else 0.0) for a in arms},
+                srm_p,
+                values=values,
+                evidence=evidence,
+            )
+
+    # 6. end of the experiment
+    if ended:
+        return Evaluation(
+            experiment.name,
+            "stop",
+            f"ended at {experiment.end} without a significant winner",
+            "stopped",
+            None,
+            srm_p,
+            values=values,
+            evidence=evidence,
+        )
+    if ready:
+        progress = ""
+    elif needed is None:
+        progress = "; minimum sample not computable yet"
+    else:
+        progress = f"; waiting for {needed} users per arm"
+    return Evaluation(
+        experiment.name,
+        "continue",
+        "no significant result" + progress,
+        None,
+        None,
+        srm_p,
+        values=values,
+        evidence=evidence,
+    )
+
+
+async def apply_decision(
+    store: StateStore,
+    experiment: str,
+    decision: str,
+    status: Status,
+    weights: Mapping[str, float] | None,
+    reason: str,
+    evidence: Mapping[str, Any],
+    metrics: SidecarMetrics | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Writes the state and its audit row, counts the decision and logs it as JSON."""
+    state = ExperimentState(
+        experiment=experiment,
+        status=status,
+        weights=None if weights is None else dict(weights),
+        updated_at=now or datetime.now(UTC),
+    )
+    record = await store.record_decision(state, decision, reason, evidence)
+    if metrics is not None:
+        metrics.decisions.labels(experiment=experiment, decision=decision).inc()
+    _log.warning(
+        json.dumps(
+            {
+                "event": "experiment_decision",
+                "experiment": experiment,
+                "decision": decision,
+                "status": status,
+                "weights": state.weights,
+                "reason": reason,
+                "audit_id": record.id,
+            },
+            sort_keys=True,
+        )
+    )
+
+
+def export_gauges(
+    metrics: SidecarMetrics, experiment: ExperimentConfig, evaluation: Evaluation
+) -> None:
+    """Sets the SRM, guardrail and metric gauges from an evaluation."""
+    if evaluation.srm_p_value is not None:
+        metrics.srm_p_value.labels(experiment=experiment.name).set(evaluation.srm_p_value)
+    for guardrail in experiment.guardrails:
+        metrics.guardrail_breached.labels(experiment=experiment.name, metric=guardrail.metric).set(
+            1 if guardrail.metric in evaluation.breached else 0
+        )
+    for variant, values in evaluation.values.items():
+        for metric, value in values.items():
+            metrics.metric.labels(experiment=experiment.name, variant=variant, metric=metric).set(
+                value
+            )
+
+
+def _same_weights(evaluation: Evaluation, state: ExperimentState | None) -> bool:
+    if evaluation.decision != "reweight" or state is None or state.weights is None:
+        return False
+    new = evaluation.weights or {}
+    return set(new) == set(state.weights) and all(
+        abs(new[k] - state.weights[k]) <= 0.01 for k in new
+    )
+
+
+class Controller:
+    """Evaluates every enabled, undecided experiment; `run` repeats it every `interval_s`.
+
+    Args:
+        experiments: the configured experiments.
+        sums: where per-variant sums come from.
+        store: where decisions go (and the current states are read).
+        metrics: the sidecar's metrics.
+        health: optional operational health per arm.
+        clock: the current time (tests move it past `end`).
+        rng: random generator for the bandit.
+    """
+
+    def __init__(
+        self,
+        experiments: Sequence[ExperimentConfig],
+        sums: SumsSource,
+        store: StateStore,
+        metrics: SidecarMetrics,
+        *,
+        health: HealthSource | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self._experiments = tuple(experiments)
+        self._sums = sums
+        self._store = store
+        self._metrics = metrics
+        self._health = health
+        self._clock = clock
+        self._rng = rng if rng is not None else np.random.default_rng()
+        metrics.initialise(self._experiments)
+
+    async def evaluate_experiment(
+        self, experiment: ExperimentConfig, state: ExperimentState | None = None
+    ) -> Evaluation:
+        """Evaluates one experiment, applies the decision and exports gauges.
+
+        A bandit re-weighting that moves no weight by more than 0.01 from `state` (the
+        current state) is not written, so the audit log only records real changes.
+        """
+        sums = await self._sums.variant_sums(experiment)
+        health: Mapping[str, VariantHealth] | None = None
+        if self._health is not None and (
+            experiment.max_error_rate is not None or experiment.max_latency_p99_ms is not None
+        ):
+            try:
+                health = await self._health.health(experiment)
+            except Exception:  # health is optional input: an outage must not stop decisions
+                _log.warning("health of %s unavailable", experiment.name, exc_info=True)
+        now = self._clock()
+        evaluation = evaluate(
+            experiment,
+            sums,
+            now,
+            health=health,
+            rng=self._rng,
+            weights_overridden=state is not None and state.weights is not None,
+        )
+        export_gauges(self._metrics, experiment, evaluation)
+        if evaluation.status is not None and not _same_weights(evaluation, state):
+            await apply_decision(
+                self._store,
+                experiment.name,
+                evaluation.decision,
+                evaluation.status,
+                evaluation.weights,
+                evaluation.reason,
+                evaluation.evidence,
+                self._metrics,
+                now,
+            )
+        weights = evaluation.weights or {v.name: v.weight for v in experiment.variants}
+        for variant, weight in weights.items():
+            self._metrics.weight.labels(experiment=experiment.name, variant=variant).set(weight)
+        return evaluation
+
+    async def run_once(self) -> list[Evaluation]:
+        """Evaluates every experiment that is enabled and not decided yet.
+
+        One experiment's failure (logged, counted as an error round) does not stop the others.
+        """
+        states = await self._store.load_states()
+        out: list[Evaluation] = []
+        failed = False
+        for experiment in self._experiments:
+            state = states.get(experiment.name)
+            if not experiment.enabled or (state is not None and state.status in FINAL_STATUSES):
+                continue
+            try:
+                out.append(await self.evaluate_experiment(experiment, state))
+            except Exception:  # keep evaluating the others; the next round retries
+                failed = True
+                _log.exception("evaluating experiment %s failed", experiment.name)
+        self._metrics.evaluations.labels(result="error" if failed else "ok").inc()
+        return out
+
+    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
+        """Evaluates every `interval_s` until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:  # e.g. Postgres down: log, count and try again next round
+                self._metrics.evaluations.labels(result="error").inc()
+                _log.exception("evaluation round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)

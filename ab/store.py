@@ -1,0 +1,438 @@
+"""Experiment storage: exposures, the decision audit log and the state that routing applies.
+
+Postgres (production): versioned SQL files `ab/migrations/NNN_name.sql`, applied on open in
+one transaction under an advisory lock and recorded in `ab_schema_migrations` (separate from
+the feature service's `schema_migrations`, so the two packages migrate independently and in
+either order). Exposures are inserted with `ON CONFLICT (request_id) DO NOTHING`, so a
+retried batch is harmless. A decision writes the new `experiment_state` row and its audit row
+in one transaction: routing never sees a state without its reason.
+
+JSON file (embedded single-node profile): the same state in one file, replaced atomically;
+the audit log is a JSON-lines file next to it.
+
+Values only travel as query parameters. Library errors become `ExperimentStoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeAlias
+
+import asyncpg
+
+from ab.exposures import Exposure
+from feature_service.config import PostgresSettings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Advisory lock key of this schema (distinct from the feature service's keys).
+_MIGRATION_LOCK = 0x7265_6373_7973_0A01
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+Status: TypeAlias = Literal["running", "rolled_back", "promoted", "stopped"]
+STATUSES: tuple[Status, ...] = ("running", "rolled_back", "promoted", "stopped")
+
+
+class ExperimentStoreError(RuntimeError):
+    """Experiment storage failed (unreachable, bad migration, unreadable state file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentState:
+    """What the controller or an operator decided about one experiment."""
+
+    experiment: str
+    status: Status
+    weights: Mapping[str, float] | None = None
+    """Traffic weights per variant replacing the configured ones; None keeps the config's."""
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One row of the audit log."""
+
+    id: int
+    experiment: str
+    decision: str
+    reason: str
+    evidence: Mapping[str, Any]
+    decided_at: datetime
+
+
+class StateStore(Protocol):
+    """Where experiment state and its audit log live (Postgres or a JSON file)."""
+
+    async def load_states(self) -> dict[str, ExperimentState]:
+        """The current state of every experiment that has one."""
+        ...
+
+    async def record_decision(
+        self,
+        state: ExperimentState,
+        decision: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+    ) -> DecisionRecord:
+        """Stores the new state and its audit row together."""
+        ...
+
+    async def decisions(self, experiment: str) -> list[DecisionRecord]:
+        """The audit log of one experiment, oldest first."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migrations in `directory`, by version.
+
+    Raises:
+        ExperimentStoreError: a file name does not match `NNN_name.sql` or a version repeats.
+    """
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise ExperimentStoreError(f"migration {path.name!r} is not named NNN_name.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise ExperimentStoreError(f"migration version {version} appears twice")
+        found[version] = Migration(version, match.group(2), path.read_text())
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(pool: asyncpg.Pool, migrations: Sequence[Migration] | None = None) -> list[int]:
+    """Applies the migrations not yet in `ab_schema_migrations`; returns their versions.
+
+    One transaction under an advisory lock: concurrent callers queue, later ones do nothing.
+
+    Raises:
+        ExperimentStoreError: Postgres failed; nothing was applied then.
+    """
+    todo = load_migrations() if migrations is None else migrations
+    try:
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await connection.execute(
+                """
+                CREATE TABLE IF NOT EXISTS ab_schema_migrations (
+                    version    integer PRIMARY KEY,
+                    name       text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                )
+                """
+            )
+            rows = await connection.fetch("SELECT version FROM ab_schema_migrations")
+            applied = {row["version"] for row in rows}
+            done: list[int] = []
+            for migration in todo:
+                if migration.version in applied:
+                    continue
+                await connection.execute(migration.sql)
+                await connection.execute(
+                    "INSERT INTO ab_schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+                done.append(migration.version)
+            return done
+    except _ERRORS as exc:
+        raise ExperimentStoreError(f"postgres: migration failed: {exc!r}") from exc
+
+
+async def open_pool(settings: PostgresSettings, max_size: int | None = None) -> asyncpg.Pool:
+    """An asyncpg pool for `settings` with the ab schema migrated. Close it with `close()`.
+
+    Raises:
+        ExperimentStoreError: Postgres is unreachable or a migration failed.
+    """
+    password = settings.password.get_secret_value() if settings.password else None
+    try:
+        pool = await asyncpg.create_pool(
+            settings.dsn,
+            password=password,
+            min_size=1,
+            max_size=max_size if max_size is not None else min(settings.pool_size, 4),
+            timeout=settings.timeout_s,
+            command_timeout=max(settings.timeout_s, 30.0),  # analysis queries scan a lot
+        )
+    except _ERRORS as exc:
+        raise ExperimentStoreError(f"postgres: cannot connect: {exc!r}") from exc
+    try:
+        await migrate(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def _connection(pool: asyncpg.Pool, operation: str) -> AsyncIterator[Any]:
+    try:
+        async with pool.acquire() as connection:
+            yield connection
+    except _ERRORS as exc:
+        raise ExperimentStoreError(f"postgres: {operation} failed: {exc!r}") from exc
+
+
+_INSERT_EXPOSURES = """
+INSERT INTO exposures (request_id, user_id, experiment, variant, model_version, item_ids, ts,
+                       assignment_probability)
+SELECT r.request_id, r.user_id, r.experiment, r.variant, r.model_version,
+       string_to_array(r.item_ids, chr(31)), r.ts, r.assignment_probability
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::timestamptz[], $8::float8[])
+     AS r(request_id, user_id, experiment, variant, model_version, item_ids, ts,
+          assignment_probability)
+ON CONFLICT (request_id) DO NOTHING
+"""
+# Item lists travel joined by the ASCII unit separator: unnest cannot take a ragged text[][]
+# and item ids never contain control characters (the API validates them).
+_ITEM_SEPARATOR = "\x1f"
+
+
+class PostgresExposureSink:
+    """`ab.exposures.ExposureSink` writing to the `exposures` table: one `INSERT ... SELECT
+    FROM unnest(...) ON CONFLICT (request_id) DO NOTHING` per batch, so a retried batch
+    changes nothing. The pool is borrowed: its owner closes it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def write(self, batch: Sequence[Exposure]) -> None:
+        """Stores the batch idempotently by request id.
+
+        Raises:
+            ExperimentStoreError: Postgres failed (the recorder retries the batch).
+        """
+        if not batch:
+            return
+        async with _connection(self._pool, "write exposures") as connection:
+            await connection.execute(
+                _INSERT_EXPOSURES,
+                [e.request_id for e in batch],
+                [e.user_id for e in batch],
+                [e.experiment for e in batch],
+                [e.variant for e in batch],
+                [e.model_version for e in batch],
+                [_ITEM_SEPARATOR.join(e.item_ids) for e in batch],
+                [e.timestamp for e in batch],
+                [e.assignment_probability for e in batch],
+            )
+
+    async def counts(self, experiment: str) -> dict[str, int]:
+        """Exposures per variant of `experiment`."""
+        async with _connection(self._pool, "count exposures") as connection:
+            rows = await connection.fetch(
+                "SELECT variant, count(*) AS n FROM exposures WHERE experiment = $1"
+                " GROUP BY variant",
+                experiment,
+            )
+        return {row["variant"]: int(row["n"]) for row in rows}
+
+
+def _state_from_row(row: Mapping[str, Any]) -> ExperimentState:
+    weights = row["weights"]
+    return ExperimentState(
+        experiment=row["experiment"],
+        status=row["status"],
+        weights=None if weights is None else {k: float(v) for k, v in json.loads(weights).items()},
+        updated_at=row["updated_at"],
+    )
+
+
+class PostgresStateStore:
+    """`StateStore` on the `experiment_state` and `decisions` tables (pool borrowed)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def load_states(self) -> dict[str, ExperimentState]:
+        async with _connection(self._pool, "read experiment state") as connection:
+            rows = await connection.fetch(
+                "SELECT experiment, status, weights::text AS weights, updated_at"
+                " FROM experiment_state"
+            )
+        return {row["experiment"]: _state_from_row(row) for row in rows}
+
+    async def record_decision(
+        self,
+        state: ExperimentState,
+        decision: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+    ) -> DecisionRecord:
+        weights = None if state.weights is None else json.dumps(dict(state.weights))
+        async with (
+            _connection(self._pool, "record decision") as connection,
+            connection.transaction(),
+        ):
+            await connection.execute(
+                """
+                INSERT INTO experiment_state (experiment, status, weights, updated_at)
+                VALUES ($1, $2, $3::jsonb, $4)
+                ON CONFLICT (experiment) DO UPDATE
+                SET status = EXCLUDED.status, weights = EXCLUDED.weights,
+                    updated_at = EXCLUDED.updated_at
+                """,
+                state.experiment,
+                state.status,
+                weights,
+                state.updated_at,
+            )
+            row = await connection.fetchrow(
+                """
+                INSERT INTO decisions (experiment, decision, reason, evidence, decided_at)
+                VALUES ($1, $2, $3, $4::jsonb, $5)
+                RETURNING id
+                """,
+                state.experiment,
+                decision,
+                reason,
+                json.dumps(evidence, default=str),
+                state.updated_at,
+            )
+        return DecisionRecord(
+            int(row["id"]), state.experiment, decision, reason, evidence, state.updated_at
+        )
+
+    async def decisions(self, experiment: str) -> list[DecisionRecord]:
+        async with _connection(self._pool, "read decisions") as connection:
+            rows = await connection.fetch(
+                "SELECT id, experiment, decision, reason, evidence::text AS evidence, decided_at"
+                " FROM decisions WHERE experiment = $1 ORDER BY decided_at, id",
+                experiment,
+            )
+        return [
+            DecisionRecord(
+                int(r["id"]),
+                r["experiment"],
+                r["decision"],
+                r["reason"],
+                json.loads(r["evidence"]),
+                r["decided_at"],
+            )
+            for r in rows
+        ]
+
+
+class JsonStateStore:
+    """`StateStore` in a JSON file (embedded profile): `{experiment: {status, weights,
+    updated_at}}`, replaced atomically (write to a temporary file, then rename) so a reader
+    sees the old file or the new one; the audit log goes to `<file>.decisions.jsonl`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.audit_path = path.with_name(path.name + ".decisions.jsonl")
+        self._lock = asyncio.Lock()
+
+    def _read(self) -> dict[str, ExperimentState]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ExperimentStoreError(f"cannot read {self.path}: {exc}") from exc
+        try:
+            raw = json.loads(text)
+            return {
+                name: ExperimentState(
+                    experiment=name,
+                    status=entry["status"],
+                    weights=None
+                    if entry.get("weights") is None
+                    else {k: float(v) for k, v in entry["weights"].items()},
+                    updated_at=datetime.fromisoformat(entry["updated_at"]),
+                )
+                for name, entry in raw.items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ExperimentStoreError(f"{self.path}: invalid experiment state: {exc}") from exc
+
+    async def load_states(self) -> dict[str, ExperimentState]:
+        return await asyncio.to_thread(self._read)
+
+    def _write(self, state: ExperimentState, record: DecisionRecord) -> None:
+        states = self._read()
+        states[state.experiment] = state
+        payload = {
+            name: {
+                "status": s.status,
+                "weights": None if s.weights is None else dict(s.weights),
+                "updated_at": s.updated_at.isoformat(),
+            }
+            for name, s in sorted(states.items())
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        os.replace(tmp, self.path)
+        with self.audit_path.open("a", encoding="utf-8") as audit:
+            audit.write(json.dumps(_record_json(record), default=str) + "\n")
+
+    async def record_decision(
+        self,
+        state: ExperimentState,
+        decision: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+    ) -> DecisionRecord:
+        async with self._lock:
+            previous = await self.decisions(state.experiment)
+            record = DecisionRecord(
+                len(previous) + 1, state.experiment, decision, reason, evidence, state.updated_at
+            )
+            await asyncio.to_thread(self._write, state, record)
+        return record
+
+    async def decisions(self, experiment: str) -> list[DecisionRecord]:
+        def read() -> list[DecisionRecord]:
+            try:
+                lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+            except FileNotFoundError:
+                return []
+            out = []
+            for line in lines:
+                raw = json.loads(line)
+                if raw["experiment"] == experiment:
+                    out.append(
+                        DecisionRecord(
+                            int(raw["id"]),
+                            raw["experiment"],
+                            raw["decision"],
+                            raw["reason"],
+                            raw["evidence"],
+                            datetime.fromisoformat(raw["decided_at"]),
+                        )
+                    )
+            return out
+
+        return await asyncio.to_thread(read)
+
+
+def _record_json(record: DecisionRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "experiment": record.experiment,
+        "decision": record.decision,
+        "reason": record.reason,
+        "evidence": dict(record.evidence),
+        "decided_at": record.decided_at.isoformat(),
+    }

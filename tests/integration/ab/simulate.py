@@ -1,0 +1,106 @@
+"""Synthetic experiment traffic: exposures from the real assignment, outcome events per user."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import numpy as np
+
+from ab.assignment import assign
+from ab.config import ExperimentConfig
+from ab.exposures import Exposure
+from ab.store import PostgresExposureSink
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+EVENT_COLUMNS = (
+    "event_id",
+    "type",
+    "user_id",
+    "item_id",
+    "request_id",
+    "ts",
+    "quantity",
+    "revenue",
+    "currency",
+    "position",
+)
+
+
+@dataclass(frozen=True)
+class ArmBehaviour:
+    """How users of one arm behave."""
+
+    ctr: float
+    """Click probability per impression."""
+    conversion: float
+    """Purchase probability per click."""
+    price: float = 20.0
+    """Mean revenue of a purchase."""
+
+
+EventRow = tuple[str, int, str, str, str, datetime, int, float, str, int]
+
+
+def event_row(
+    event_id: str,
+    kind: int,
+    user_id: str,
+    request_id: str,
+    ts: datetime,
+    revenue: float = 0.0,
+) -> EventRow:
+    """One `events` row."""
+    return (event_id, kind, user_id, "item1", request_id, ts, 1, revenue, "GBP", 0)
+
+
+def simulate(
+    experiment: ExperimentConfig,
+    users: int,
+    behaviour: Mapping[str, ArmBehaviour],
+    *,
+    seed: int = 7,
+    days: int = 3,
+    impressions_per_request: int = 10,
+) -> tuple[list[Exposure], list[EventRow]]:
+    """Exposures (1-3 requests per user, spread over `days`) and the users' events."""
+    rng = np.random.default_rng(seed)
+    exposures: list[Exposure] = []
+    events: list[EventRow] = []
+    for i in range(users):
+        user = f"u{i}"
+        found = assign(experiment, user)
+        if found is None:
+            continue
+        arm = behaviour[found.variant]
+        for r in range(int(rng.integers(1, 4))):
+            request = f"{user}-r{r}"
+            ts = T0 + timedelta(hours=float(rng.uniform(0, 24 * days)))
+            exposures.append(
+                Exposure(request, user, experiment.name, found.variant, "1", ("a", "b"), ts)
+            )
+            clicks = int(rng.binomial(impressions_per_request, arm.ctr))
+            for k in range(impressions_per_request):
+                events.append(event_row(f"{request}-i{k}", 1, user, request, ts))
+            for k in range(clicks):
+                click_ts = ts + timedelta(seconds=10 + k)
+                events.append(event_row(f"{request}-c{k}", 2, user, request, click_ts))
+                if rng.random() < arm.conversion:
+                    revenue = float(rng.gamma(2.0, arm.price / 2.0))
+                    events.append(event_row(f"{request}-p{k}", 5, user, request, click_ts, revenue))
+    return exposures, events
+
+
+async def load(
+    pool: asyncpg.Pool, exposures: Sequence[Exposure], events: Sequence[EventRow]
+) -> None:
+    """Writes exposures through the sink and COPYs the events."""
+    sink = PostgresExposureSink(pool)
+    for start in range(0, len(exposures), 1000):
+        await sink.write(exposures[start : start + 1000])
+    async with pool.acquire() as connection:
+        await connection.copy_records_to_table(
+            "events", records=list(events), columns=list(EVENT_COLUMNS)
+        )

@@ -1,0 +1,222 @@
+"""Exposure recording and the user-level metrics SQL against a real Postgres."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import asyncpg
+import numpy as np
+import pandas as pd
+import pytest
+
+from ab.assignment import assign
+from ab.config import ExperimentConfig, VariantConfig
+from ab.exposures import Exposure
+from ab.metrics_sql import VariantSums, fetch_cumulative_daily, fetch_variant_sums
+from ab.store import PostgresExposureSink, load_migrations, migrate
+from tests.integration.ab.simulate import (
+    EVENT_COLUMNS,
+    T0,
+    ArmBehaviour,
+    EventRow,
+    event_row,
+    load,
+    simulate,
+)
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENT = ExperimentConfig(
+    name="ranker_test",
+    salt="ranker_test_salt",
+    variants=(
+        VariantConfig(name="control", model="ranker_v2", weight=0.5),
+        VariantConfig(name="treatment", model="ranker_v3", weight=0.5),
+    ),
+)
+
+
+async def test_migrations_apply_once(pool: asyncpg.Pool) -> None:
+    assert await migrate(pool, load_migrations()) == []
+    async with pool.acquire() as connection:
+        rows = await connection.fetch("SELECT version, name FROM ab_schema_migrations")
+    assert [(r["version"], r["name"]) for r in rows] == [(1, "experiments")]
+
+
+async def test_exposure_sink_is_idempotent(pool: asyncpg.Pool) -> None:
+    sink = PostgresExposureSink(pool)
+    batch = [
+        Exposure(f"r{i}", f"u{i}", "exp", "control" if i % 2 else "treatment", "3",
+                 ("i1", "i2", f"i{i}"), T0 + timedelta(seconds=i), 0.5)
+        for i in range(10)
+    ]  # fmt: skip
+    await sink.write(batch)
+    await sink.write(batch[:5])  # a retried batch
+    await sink.write([dataclasses.replace(batch[0], variant="control", user_id="other")])
+    await sink.write([])
+    assert await sink.counts("exp") == {"control": 5, "treatment": 5}
+    async with pool.acquire() as connection:
+        row = await connection.fetchrow("SELECT * FROM exposures WHERE request_id = 'r3'")
+    assert row["item_ids"] == ["i1", "i2", "i3"]
+    assert row["user_id"] == "u3" and row["assignment_probability"] == 0.5
+    assert row["ts"] == T0 + timedelta(seconds=3)
+
+
+def _pandas_sums(
+    exposures: list[Exposure], events: list[EventRow], end: pd.Timestamp
+) -> dict[str, dict[str, float]]:
+    """The metric definitions of ab.metrics_sql, computed independently with pandas."""
+    exp = pd.DataFrame(
+        {
+            "request_id": [e.request_id for e in exposures],
+            "user_id": [e.user_id for e in exposures],
+            "variant": [e.variant for e in exposures],
+            "ts": pd.to_datetime([e.timestamp for e in exposures], utc=True),
+        }
+    )
+    exp = exp[exp.ts < end]
+    ev = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
+    ev["ts"] = pd.to_datetime(ev.ts, utc=True)
+    exposed = exp.groupby(["variant", "user_id"]).ts.min().rename("first_ts").reset_index()
+    assigned = {}
+    for user in exposed.user_id.unique():
+        found = assign(EXPERIMENT, user)
+        if found is not None:
+            assigned[user] = found.variant
+    by_request = pd.DataFrame(
+        {
+            "request_id": [e.request_id for e in exposures],
+            "x_variant": [e.variant for e in exposures],
+        }
+    )
+    ev = ev.merge(by_request, on="request_id", how="left")
+    ev["attributed"] = ev.x_variant.where(ev.x_variant.notna(), ev.user_id.map(assigned))
+    joined = exposed.merge(
+        ev, left_on=["user_id", "variant"], right_on=["user_id", "attributed"], how="inner"
+    )
+    joined = joined[(joined.ts >= joined.first_ts) & (joined.ts < end)]
+    per_user = pd.DataFrame(
+        {
+            "impressions": joined[joined.type == 1].groupby(["variant", "user_id"]).size(),
+            "clicks": joined[joined.type == 2].groupby(["variant", "user_id"]).size(),
+            "purchases": joined[joined.type == 5].groupby(["variant", "user_id"]).size(),
+            "revenue": joined[joined.type == 5].groupby(["variant", "user_id"]).revenue.sum(),
+            "orders": joined[joined.type == 5].groupby(["variant", "user_id"]).ts.nunique(),
+        }
+    )
+    index = pd.MultiIndex.from_frame(exposed[["variant", "user_id"]])
+    per_user = per_user.reindex(index).fillna(0.0).astype(float)
+    out: dict[str, dict[str, float]] = {}
+    for variant, g in per_user.groupby(level="variant"):
+        out[str(variant)] = {
+            "users": float(len(g)),
+            "impressions": g.impressions.sum(),
+            "impressions_sq": (g.impressions**2).sum(),
+            "clicks": g.clicks.sum(),
+            "clicks_sq": (g.clicks**2).sum(),
+            "clicks_x_impressions": (g.clicks * g.impressions).sum(),
+            "purchases": g.purchases.sum(),
+            "purchases_sq": (g.purchases**2).sum(),
+            "purchases_x_clicks": (g.purchases * g.clicks).sum(),
+            "revenue": g.revenue.sum(),
+            "revenue_sq": (g.revenue**2).sum(),
+            "orders": g.orders.sum(),
+            "orders_sq": (g.orders**2).sum(),
+            "revenue_x_orders": (g.revenue * g.orders).sum(),
+        }
+    return out
+
+
+def _extra_events(rng: np.random.Generator, users: int) -> list[EventRow]:
+    """Events without an exposure's request id (attributed by assignment), some before the
+    first exposure, some after the window, a two-line order and a never-exposed user."""
+    rows: list[EventRow] = []
+    for i in range(0, users, 3):
+        user = f"u{i}"
+        for k in range(3):
+            ts = T0 + timedelta(hours=float(rng.uniform(-24, 96)))
+            kind = int(rng.choice([1, 2, 5]))
+            revenue = float(rng.uniform(1, 50)) if kind == 5 else 0.0
+            rows.append(event_row(f"x-{user}-{k}", kind, user, f"organic-{user}-{k}", ts, revenue))
+        checkout = T0 + timedelta(hours=30)
+        rows.append(event_row(f"x-{user}-o1", 5, user, "checkout", checkout, 10.0))
+        rows.append(event_row(f"x-{user}-o2", 5, user, "checkout", checkout, 5.5))
+    rows.append(event_row("x-nobody", 2, "never-exposed", "nope", T0, 0.0))
+    return rows
+
+
+async def test_metrics_sql_equals_pandas(pool: asyncpg.Pool) -> None:
+    behaviour = {"control": ArmBehaviour(0.2, 0.3), "treatment": ArmBehaviour(0.25, 0.2)}
+    exposures, events = simulate(EXPERIMENT, 300, behaviour, seed=11)
+    events += _extra_events(np.random.default_rng(5), 300)
+    await load(pool, exposures, events)
+    end = T0 + timedelta(days=2)
+
+    got = await fetch_variant_sums(pool, EXPERIMENT, end=end)
+    expected = _pandas_sums(exposures, events, pd.Timestamp(end))
+
+    assert set(got) == set(expected) == {"control", "treatment"}
+    for variant, sums in got.items():
+        for name, value in expected[variant].items():
+            assert getattr(sums, name) == pytest.approx(value, rel=1e-9, abs=1e-9), (variant, name)
+    # the window matters: without an end more users and events count
+    everything = await fetch_variant_sums(pool, EXPERIMENT)
+    assert sum(s.users for s in everything.values()) > sum(s.users for s in got.values())
+
+
+async def test_cumulative_daily_ends_with_the_total(pool: asyncpg.Pool) -> None:
+    exposures, events = simulate(
+        EXPERIMENT, 120, {"control": ArmBehaviour(0.2, 0.3), "treatment": ArmBehaviour(0.2, 0.3)}
+    )
+    await load(pool, exposures, events)
+    daily = await fetch_cumulative_daily(
+        pool, EXPERIMENT, start=None, first_day=T0.date(), last_day=(T0 + timedelta(days=3)).date()
+    )
+    users = [sum(s.users for s in sums.values()) for _, sums in daily]
+    assert users == sorted(users) and users[0] > 0
+    total = await fetch_variant_sums(pool, EXPERIMENT)
+    last = daily[-1][1]
+    assert set(last) == set(total)
+    for variant, sums in total.items():  # float sums may add up in another order
+        numbers = {k: v for k, v in sums.as_dict().items() if k != "variant"}
+        got = {k: v for k, v in last[variant].as_dict().items() if k != "variant"}
+        assert got == pytest.approx(numbers, rel=1e-12)
+
+
+def _user_assigned_to(variant: str) -> str:
+    return next(
+        f"a{i}" for i in range(1000) if (a := assign(EXPERIMENT, f"a{i}")) and a.variant == variant
+    )
+
+
+async def test_attribution_by_request_id_then_by_assignment(pool: asyncpg.Pool) -> None:
+    user = _user_assigned_to("control")
+    # The user saw control (request r-c) and, after a re-weighting, treatment (request r-t).
+    exposures = [
+        Exposure("r-c", user, EXPERIMENT.name, "control", "2", ("a",), T0),
+        Exposure("r-t", user, EXPERIMENT.name, "treatment", "3", ("b",), T0 + timedelta(hours=1)),
+    ]
+    later = T0 + timedelta(hours=2)
+    events = [
+        event_row("e1", 2, user, "r-t", later),  # by request id -> treatment
+        event_row("e2", 2, user, "r-t", later),
+        event_row("e3", 2, user, "r-c", later),  # by request id -> control
+        event_row("e4", 2, user, "unknown", later),  # no exposure: by assignment -> control
+        event_row("e5", 5, user, "unknown", later, 12.5),
+        event_row("e6", 2, user, "r-t", T0),  # before the treatment exposure: not counted
+    ]
+    await load(pool, exposures, events)
+    sums = await fetch_variant_sums(pool, EXPERIMENT)
+    assert (sums["treatment"].clicks, sums["treatment"].purchases) == (2.0, 0.0)
+    assert (sums["control"].clicks, sums["control"].purchases) == (2.0, 1.0)
+    assert sums["control"].revenue == 12.5 and sums["control"].orders == 1.0
+    assert sums["control"].users == sums["treatment"].users == 1
+
+
+async def test_undefined_metrics_are_none(pool: asyncpg.Pool) -> None:
+    user = _user_assigned_to("control")
+    await load(pool, [Exposure("r1", user, EXPERIMENT.name, "control", "2", (), T0)], [])
+    sums = await fetch_variant_sums(pool, EXPERIMENT)
+    only: VariantSums = sums["control"]
+    assert only.users == 1 and only.stats("ctr") is None and only.value("ctr") is None

@@ -1,0 +1,72 @@
+"""The sidecar's config loading and the admin commands on the embedded JSON state."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from ab.__main__ import main
+from ab.settings import SettingsError, load_sidecar_settings
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_production_config_loads_our_sections_only() -> None:
+    settings = load_sidecar_settings(REPO / "infra" / "config" / "production.yaml", {})
+    assert settings.uses_postgres
+    assert settings.feature_store.postgres.dsn.startswith("postgresql://")
+    [experiment] = settings.ab_testing.experiments
+    assert experiment.name == "ranker_v2_vs_v3"
+    assert settings.ab_testing.controller.metrics_port == 9465
+
+
+def test_environment_overrides_apply_to_our_sections() -> None:
+    settings = load_sidecar_settings(
+        REPO / "infra" / "config" / "local.yaml",
+        {
+            "RECSYS__AB_TESTING__CONTROLLER__INTERVAL_S": "5",
+            "RECSYS__SERVING__PORT": "not-ours",  # the gateway validates its own sections
+        },
+    )
+    assert settings.ab_testing.controller.interval_s == 5.0
+    assert not settings.uses_postgres
+
+
+def test_unknown_key_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("ab_testing:\n  controller:\n    intervall_s: 3\n")
+    with pytest.raises(SettingsError, match=r"ab_testing\.controller\.intervall_s"):
+        load_sidecar_settings(path, {})
+
+
+def test_admin_commands_on_the_embedded_state_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state.json"
+    monkeypatch.setenv("RECSYS__AB_TESTING__CONTROLLER__STATE_FILE", str(state))
+    config = str(REPO / "infra" / "config" / "local.yaml")
+    assert main(["experiments", "rollback", "--config", config, "ranker_v2_vs_v3"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "rolled_back"
+    assert shown["weights"] == {"control": 1.0, "treatment": 0.0}
+    assert json.loads(state.read_text())["ranker_v2_vs_v3"]["status"] == "rolled_back"
+    assert main(["experiments", "list", "--config", config]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["status"] == "rolled_back"
+    assert main(["experiments", "show", "--config", config, "missing"]) == 2
+    assert "unknown experiment 'missing'" in capsys.readouterr().err
+
+
+def test_sidecar_refuses_the_embedded_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(REPO / "infra" / "config" / "local.yaml")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["sidecar", "--config", config]) == 2
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert "redis_postgres" in capsys.readouterr().err
