@@ -54,8 +54,8 @@ models: setup ## build canonical tables, indexes and models from ../shared/data 
 run: models ## serve recommendations on 127.0.0.1:50051 until Ctrl-C
 	$(VENV)/recsys-run --config $(CONFIG)
 
-stack: models system ## nginx on 127.0.0.1:50051 in front of several gateway processes (+ Triton)
-	$(VENV)/recsys-run --profile stack --config $(CONFIG)
+stack: models system ## nginx on :50051 over several gateways, Redis, Postgres, Triton, Prometheus
+	$(VENV)/recsys-run --profile stack --config infra/config/stack.yaml
 
 protos: setup ## regenerate the Python stubs from protos/recsys/v1/*.proto
 	$(VENV)/python protos/generate.py

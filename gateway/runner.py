@@ -2,9 +2,10 @@
 
 - `local` (`make run`): Triton (the `tritonserver` binary of the nvidia-pytriton wheel) when a
   local model repository has been built, then one gateway on `serving.port`.
-- `stack` (`make stack`): nginx on `serving.port` load-balancing gRPC over
-  `serving.processes` gateway processes on the following ports (metrics on the ports after
-  `monitoring.metrics.port`), plus Triton when built.
+- `stack` (`make stack`, `infra/config/stack.yaml`): nginx on `serving.port` load-balancing
+  gRPC over `serving.processes` gateway processes on the following ports (metrics on the
+  ports after `monitoring.metrics.port`), Redis and Postgres where `feature_store` points,
+  Prometheus, and Triton when built.
 
 Both wait until gRPC health reports SERVING on `serving.port`, print how to call the service,
 and stop everything cleanly on Ctrl-C (honcho forwards the signal to every process).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import shlex
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +34,7 @@ from gateway.config import ConfigError, Settings, load_settings
 READY_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[1]
 NGINX_RENDER = REPO / "infra" / "nginx" / "render-config"
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 @dataclass(frozen=True)
@@ -70,12 +74,58 @@ def local_processes(settings: Settings, config: Path) -> dict[str, ProcessSpec]:
     return {**_triton(settings), "gateway": ProcessSpec(_gateway(config))}
 
 
-def stack_processes(settings: Settings, config: Path, run_dir: Path) -> dict[str, ProcessSpec]:
-    """The `make stack` profile: nginx in front of `serving.processes` gateways (+ Triton).
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    """Postgres refuses to run as root: drop to the `postgres` system user (setpriv execs the
+    server directly, so honcho signals Postgres itself)."""
+    if os.geteuid() != 0:
+        return argv
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv]
 
-    Writes nginx's configuration under `run_dir`.
+
+def prepare_postgres(data_dir: Path, user: str, database: str) -> None:
+    """Creates the stack's Postgres cluster and database once (idempotent)."""
+    if (data_dir / "PG_VERSION").is_file():
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    subprocess.run(
+        _as_postgres_user(
+            [
+                str(POSTGRES_BIN / "initdb"),
+                "--pgdata",
+                str(data_dir),
+                "--username",
+                user,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        _as_postgres_user(
+            [str(POSTGRES_BIN / "postgres"), "--single", "-D", str(data_dir), "postgres"]
+        ),
+        input=f'CREATE DATABASE "{database}";\n'.encode(),
+        check=True,
+        capture_output=True,
+    )
+
+
+def stack_processes(
+    settings: Settings, config: Path, run_dir: Path, prometheus_port: int = 9090
+) -> dict[str, ProcessSpec]:
+    """The `make stack` profile: nginx in front of `serving.processes` gateways, Redis,
+    Postgres, Prometheus and (when built) Triton. Writes nginx's configuration and the data
+    folders under `run_dir`; Redis and Postgres listen where `feature_store` points.
     """
     serving = settings.serving
+    store = settings.feature_store
     first_port = serving.port + 1
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "tmp").mkdir(exist_ok=True)
@@ -105,13 +155,80 @@ def stack_processes(settings: Settings, config: Path, run_dir: Path) -> dict[str
     processes["nginx"] = ProcessSpec(
         ["nginx", "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"), "-g", "daemon off;"]
     )
+    wait_for_postgres = ""
+    if store.backend == "redis_postgres":
+        redis = urlsplit(store.redis.url)
+        postgres = urlsplit(store.postgres.dsn)
+        pg_port = postgres.port or 5432
+        (run_dir / "redis").mkdir(exist_ok=True)
+        processes["redis"] = ProcessSpec(
+            [
+                "redis-server",
+                "--port",
+                str(redis.port or 6379),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(run_dir / "redis"),
+                "--appendonly",
+                "yes",
+            ]
+        )
+        pg_data = run_dir / "postgres"
+        prepare_postgres(
+            pg_data, postgres.username or "recsys", postgres.path.lstrip("/") or "recsys"
+        )
+        processes["postgres"] = ProcessSpec(
+            _as_postgres_user(
+                [
+                    str(POSTGRES_BIN / "postgres"),
+                    "-D",
+                    str(pg_data),
+                    "-p",
+                    str(pg_port),
+                    "-k",
+                    str(pg_data),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                ]
+            )
+        )
+        # Gateways open the store at start-up, so they wait for Postgres to accept connections.
+        wait_for_postgres = (
+            f"until {POSTGRES_BIN / 'pg_isready'} -q -h 127.0.0.1 -p {pg_port};"
+            " do sleep 0.5; done; exec "
+        )
+    metrics_base = settings.monitoring.metrics.port
+    processes["prometheus"] = ProcessSpec(
+        [
+            "prometheus",
+            f"--config.file={REPO / 'infra' / 'prometheus' / 'prometheus.yml'}",
+            f"--storage.tsdb.path={run_dir / 'prometheus'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ]
+    )
+    if store.backend == "redis_postgres":
+        # The experiment sidecar: controller, decisions, routing state in Postgres.
+        sidecar = shlex.join([sys.executable, "-m", "ab", "sidecar", "--config", str(config)])
+        processes["sidecar"] = ProcessSpec(
+            ["sh", "-c", wait_for_postgres + sidecar],
+            {
+                "RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST": "127.0.0.1",
+                "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(
+                    metrics_base + 1 + serving.processes
+                ),
+            },
+        )
     for i in range(serving.processes):
+        gateway = shlex.join(_gateway(config))
         processes[f"gateway{i + 1}"] = ProcessSpec(
-            _gateway(config),
+            ["sh", "-c", wait_for_postgres + gateway],
             {
                 "RECSYS__SERVING__HOST": "127.0.0.1",
                 "RECSYS__SERVING__PORT": str(first_port + i),
-                "RECSYS__MONITORING__METRICS__PORT": str(settings.monitoring.metrics.port + 1 + i),
+                "RECSYS__MONITORING__METRICS__PORT": str(metrics_base + 1 + i),
+                "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(run_dir / "events.sqlite3"),
+                "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(run_dir / f"exposures{i + 1}.sqlite3"),
             },
         )
     return processes
@@ -161,7 +278,10 @@ def main(argv: list[str] | None = None) -> None:
         "--run-dir",
         type=Path,
         default=Path(".run/stack"),
-        help="where the stack profile writes nginx's config and logs",
+        help="where the stack profile keeps its configs, data and logs",
+    )
+    parser.add_argument(
+        "--prometheus-port", type=int, default=9090, help="Prometheus' port in the stack profile"
     )
     args = parser.parse_args(argv)
     try:
@@ -169,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         sys.exit(f"recsys-run: {exc}")
     if args.profile == "stack":
-        processes = stack_processes(settings, args.config, args.run_dir.resolve())
+        processes = stack_processes(
+            settings, args.config, args.run_dir.resolve(), args.prometheus_port
+        )
     else:
         processes = local_processes(settings, args.config)
     manager = Manager()

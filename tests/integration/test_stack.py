@@ -1,25 +1,32 @@
-"""`make stack`: nginx spreads gRPC traffic over several gateway processes, and stopping one
-of them loses no request."""
+"""`make stack`: nginx spreads gRPC traffic over several gateway processes sharing Redis and
+Postgres, a recorded view is filtered by every process, and stopping one gateway loses no
+request."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-from tests.conftest import LOCAL_CONFIG, REPO
+from tests.conftest import REPO
+
+STACK_CONFIG = REPO / "infra" / "config" / "stack.yaml"
 
 pytestmark = pytest.mark.integration
 GATEWAYS = 3
@@ -78,9 +85,13 @@ def _recommend_count(metrics_port: int) -> float:
 def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_path: Path) -> None:
     grpc_port = _free_block(GATEWAYS + 1)
     metrics_port = _free_block(GATEWAYS + 1)
+    redis_port, postgres_port, prometheus_port = (_free_block(1) for _ in range(3))
     env = dict(os.environ)
     env.update(
         {
+            "RECSYS__FEATURE_STORE__REDIS__URL": f"redis://127.0.0.1:{redis_port}/0",
+            "RECSYS__FEATURE_STORE__POSTGRES__DSN": f"postgresql://recsys@127.0.0.1:{postgres_port}/recsys",
+            "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no-models"),
             "RECSYS__SERVING__PORT": str(grpc_port),
             "RECSYS__SERVING__PROCESSES": str(GATEWAYS),
             "RECSYS__MONITORING__METRICS__PORT": str(metrics_port),
@@ -90,6 +101,9 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # Postgres runs as the postgres user when we are root: it must be able to enter the folder.
+    run_dir = Path(tempfile.mkdtemp(prefix="recsys-stack-"))
+    run_dir.chmod(0o755)
     runner = subprocess.Popen(
         [
             sys.executable,
@@ -98,9 +112,11 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             "--profile",
             "stack",
             "--config",
-            str(LOCAL_CONFIG),
+            str(STACK_CONFIG),
+            "--prometheus-port",
+            str(prometheus_port),
             "--run-dir",
-            str(tmp_path / "stack"),
+            str(run_dir),
         ],
         cwd=REPO,
         env=env,
@@ -132,6 +148,31 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             counts = [_recommend_count(metrics_port + 1 + i) for i in range(GATEWAYS)]
             assert sum(counts) == 60 and all(c > 0 for c in counts), counts
 
+            # A view recorded through one gateway is filtered by all of them (shared Redis).
+            top = stub.Recommend(pb.RecommendRequest(user_id="12347", num_items=5), timeout=5)
+            viewed = top.recommendations[0].item_id
+            stamp = Timestamp()
+            stamp.FromDatetime(datetime.now(UTC))
+            ack = stub.RecordEvents(
+                pb.RecordEventsRequest(
+                    events=[
+                        pb.UserEvent(
+                            event_id="stack-view-1",
+                            type=pb.EVENT_TYPE_PRODUCT_VIEW,
+                            user_id="12347",
+                            item_id=viewed,
+                            timestamp=stamp,
+                        )
+                    ]
+                ),
+                timeout=5,
+            )
+            assert ack.accepted == 1
+            time.sleep(2.0)  # other processes' L1 entries expire or are invalidated
+            for _ in range(2 * GATEWAYS):
+                again = stub.Recommend(pb.RecommendRequest(user_id="12347", num_items=5), timeout=5)
+                assert viewed not in {r.item_id for r in again.recommendations}
+
             # Stop one gateway (graceful SIGTERM) in the middle of a stream of calls: nginx
             # retries refused connections on the others, so no call fails.
             failures: list[grpc.RpcError] = []
@@ -160,3 +201,4 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
                 runner.wait()
         if runner.stdout is not None:
             runner.stdout.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
