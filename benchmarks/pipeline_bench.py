@@ -84,7 +84,8 @@ async def _measure(requests: int) -> dict[str, object]:
                     time=datetime.now(UTC),
                 )
                 started = time.perf_counter()
-                assignment = assign_variant(user_id, settings.ab_testing.experiments)
+                routed = assign_variant(user_id, rec.routing)
+                assignment = routed.assignment if routed is not None else None
                 user = await rec.store.user_features(user_id, context.time)
                 history = ranker.features.histories.history(user_id)
                 blocked = np.unique(np.concatenate([user.recent_viewed]))

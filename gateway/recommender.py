@@ -15,8 +15,8 @@ from opentelemetry import trace
 from recsys.v1 import recommendation_pb2 as pb
 
 from ab.assignment import Assignment
-from ab.config import ABTestingSettings
 from ab.exposures import Exposure, ExposureRecorder
+from ab.routing import RoutingTable
 from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import PurchaseHistory
 from feature_service.store import FeatureStore
@@ -57,7 +57,7 @@ class Recommender:
     """Runs one Recommend request through every stage."""
 
     model: ModelSettings
-    ab_testing: ABTestingSettings
+    routing: RoutingTable
     catalogue: ItemCatalogue
     store: FeatureStore
     candidates: CandidateRetriever
@@ -81,7 +81,8 @@ class Recommender:
         request_span = trace.get_current_span()
         reasons: list[str] = []
         with stage("assign"):
-            assignment = assign_variant(query.user_id, self.ab_testing.experiments)
+            routed = assign_variant(query.user_id, self.routing)
+        assignment = routed.assignment if routed is not None else None
         if assignment is not None:
             request_span.set_attribute("recsys.experiment_id", assignment.experiment_id)
 
@@ -170,8 +171,10 @@ class Recommender:
                 tuple(reasons),
                 (time.perf_counter() - started) * 1000.0,
             )
-        if assignment is not None:
-            self._log_exposure(query, assignment, ranking.model_version, response)
+        if routed is not None:
+            self._log_exposure(
+                query, routed.assignment, routed.probability, ranking.model_version, response
+            )
         return response
 
     async def _rank(
@@ -229,6 +232,7 @@ class Recommender:
         self,
         query: RecommendQuery,
         assignment: Assignment,
+        probability: float,
         model_version: str,
         response: pb.RecommendResponse,
     ) -> None:
@@ -240,6 +244,7 @@ class Recommender:
             model_version=model_version,
             item_ids=tuple(r.item_id for r in response.recommendations),
             timestamp=query.context.time,
+            assignment_probability=probability,
         )
         if not self.exposures.record(exposure):
             self.metrics.exposures_dropped.inc()

@@ -16,7 +16,9 @@ from pathlib import Path
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from ab.exposures import ExposureRecorder, SqliteExposureSink
+from ab.exposures import ExposureRecorder, ExposureSink, SqliteExposureSink
+from ab.routing import RoutingPoller, RoutingTable, StateSource
+from ab.store import JsonStateStore, PostgresExposureSink, PostgresStateStore, open_pool
 from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import ItemArrays
 from feature_service.embedded import EmbeddedFeatureStore
@@ -103,10 +105,26 @@ async def open_resources(
                 datetime.now(UTC),
             )
 
-        exposure_sink = await SqliteExposureSink.open(settings.ab_testing.exposure_log_path)
-        stack.push_async_callback(exposure_sink.close)
+        ab = settings.ab_testing
+        exposure_sink: ExposureSink
+        state_source: StateSource
+        if store_settings.backend == "redis_postgres":
+            # Exposures and experiment decisions live in the same Postgres as the event log.
+            pool = await open_pool(store_settings.postgres, max_size=4)
+            stack.push_async_callback(pool.close)
+            exposure_sink = PostgresExposureSink(pool)
+            state_source = PostgresStateStore(pool)
+        else:
+            sqlite_sink = await SqliteExposureSink.open(ab.exposure_log_path)
+            stack.push_async_callback(sqlite_sink.close)
+            exposure_sink = sqlite_sink
+            state_source = JsonStateStore(ab.controller.state_file)
         exposures = await stack.enter_async_context(
-            ExposureRecorder(exposure_sink, capacity=settings.ab_testing.exposure_queue_size)
+            ExposureRecorder(exposure_sink, capacity=ab.exposure_queue_size)
+        )
+        routing = RoutingTable(ab.experiments)
+        await stack.enter_async_context(
+            RoutingPoller(routing, state_source, ab.controller.routing_refresh_s)
         )
 
         popular = PopularCandidates(catalogue)
@@ -119,7 +137,7 @@ async def open_resources(
         ranker = await _open_ranker(settings, catalogue, data_dir, stack)
         recommender = Recommender(
             model=model,
-            ab_testing=settings.ab_testing,
+            routing=routing,
             catalogue=catalogue,
             store=store,
             candidates=CandidateRetriever(

@@ -4,11 +4,14 @@ reflection, idempotent events, and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +25,7 @@ from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.store import UserFeatures
 from gateway.config import Settings
 from gateway.server import RunningServer
-from tests.conftest import REPO, async_stub, running_gateway
+from tests.conftest import LOCAL_CONFIG, REPO, async_stub, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -452,3 +455,49 @@ async def test_category_cap(make_settings: Callable[..., Settings]) -> None:
     categories = [r.metadata.category for r in reply.recommendations]
     assert len(categories) == 12
     assert max(categories.count(c) for c in categories) <= 2
+
+
+async def test_a_rollback_reaches_the_gateway_without_restart(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    state_file = tmp_path / "experiment_state.json"
+    overrides = {
+        "AB_TESTING__CONTROLLER__STATE_FILE": str(state_file),
+        "AB_TESTING__CONTROLLER__ROUTING_REFRESH_S": "0.2",
+    }
+    settings = make_settings(**overrides)
+    users = [str(12347 + i) for i in range(60)]
+    async with running_gateway(settings) as (_, channel):
+        stub = async_stub(channel)
+
+        async def arms() -> set[str]:
+            replies = [
+                await stub.Recommend(pb.RecommendRequest(user_id=u), timeout=5) for u in users
+            ]
+            return {r.experiment_id for r in replies}
+
+        assert await arms() == {"ranker_v2_vs_v3_control", "ranker_v2_vs_v3_treatment"}
+        # The operator's rollback command, as the controller would issue it.
+        env = {**os.environ, **{f"RECSYS__{k}": v for k, v in overrides.items()}}
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "ab",
+                "experiments",
+                "rollback",
+                "ranker_v2_vs_v3",
+                "--config",
+                str(LOCAL_CONFIG),
+                "--reason",
+                "test",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        await asyncio.sleep(1.0)  # a few routing refreshes
+        assert await arms() == {"ranker_v2_vs_v3_control"}
