@@ -99,6 +99,20 @@ class Metrics:
             buckets=SCORE_BUCKETS,
             registry=r,
         )
+        self.arm_requests = Counter(
+            "recsys_experiment_requests",
+            "Recommend calls per experiment arm and status code "
+            "(the controller's error-rate guardrail).",
+            ["experiment", "variant", "code"],
+            registry=r,
+        )
+        self.arm_duration = Histogram(
+            "recsys_experiment_request_duration_seconds",
+            "Recommend latency per experiment arm " "(the controller's latency guardrail).",
+            ["experiment", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.exposures_dropped = Counter(
             "recsys_exposures_dropped",
             "Exposures not logged because the queue was full.",

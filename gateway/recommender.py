@@ -16,11 +16,12 @@ from recsys.v1 import recommendation_pb2 as pb
 
 from ab.assignment import Assignment
 from ab.exposures import Exposure, ExposureRecorder
-from ab.routing import RoutingTable
+from ab.routing import RoutedAssignment, RoutingTable
 from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import PurchaseHistory
 from feature_service.store import FeatureStore
 from gateway.deadline import Budget
+from gateway.errors import ServiceError
 from gateway.metrics import Metrics
 from gateway.models import ModelRegistry
 from gateway.stages.assign import assign_variant
@@ -77,11 +78,34 @@ class Recommender:
     async def recommend(self, query: RecommendQuery, budget: Budget) -> pb.RecommendResponse:
         """The response for a validated query; raises DeadlineExceeded when the budget runs out."""
         started = time.perf_counter()
+        with self._stage("assign"):
+            routed = assign_variant(query.user_id, self.routing)
+        if routed is None:
+            return await self._recommend(query, budget, None, started)
+        arm = (routed.assignment.experiment, routed.assignment.variant)
+        code = "OK"
+        try:
+            return await self._recommend(query, budget, routed, started)
+        except ServiceError as exc:
+            code = exc.code.name
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self.metrics.arm_requests.labels(*arm, code).inc()
+            self.metrics.arm_duration.labels(*arm).observe(time.perf_counter() - started)
+
+    async def _recommend(
+        self,
+        query: RecommendQuery,
+        budget: Budget,
+        routed: RoutedAssignment | None,
+        started: float,
+    ) -> pb.RecommendResponse:
         stage = self._stage
         request_span = trace.get_current_span()
         reasons: list[str] = []
-        with stage("assign"):
-            routed = assign_variant(query.user_id, self.routing)
         assignment = routed.assignment if routed is not None else None
         if assignment is not None:
             request_span.set_attribute("recsys.experiment_id", assignment.experiment_id)
