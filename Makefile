@@ -49,7 +49,7 @@ tools: ## build the pinned Go tools (helm, grpcurl, compose-spec) into .tools/bi
 	infra/scripts/bootstrap.sh go $(GRPCURL) $(COMPOSE_SPEC)
 
 models: setup ## build canonical tables, indexes and models from ../shared/data into build/
-	$(VENV)/recsys-models --data-dir $(DATA_DIR) --out $(BUILD_DIR)
+	$(VENV)/recsys-models --data-dir $(DATA_DIR) --out $(BUILD_DIR) $(if $(CI),--no-progress,)
 
 run: models ## serve recommendations on 127.0.0.1:50051 until Ctrl-C
 	$(VENV)/recsys-run --config $(CONFIG)
