@@ -75,6 +75,11 @@ class FeatureStoreSettings(BaseModel):
     """Length of each user's recent-activity lists (views, carts, purchases)."""
     recent_window_s: int = Field(7 * 86400, gt=0)
     """Events older than this do not count as recent for filtering."""
+    spool_path: Path = Path(".run/event-spool.jsonl")
+    """Local append-only file holding acknowledged event batches while Postgres is down
+    (redis_postgres backend); one per gateway process."""
+    spool_replay_interval_s: float = Field(2.0, gt=0)
+    """How often spooled batches are retried against Postgres."""
     embedded: EmbeddedSettings = EmbeddedSettings()
     """Embedded backend settings."""
     redis: RedisSettings = RedisSettings()

@@ -56,6 +56,7 @@ from feature_service.redis_cache import (
     RedisCache,
 )
 from feature_service.singleflight import SingleFlight
+from feature_service.spool import EventSpool
 from feature_service.store import EMPTY_POSITIONS, FeatureStoreError, UserFeatures
 
 _log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class LayeredFeatureStore:
         self._user_loads: SingleFlight[str, UserState] = SingleFlight()
         self._item_loads: SingleFlight[str, bytes] = SingleFlight()
         self._listener: asyncio.Task[None] | None = None
+        self._spool = EventSpool(settings.spool_path)
+        self._replayer: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -199,6 +202,11 @@ class LayeredFeatureStore:
                 name="feature-store-invalidations",
             )
             stack.push_async_callback(store._stop_listener)
+            # Batches spooled while Postgres was down (by this process or a crashed one).
+            store._replayer = asyncio.create_task(
+                store._replay_spool(settings.spool_replay_interval_s), name="event-spool-replay"
+            )
+            stack.push_async_callback(store._stop_replayer)
             # Wait briefly for the subscription so no invalidation is missed from the start;
             # with Redis down the listener keeps retrying in the background.
             with contextlib.suppress(TimeoutError):
@@ -210,11 +218,29 @@ class LayeredFeatureStore:
     async def close(self) -> None:
         """Stops the invalidation listener and in-flight loads, then closes Redis and Postgres
         (reverse order of opening)."""
+        await self._stop_replayer()
         await self._stop_listener()
         await self._item_loads.close()
         await self._user_loads.close()
         await self._redis.close()
         await self._postgres.close()
+
+    async def _stop_replayer(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+            self._replayer = None
+
+    async def _replay_spool(self, interval_s: float) -> None:
+        while True:
+            if self._spool.pending():
+                try:
+                    stored = await self._spool.replay(self._store_events)
+                    _log.info("replayed the event spool: %d events newly stored", stored)
+                except FeatureStoreError as exc:
+                    _log.warning("event spool not replayed yet: %s", exc)
+            await asyncio.sleep(interval_s)
 
     async def _stop_listener(self) -> None:
         if self._listener is not None:
@@ -276,11 +302,27 @@ class LayeredFeatureStore:
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         """Stores the batch in Postgres (durable, idempotent by event id), then applies the new
-        events to Redis and drops the users from every process's L1.
+        events to Redis and drops the users from every process's L1. With Postgres down the
+        batch goes to the local spool instead (fsynced) and is stored when Postgres is back;
+        its counts then say every event is accepted, since duplicates are only known later.
 
         Raises:
-            FeatureStoreError: Postgres failed; nothing was stored.
+            FeatureStoreError: neither Postgres nor the spool could take the batch.
         """
+        try:
+            return await self._store_events(events)
+        except FeatureStoreError as exc:
+            await self._spool.append(events)
+            self.metrics.spooled.inc(len(events))
+            _log.warning(
+                "Postgres unavailable, %d events spooled to %s: %s",
+                len(events),
+                self._spool.path,
+                exc,
+            )
+            return RecordResult(accepted=len(events), duplicates=0)
+
+    async def _store_events(self, events: Sequence[Event]) -> RecordResult:
         started = time.perf_counter()
         try:
             new = await self._postgres.insert_events(events)

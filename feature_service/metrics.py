@@ -58,6 +58,11 @@ class FeatureStoreMetrics:
             ["level"],
             registry=self.registry,
         )
+        self.spooled = Counter(
+            "recsys_events_spooled",
+            "Events acknowledged from the local spool because Postgres was down.",
+            registry=self.registry,
+        )
         # Bound children: the L1 hit path must not pay for label lookups.
         self.hit = {
             (level, entity): self.requests.labels(level, entity, "hit")

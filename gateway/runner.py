@@ -229,6 +229,8 @@ def stack_processes(
                 "RECSYS__MONITORING__METRICS__PORT": str(metrics_base + 1 + i),
                 "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(run_dir / "events.sqlite3"),
                 "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(run_dir / f"exposures{i + 1}.sqlite3"),
+                # One spool per process: each replays only its own file.
+                "RECSYS__FEATURE_STORE__SPOOL_PATH": str(run_dir / f"event-spool{i + 1}.jsonl"),
             },
         )
     return processes

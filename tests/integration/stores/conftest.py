@@ -122,7 +122,10 @@ def make_settings(
 
 @pytest.fixture
 async def open_store(
-    servers_up: tuple[RedisServer, PostgresServer], catalogue: ItemCatalogue, data_dir: Path
+    servers_up: tuple[RedisServer, PostgresServer],
+    catalogue: ItemCatalogue,
+    data_dir: Path,
+    tmp_path: Path,
 ) -> AsyncIterator[OpenStore]:
     """`await open_store(registry=None, **setting_overrides)`: an open store, closed after."""
     stores: list[LayeredFeatureStore] = []
@@ -130,6 +133,8 @@ async def open_store(
     async def open_(
         registry: CollectorRegistry | None = None, **overrides: Any
     ) -> LayeredFeatureStore:
+        overrides.setdefault("spool_path", tmp_path / f"spool-{len(stores)}.jsonl")
+        overrides.setdefault("spool_replay_interval_s", 0.2)
         settings = make_settings(*servers_up, **overrides)
         store = await LayeredFeatureStore.open(settings, catalogue, data_dir, registry)
         stores.append(store)

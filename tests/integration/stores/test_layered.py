@@ -235,7 +235,7 @@ async def test_redis_outage_degrades_to_postgres_and_recovers(
     assert requests(registry, "l2", "user", "hit") >= 1
 
 
-async def test_postgres_outage_serves_cached_features_and_refuses_writes(
+async def test_postgres_outage_serves_cached_features_and_spools_writes(
     open_store: OpenStore,
     catalogue: ItemCatalogue,
     redis_server: RedisServer,
@@ -263,14 +263,21 @@ async def test_postgres_outage_serves_cached_features_and_refuses_writes(
         # The gateway's stage turns that into empty default features, flagged incomplete.
         features, complete = await fetch_user_features(store, "12348", now, timeout_s=0.5)
         assert not complete and features.recent_viewed.size == 0
-        with pytest.raises(FeatureStoreError):
-            await store.record_events(views(USER, items(catalogue, 10), now, prefix="x"))
+        # Writes are acknowledged from the local spool (fsynced), not refused.
+        spooled = await store.record_events(views(USER, items(catalogue, 10), now, prefix="x"))
+        assert (spooled.accepted, spooled.duplicates) == (1, 0)
+        assert store._spool.pending()
     finally:
         postgres_server.restart()
         redis_server.restart()
-    await asyncio.sleep(0.3)
-    result = await store.record_events(views(USER, items(catalogue, 10), now, prefix="x"))
-    assert result.accepted == 1
+    # The spool is replayed into Postgres by itself once it is back, exactly once.
+    deadline = time.monotonic() + 15
+    while store._spool.pending():
+        assert time.monotonic() < deadline, "spool not replayed within 15 s"
+        await asyncio.sleep(0.2)
+    again = await store.record_events(views(USER, items(catalogue, 10), now, prefix="x"))
+    assert (again.accepted, again.duplicates) == (0, 1)
+    store.clear_local()
     assert (await store.user_features(USER, now)).recent_viewed.tolist() == [9, 10]
 
 
