@@ -50,3 +50,14 @@ def start_tritonserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     yield start
     for server in reversed(servers):
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def models(build_dir: Path) -> Path:
+    """The local Triton repository of the full model build (a no-op when `make models` has
+    already built it, as `make test` does first)."""
+    from tests.conftest import DATA_DIR
+    from triton_models.cli import run_pipeline
+
+    run_pipeline(DATA_DIR, build_dir)
+    return build_dir / "triton" / "local"

@@ -20,6 +20,7 @@ from recsys.v1 import recommendation_pb2 as pb
 
 from gateway.config import Settings
 from tests.conftest import async_stub, running_gateway
+from triton_models.tritonserver import TritonServer
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +41,14 @@ def _query(port: int, expr: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[int], int]]:
-    """`start(target_port)` runs Prometheus scraping 127.0.0.1:target_port every second and
-    returns its HTTP port."""
+def prometheus(tmp_path: Path) -> Iterator[Callable[[int, int], int]]:
+    """`start(gateway_port, triton_port)` runs Prometheus scraping both metrics ports every
+    second and returns its HTTP port."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus not found: run `make system`"
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(target_port: int) -> int:
+    def start(target_port: int, triton_port: int) -> int:
         port = _free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(
@@ -55,6 +56,8 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[int], int]]:
             "scrape_configs:\n"
             "  - job_name: recsys-gateway\n"
             f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n"
+            "  - job_name: triton\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{triton_port}']}}]\n"
         )
         with (tmp_path / "prometheus.log").open("wb") as log:  # the child keeps its own copy
             processes.append(
@@ -77,12 +80,22 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[int], int]]:
         process.wait(timeout=30)
 
 
-async def test_prometheus_scrapes_the_gateway(
-    make_settings: Callable[..., Settings], prometheus: Callable[[int], int]
+async def test_prometheus_scrapes_the_gateway_and_triton(
+    make_settings: Callable[..., Settings],
+    prometheus: Callable[[int, int], int],
+    start_tritonserver: Callable[..., TritonServer],
+    models: Path,
 ) -> None:
-    async with running_gateway(make_settings()) as (server, channel):
+    triton = start_tritonserver(models)
+    settings = make_settings(
+        MODEL__REPOSITORY_DIR=str(models),
+        MODEL__RANKER__TRITON_GRPC_URL=triton.grpc_url,
+        MODEL__RANKER__TIMEOUT_MS="2000",
+        SERVING__DEFAULT_DEADLINE_MS="5000",
+    )
+    async with running_gateway(settings) as (server, channel):
         assert server.http_port is not None
-        port = prometheus(server.http_port)
+        port = prometheus(server.http_port, triton.options.metrics_port)
         stub = async_stub(channel)
         for i in range(7):
             await stub.Recommend(pb.RecommendRequest(user_id=str(12347 + i)), timeout=5)
@@ -104,5 +117,19 @@ async def test_prometheus_scrapes_the_gateway(
             _query, port, "count(recsys_stage_duration_seconds_count) by (job)"
         )
         assert float(stages[0]["value"][1]) == 7  # one series per pipeline stage
-        memory = await asyncio.to_thread(_query, port, "process_resident_memory_bytes")
+        memory = await asyncio.to_thread(
+            _query, port, 'process_resident_memory_bytes{job="recsys-gateway"}'
+        )
         assert float(memory[0]["value"][1]) > 10e6
+        # Triton's own series: the ensembles ranked those 7 requests.
+        ranked: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        expr = 'sum(nv_inference_request_success{job="triton",model=~"ranker_v[23]"})'
+        while time.monotonic() < deadline:
+            ranked = await asyncio.to_thread(_query, port, expr)
+            if ranked and float(ranked[0]["value"][1]) >= 7:
+                break
+            await asyncio.sleep(0.5)
+        assert ranked and float(ranked[0]["value"][1]) >= 7, ranked
+        triton_up = await asyncio.to_thread(_query, port, 'up{job="triton"}')
+        assert float(triton_up[0]["value"][1]) == 1

@@ -22,21 +22,13 @@ from gateway.config import Settings
 from gateway.resources import Resources, open_resources
 from gateway.server import start_server
 from gateway.stages.types import Candidates, RequestContext
-from tests.conftest import DATA_DIR, async_stub, running_gateway
-from triton_models.cli import run_pipeline
+from tests.conftest import async_stub, running_gateway
 from triton_models.tritonserver import TritonServer
 
 pytestmark = pytest.mark.integration
 StartTriton = Callable[..., TritonServer]
 USER = "17850"
 CLIENT_TIME = datetime(2026, 11, 26, 15, 30, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def models(build_dir: Path) -> Path:
-    """The full model build (a no-op when `make models` has already built it)."""
-    run_pipeline(DATA_DIR, build_dir)
-    return build_dir / "triton" / "local"
 
 
 @pytest.fixture(scope="session")
