@@ -4,8 +4,10 @@ At start-up every model the configuration names (the default and each experiment
 checked against the model repository: its newest version's `metadata.json` must list exactly
 the feature columns `feature_service.definitions.FEATURE_NAMES` builds, or the process stops
 (a model trained on other features would score garbage). While serving, a poller asks Triton
-which versions are READY; a new version is routed to only once its metadata checks out, so a
-corrupt or mismatched version leaves the previous one serving.
+which versions are READY; a new version is routed to only once it is loaded and its metadata
+checks out, so a version that fails to load leaves the previous one serving. A version that
+loads but was trained on other features cannot be routed around (the ensemble runs the newest
+loaded ONNX version): the fallback ranker answers, flagged, until it is replaced.
 """
 
 from __future__ import annotations
@@ -46,14 +48,26 @@ def metadata_problem(repository: Path, model: str, version: int) -> str | None:
     return None
 
 
+def executing_model(model: str) -> str:
+    """The ONNX model an ensemble's single step runs (`triton_models.triton_repo`)."""
+    return f"{model}_onnx"
+
+
 class ModelRegistry:
-    """The routable version of each configured model."""
+    """The routable version of each configured model.
+
+    A ranker is an ensemble whose step runs the newest loaded version of `<model>_onnx`, so
+    version v of the ensemble is routable only while v is also the newest READY version of
+    the ONNX model and both carry metadata that matches this gateway's features. Triton keeps
+    two versions loaded (`ServingOptions.loaded_versions`), so the previous version keeps
+    serving while gateways switch, and stays when a new version fails to load.
+    """
 
     def __init__(self, repository: Path, models: Iterable[str]) -> None:
         self._repository = repository
         self._models = tuple(dict.fromkeys(models))
-        self._routable: dict[str, int] = {}
-        self._rejected: set[tuple[str, int]] = set()
+        self._routable: dict[str, int | None] = {}
+        self._reported: set[tuple[str, int]] = set()
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -61,7 +75,8 @@ class ModelRegistry:
         return self._models
 
     def validate_repository(self) -> None:
-        """Checks the newest version of every configured model on disk.
+        """Checks the newest version of every configured model (and the ONNX model it runs)
+        on disk.
 
         Raises:
             ConfigError: a model's newest version is missing or its features do not match.
@@ -70,9 +85,10 @@ class ModelRegistry:
             versions = _versions_on_disk(self._repository / model)
             if not versions:
                 raise ConfigError(f"model {model!r} is configured but not in {self._repository}")
-            problem = metadata_problem(self._repository, model, versions[-1])
-            if problem is not None:
-                raise ConfigError(problem)
+            for name in (model, executing_model(model)):
+                problem = metadata_problem(self._repository, name, versions[-1])
+                if problem is not None:
+                    raise ConfigError(problem)
             self._routable[model] = versions[-1]
 
     def version(self, model: str) -> int | None:
@@ -80,20 +96,33 @@ class ModelRegistry:
         return self._routable.get(model)
 
     def update(self, ready: dict[str, list[str]]) -> None:
-        """Routes each model to its newest READY version whose metadata checks out."""
+        """Routes each model to the version its ensemble and ONNX model both serve READY and
+        whose metadata checks out; no route (the fallback ranker answers) when the newest
+        loaded ONNX version is unusable."""
         for model in self._models:
-            candidates = sorted((int(v) for v in ready.get(model, []) if v.isdigit()), reverse=True)
-            for version in candidates:
-                if (model, version) in self._rejected:
-                    continue
-                problem = metadata_problem(self._repository, model, version)
-                if problem is None:
-                    if self._routable.get(model) != version:
-                        _log.info("routing %s to version %d", model, version)
-                    self._routable[model] = version
-                    break
-                self._rejected.add((model, version))
-                _log.error("not routing to %s version %d: %s", model, version, problem)
+            onnx_ready = sorted(
+                int(v) for v in ready.get(executing_model(model), []) if v.isdigit()
+            )
+            ensemble_ready = {int(v) for v in ready.get(model, []) if v.isdigit()}
+            previous = self._routable.get(model)
+            route: int | None = None
+            if onnx_ready:
+                newest = onnx_ready[-1]
+                problems = [
+                    metadata_problem(self._repository, name, newest)
+                    for name in (model, executing_model(model))
+                ]
+                problem = next((p for p in problems if p is not None), None)
+                if problem is None and newest in ensemble_ready:
+                    route = newest
+                elif problem is None and previous in ensemble_ready:
+                    route = previous  # the new ensemble version is still loading
+                elif problem is not None and (model, newest) not in self._reported:
+                    self._reported.add((model, newest))
+                    _log.error("not routing to %s version %d: %s", model, newest, problem)
+            if route != self._routable.get(model):
+                _log.warning("routing %s to version %s", model, route)
+            self._routable[model] = route
 
     async def poll(self, ranker: TritonRanker, interval_s: float) -> None:
         """Refreshes the routable versions from Triton every `interval_s` until cancelled."""

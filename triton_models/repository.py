@@ -202,6 +202,8 @@ class EnsembleSpec:
     """Model calls; Triton orders them by data dependencies."""
     max_batch_size: int = 0
     """Must not exceed any composing model's max_batch_size."""
+    version_policy: VersionPolicy = field(default_factory=LatestVersions)
+    """Which versions Triton serves."""
     parameters: Mapping[str, str] = field(default_factory=dict)
     """Further ``parameters`` entries (string values)."""
 
@@ -279,6 +281,7 @@ def ensemble_config(spec: EnsembleSpec) -> Any:
     config = model_config_pb2.ModelConfig(
         name=spec.name, platform="ensemble", max_batch_size=spec.max_batch_size
     )
+    _set_version_policy(config, spec.version_policy)
     config.input.extend(_tensor_messages(spec.inputs, model_config_pb2.ModelInput))
     config.output.extend(_tensor_messages(spec.outputs, model_config_pb2.ModelOutput))
     for step in spec.steps:

@@ -42,6 +42,9 @@ class ServingOptions:
     """Model instances per server (CPU)."""
     intra_op_threads: int = 1
     """onnxruntime threads per instance."""
+    loaded_versions: int = 2
+    """Versions Triton keeps loaded: the previous one keeps serving while gateways switch to a
+    new one, and stays when a new one fails to load."""
 
 
 def git_sha(cwd: Path | None = None) -> str | None:
@@ -92,6 +95,7 @@ def write_ranker(
         ),
         instance_count=options.instance_count,
         intra_op_threads=options.intra_op_threads,
+        version_policy=repo.LatestVersions(options.loaded_versions),
     )
     model_dir = repo.write_onnx_model(
         root, spec, onnx_model, flavour=flavour, version=version, metadata=metadata
@@ -110,6 +114,7 @@ def write_ranker(
                 ),
             ),
             max_batch_size=options.max_batch_size,
+            version_policy=repo.LatestVersions(options.loaded_versions),
         ),
         version=version,
     )
