@@ -46,7 +46,8 @@ class ProcessSpec:
 
 
 def _triton(settings: Settings) -> dict[str, ProcessSpec]:
-    repository = settings.model.artifacts_dir / "triton" / "local"
+    model = settings.model
+    repository = model.repository_dir or model.artifacts_dir / "triton" / "local"
     if not repository.is_dir():
         return {}
     # Poll mode: a new model version dropped into the repository is loaded without a restart,
