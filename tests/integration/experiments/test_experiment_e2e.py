@@ -1,0 +1,179 @@
+"""Experiments end to end: two ranker versions served by Triton, gateway traffic with simulated
+outcomes recorded through RecordEvents, and the controller deciding from the recorded data:
+a worse treatment is rolled back (every gateway then routes to control), a better one is
+promoted."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CollectorRegistry
+from recsys.v1 import recommendation_pb2 as pb
+
+from ab.config import (
+    ABTestingSettings,
+    ControllerSettings,
+    ExperimentConfig,
+    GuardrailConfig,
+    VariantConfig,
+)
+from ab.controller import Controller, PostgresSumsSource
+from ab.store import PostgresStateStore, open_pool
+from ab.telemetry import SidecarMetrics
+from feature_service.local_servers import PostgresServer, RedisServer
+from gateway.config import Settings
+from tests.conftest import async_stub, running_gateway
+from triton_models.tritonserver import TritonServer
+
+pytestmark = pytest.mark.integration
+USERS = 700  # per run; the minimum sample is 250 users per arm
+
+
+def _experiment(name: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        name=name,
+        salt=f"{name}-salt",
+        variants=(
+            VariantConfig(name="control", model="ranker_v2", weight=0.5),
+            VariantConfig(name="treatment", model="ranker_v3", weight=0.5),
+        ),
+        primary_metric="conversion_rate",
+        guardrails=(GuardrailConfig(metric="ctr", max_relative_degradation=0.05),),
+        min_users_per_variant=250,
+        decision_policy="sequential",
+    )
+
+
+def _stamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(UTC))
+    return stamp
+
+
+def _event(
+    request_id: str, user: str, item_id: str, position: int, kind: int, tag: str, revenue: float
+) -> pb.UserEvent:
+    purchase = kind == pb.EVENT_TYPE_PURCHASE
+    return pb.UserEvent(
+        event_id=f"{request_id}-{tag}{position}",
+        type=pb.EventType.ValueType(kind),
+        user_id=user,
+        item_id=item_id,
+        request_id=request_id,
+        timestamp=_stamp(),
+        position=position,
+        quantity=1 if purchase else 0,
+        revenue=revenue,
+        currency="GBP" if purchase else "",
+    )
+
+
+async def _traffic(
+    settings: Settings, behaviour: dict[str, tuple[float, float]], seed: int
+) -> tuple[Counter[str], Counter[str]]:
+    """Recommend for every user, then impressions, clicks and purchases drawn per arm from
+    `behaviour` (click probability, purchase probability per click), recorded as the client
+    would. Returns responses per experiment id and per model."""
+    rng = random.Random(seed)
+    arms: Counter[str] = Counter()
+    models: Counter[str] = Counter()
+    async with running_gateway(settings) as (_, channel):
+        stub = async_stub(channel)
+        batch: list[pb.UserEvent] = []
+        for u in range(USERS):
+            user = f"e2e-{seed}-{u}"
+            reply = await stub.Recommend(pb.RecommendRequest(user_id=user, num_items=5), timeout=10)
+            arms[reply.experiment_id] += 1
+            models[reply.model_version.split("/")[0]] += 1
+            ctr, conversion = behaviour[reply.experiment_id.rsplit("_", 1)[1]]
+            for position, rec in enumerate(reply.recommendations[:3]):
+                ids = (reply.request_id, user, rec.item_id, position)
+                batch.append(_event(*ids, pb.EVENT_TYPE_IMPRESSION, "i", 0.0))
+                if rng.random() < ctr:
+                    batch.append(_event(*ids, pb.EVENT_TYPE_CLICK, "c", 0.0))
+                    if rng.random() < conversion:
+                        price = round(rec.metadata.price, 2)
+                        batch.append(_event(*ids, pb.EVENT_TYPE_PURCHASE, "p", price))
+            if len(batch) > 400 or u == USERS - 1:
+                await stub.RecordEvents(pb.RecordEventsRequest(events=batch), timeout=10)
+                batch = []
+    return arms, models
+
+
+async def _decide(postgres: PostgresServer, experiment: ExperimentConfig) -> str:
+    settings = Settings().feature_store.postgres.model_copy(update={"dsn": postgres.dsn})
+    pool = await open_pool(settings, max_size=2)
+    try:
+        controller = Controller(
+            [experiment],
+            PostgresSumsSource(pool),
+            PostgresStateStore(pool),
+            SidecarMetrics(CollectorRegistry()),
+        )
+        await asyncio.sleep(1.0)  # the exposure recorder flushes every 0.5 s
+        [evaluation] = await controller.run_once()
+        return evaluation.decision
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "decision", "routed_to"),
+    [
+        # Treatment clicks much less: the CTR guardrail breaks and the controller rolls back.
+        ({"control": (0.30, 0.2), "treatment": (0.15, 0.2)}, "rollback", "ranker_v2"),
+        # Treatment converts far better with the same clicks: it wins and is promoted.
+        ({"control": (0.30, 0.10), "treatment": (0.30, 0.45)}, "promote", "ranker_v3"),
+    ],
+    ids=["worse-rolled-back", "better-promoted"],
+)
+async def test_controller_decides_from_gateway_traffic(
+    behaviour: dict[str, tuple[float, float]],
+    decision: str,
+    routed_to: str,
+    make_settings: Callable[..., Settings],
+    start_tritonserver: Callable[..., TritonServer],
+    models: Path,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    triton = start_tritonserver(models)
+    experiment = _experiment(f"e2e_{decision}")
+    base = make_settings(
+        MODEL__REPOSITORY_DIR=str(models),
+        MODEL__RANKER__TRITON_GRPC_URL=triton.grpc_url,
+        MODEL__RANKER__TIMEOUT_MS="2000",
+        SERVING__DEFAULT_DEADLINE_MS="5000",
+        SERVING__RATE_LIMIT="",
+        FEATURE_STORE__BACKEND="redis_postgres",
+        FEATURE_STORE__REDIS__URL=redis_server.url,
+        FEATURE_STORE__POSTGRES__DSN=postgres_server.dsn,
+        FEATURE_STORE__SPOOL_PATH=str(tmp_path / "spool.jsonl"),
+    )
+    settings = base.model_copy(
+        update={
+            "ab_testing": ABTestingSettings(
+                experiments=(experiment,),
+                controller=ControllerSettings(routing_refresh_s=0.2),
+            )
+        }
+    )
+    arms, served = await _traffic(settings, behaviour, seed=1)
+    assert set(arms) == {f"{experiment.name}_control", f"{experiment.name}_treatment"}
+    assert set(served) == {"ranker_v2", "ranker_v3"}  # both versions ranked on Triton
+
+    assert await _decide(postgres_server, experiment) == decision
+
+    # Every new request now goes where the decision sent it, without a restart.
+    arms_after, served_after = await _traffic(settings, behaviour, seed=2)
+    winner = "control" if decision == "rollback" else "treatment"
+    assert set(arms_after) == {f"{experiment.name}_{winner}"}
+    assert set(served_after) == {routed_to}
