@@ -30,6 +30,12 @@ class InvalidArgument(ServiceError):
         self.field = field
 
 
+class NotFound(ServiceError):
+    """A named resource (e.g. an experiment) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class Unauthenticated(ServiceError):
     """Missing or wrong credentials."""
 

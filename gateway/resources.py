@@ -17,8 +17,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from ab.exposures import ExposureRecorder, ExposureSink, SqliteExposureSink
-from ab.routing import RoutingPoller, RoutingTable, StateSource
-from ab.store import JsonStateStore, PostgresExposureSink, PostgresStateStore, open_pool
+from ab.routing import RoutingPoller, RoutingTable
+from ab.store import (
+    JsonStateStore,
+    PostgresExposureSink,
+    PostgresStateStore,
+    StateStore,
+    open_pool,
+)
 from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import ItemArrays
 from feature_service.embedded import EmbeddedFeatureStore
@@ -51,6 +57,8 @@ class Resources:
     tracer: trace.Tracer
     histories: PurchaseHistories | None
     """Purchase histories the ranker reads (None without a ranker); RecordEvents appends."""
+    experiment_state: StateStore
+    """Where experiment decisions live (Postgres, or the JSON state file when embedded)."""
 
 
 @contextlib.asynccontextmanager
@@ -107,7 +115,7 @@ async def open_resources(
 
         ab = settings.ab_testing
         exposure_sink: ExposureSink
-        state_source: StateSource
+        state_source: StateStore
         if store_settings.backend == "redis_postgres":
             # Exposures and experiment decisions live in the same Postgres as the event log.
             pool = await open_pool(store_settings.postgres, max_size=4)
@@ -150,7 +158,9 @@ async def open_resources(
             exposures=exposures,
         )
         histories = ranker.features.histories if ranker is not None else None
-        yield Resources(catalogue, store, recommender, metrics, health, http, tracer, histories)
+        yield Resources(
+            catalogue, store, recommender, metrics, health, http, tracer, histories, state_source
+        )
 
 
 async def _open_ranker(

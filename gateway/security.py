@@ -19,8 +19,22 @@ from limits.strategies import MovingWindowRateLimiter
 from gateway.config import AuthSettings, ConfigError, TlsSettings
 from gateway.errors import ResourceExhausted, Unauthenticated
 
-# RPCs that change state; Recommend, health and reflection stay open.
-PROTECTED_METHODS = frozenset({"/recsys.v1.RecommendationService/RecordEvents"})
+# RPCs that record or change state; Recommend, health and reflection stay open.
+PROTECTED_METHODS = frozenset(
+    {
+        "/recsys.v1.RecommendationService/RecordEvents",
+        *(
+            f"/recsys.v1.ExperimentAdminService/{method}"
+            for method in (
+                "ListExperiments",
+                "GetExperiment",
+                "SetWeights",
+                "StopExperiment",
+                "RollbackExperiment",
+            )
+        ),
+    }
+)
 
 
 class Guard(Protocol):

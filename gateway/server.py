@@ -11,9 +11,11 @@ from datetime import timedelta
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
+from gateway.admin import ExperimentAdminServicer
 from gateway.config import Settings
 from gateway.http_endpoint import HealthState
 from gateway.interceptors import ErrorMappingInterceptor
@@ -24,6 +26,7 @@ from gateway.stages.validate import Limits
 
 _log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommendationService"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ExperimentAdminService"].full_name
 
 
 class RunningServer:
@@ -89,11 +92,16 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
         ),
         server,
     )
+    admin_pb2_grpc.add_ExperimentAdminServiceServicer_to_server(
+        ExperimentAdminServicer(settings.ab_testing.experiments, resources.experiment_state),
+        server,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

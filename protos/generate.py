@@ -7,6 +7,7 @@ regenerates them into a temporary folder and fails when the committed copies are
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,10 @@ def generate(out_dir: Path) -> None:
         RuntimeError: protoc reported an error (its message is on stderr).
     """
     include = Path(protoc.__file__).resolve().parent / "_proto"
+    # protoc finds the mypy-protobuf plugins (protoc-gen-mypy*) on PATH: use this environment's.
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
