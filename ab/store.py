@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,13 +28,14 @@ from typing import Any, Literal, Protocol, TypeAlias
 import asyncpg
 
 from ab.exposures import Exposure
+from feature_service import schema
 from feature_service.config import PostgresSettings
+from feature_service.schema import Migration
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Advisory lock key of this schema (distinct from the feature service's keys).
 _MIGRATION_LOCK = 0x7265_6373_7973_0A01
-_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 Status: TypeAlias = Literal["running", "rolled_back", "promoted", "stopped"]
@@ -91,31 +91,16 @@ class StateStore(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema migration file."""
-
-    version: int
-    name: str
-    sql: str
-
-
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migrations in `directory`, by version.
+    """The experiment store's migrations in `directory`, by version.
 
     Raises:
         ExperimentStoreError: a file name does not match `NNN_name.sql` or a version repeats.
     """
-    found: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
-        if match is None:
-            raise ExperimentStoreError(f"migration {path.name!r} is not named NNN_name.sql")
-        version = int(match.group(1))
-        if version in found:
-            raise ExperimentStoreError(f"migration version {version} appears twice")
-        found[version] = Migration(version, match.group(2), path.read_text())
-    return [found[v] for v in sorted(found)]
+    try:
+        return schema.load_migrations(directory)
+    except schema.MigrationError as exc:
+        raise ExperimentStoreError(str(exc)) from exc
 
 
 async def migrate(pool: asyncpg.Pool, migrations: Sequence[Migration] | None = None) -> list[int]:
@@ -129,30 +114,9 @@ async def migrate(pool: asyncpg.Pool, migrations: Sequence[Migration] | None = N
     todo = load_migrations() if migrations is None else migrations
     try:
         async with pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await connection.execute(
-                """
-                CREATE TABLE IF NOT EXISTS ab_schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """
+            return await schema.apply_migrations(
+                connection, todo, "ab_schema_migrations", _MIGRATION_LOCK
             )
-            rows = await connection.fetch("SELECT version FROM ab_schema_migrations")
-            applied = {row["version"] for row in rows}
-            done: list[int] = []
-            for migration in todo:
-                if migration.version in applied:
-                    continue
-                await connection.execute(migration.sql)
-                await connection.execute(
-                    "INSERT INTO ab_schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-                done.append(migration.version)
-            return done
     except _ERRORS as exc:
         raise ExperimentStoreError(f"postgres: migration failed: {exc!r}") from exc
 

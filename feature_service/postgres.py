@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feature_service import schema
 from feature_service.config import PostgresSettings
 from feature_service.events import VIEW_EVENTS, Event, EventType, RecordResult
 from feature_service.records import (
@@ -38,6 +38,7 @@ from feature_service.records import (
     UserState,
     counter_field,
 )
+from feature_service.schema import Migration
 from feature_service.store import FeatureStoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -47,36 +48,20 @@ USERS_FILE = "users.parquet"
 # Advisory lock keys (any fixed bigints unique to this schema).
 _MIGRATION_LOCK = 0x7265_6373_7973_0001
 _SNAPSHOT_LOCK = 0x7265_6373_7973_0002
-_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema migration file."""
-
-    version: int
-    name: str
-    sql: str
-
-
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migrations in `directory`, by version.
+    """The feature store's migrations in `directory`, by version.
 
     Raises:
         FeatureStoreError: a file name does not match `NNN_name.sql` or a version repeats.
     """
-    migrations: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
-        if match is None:
-            raise FeatureStoreError(f"migration {path.name!r} is not named NNN_name.sql")
-        version = int(match.group(1))
-        if version in migrations:
-            raise FeatureStoreError(f"migration version {version} appears twice in {directory}")
-        migrations[version] = Migration(version, match.group(2), path.read_text())
-    return [migrations[v] for v in sorted(migrations)]
+    try:
+        return schema.load_migrations(directory)
+    except schema.MigrationError as exc:
+        raise FeatureStoreError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -233,30 +218,9 @@ class PostgresStore:
         queue up and the later ones find nothing to do.
         """
         async with self._connection("migrate") as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await connection.execute(
-                """
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """
+            return await schema.apply_migrations(
+                connection, migrations, "schema_migrations", _MIGRATION_LOCK
             )
-            rows = await connection.fetch("SELECT version FROM schema_migrations")
-            applied = {row["version"] for row in rows}
-            done: list[int] = []
-            for migration in migrations:
-                if migration.version in applied:
-                    continue
-                await connection.execute(migration.sql)
-                await connection.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-                done.append(migration.version)
-            return done
 
     async def applied_migrations(self) -> list[tuple[int, str]]:
         """(version, name) of every applied migration, in order."""
