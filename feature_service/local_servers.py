@@ -11,6 +11,7 @@ we hold is the server's), in a folder under the system temp dir chowned to that 
 
 from __future__ import annotations
 
+import abc
 import os
 import pwd
 import shutil
@@ -60,7 +61,7 @@ def _terminate(process: subprocess.Popen[bytes], sig: int, timeout_s: float = 15
         process.wait(timeout_s)
 
 
-class _Server:
+class _Server(abc.ABC):
     """Shared start/stop plumbing; subclasses say how to launch and probe."""
 
     name = "server"
@@ -72,14 +73,16 @@ class _Server:
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
+    @abc.abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
     def _popen_kwargs(self) -> dict[str, Any]:
         return {}
 
+    @abc.abstractmethod
     def _ready(self) -> bool:
-        raise NotImplementedError
+        """Whether the server accepts requests."""
 
     def _stop_signal(self) -> int:
         return signal.SIGTERM
