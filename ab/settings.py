@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ab.config import ABTestingSettings
 from feature_service.config import FeatureStoreSettings
+from feature_service.config_file import ConfigFileError, describe, read_config
 
-ENV_PREFIX = "RECSYS__"
 _SECTIONS = ("ab_testing", "feature_store")
 
 
@@ -49,37 +47,9 @@ def load_sidecar_settings(path: Path | None, environ: Mapping[str, str]) -> Side
     Raises:
         SettingsError: the file is unreadable, or a key of our sections is unknown or invalid.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"cannot read config file {path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SettingsError(f"{path}: the top level must be a mapping of sections")
-        data = loaded or {}
-    for name, raw in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX):
-            keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
-            if keys[0] in _SECTIONS:
-                _apply_override(data, name, keys, raw)
     try:
-        return SidecarSettings.model_validate({k: data[k] for k in _SECTIONS if k in data})
+        return SidecarSettings.model_validate(read_config(path, environ, _SECTIONS))
+    except ConfigFileError as exc:
+        raise SettingsError(str(exc)) from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        source = f" in {path}" if path is not None else ""
-        raise SettingsError(f"invalid configuration{source}: {problems}") from exc
-
-
-def _apply_override(data: dict[str, Any], name: str, keys: list[str], raw: str) -> None:
-    if not all(keys):
-        raise SettingsError(f"environment variable {name}: empty key segment")
-    node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise SettingsError(f"environment variable {name}: {key} is not a section")
-        node = child
-    node[keys[-1]] = raw
+        raise SettingsError(describe(exc, path)) from exc

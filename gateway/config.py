@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import limits
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,9 +24,8 @@ from pydantic import (
 
 from ab.config import ABTestingSettings
 from feature_service.config import FeatureStoreSettings
+from feature_service.config_file import ConfigFileError, describe, read_config
 from triton_models.config import ModelSettings
-
-ENV_PREFIX = "RECSYS__"
 
 
 class ConfigError(Exception):
@@ -187,38 +184,9 @@ def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
     Raises:
         ConfigError: the file is missing or unreadable, or a key is unknown or invalid.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data = loaded or {}
-    for name, raw in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX):
-            _apply_override(data, name, raw)
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(read_config(path, environ))
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from exc
     except ValidationError as exc:
-        source = f" in {path}" if path is not None else ""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration{source}: {problems}") from exc
-
-
-def _apply_override(data: dict[str, Any], name: str, raw: str) -> None:
-    keys = [key.lower() for key in name[len(ENV_PREFIX) :].split("__")]
-    if not all(keys):
-        raise ConfigError(f"environment variable {name}: empty key segment")
-    node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"environment variable {name}: {key} is not a section")
-        node = child
-    # Kept as a string: validation converts "50052" or "true" to the field's type, and a
-    # numeric-looking password stays a string.
-    node[keys[-1]] = raw
+        raise ConfigError(describe(exc, path)) from exc
