@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import platform
 import statistics
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import redis
 from redis.asyncio import Redis
 
+from benchmarks.load.report import machine_description
 from feature_service.catalogue import ItemCatalogue
 from feature_service.config import FeatureStoreSettings, PostgresSettings, RedisSettings
 from feature_service.events import Event, EventType
@@ -42,18 +42,8 @@ USER = "12347"
 
 
 def _machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine_description(),
         "python": platform.python_version(),
         "redis_py": redis.__version__,
         "note": "shared development machine; other processes may add noise",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
+from benchmarks.load.report import machine_description
 from triton_models import export
 from triton_models.dataset import RankingSet
 from triton_models.pipeline import PipelineOptions, load_ranker
@@ -48,18 +48,8 @@ def _time(call: Callable[[], Any], repeats: int, warmup: int = 20) -> dict[str, 
 
 
 def _machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine_description(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,

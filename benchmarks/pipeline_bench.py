@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.load.report import machine_description
 from gateway.config import load_settings
 from gateway.resources import open_resources
 from gateway.stages.assign import assign_variant
@@ -37,16 +38,6 @@ from gateway.stages.types import Candidates, RequestContext
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 async def _measure(requests: int) -> dict[str, object]:
@@ -134,9 +125,8 @@ def main() -> None:
     report = {
         "benchmark": "gateway work per Recommend request (no Triton call)",
         "machine": {
-            "cpu": _cpu_model(),
+            **machine_description(),
             "cores_used": 1,
-            "cores": os.cpu_count(),
             "python": platform.python_version(),
         },
         "settings": {

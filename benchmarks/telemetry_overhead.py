@@ -36,6 +36,7 @@ from prometheus_client import Counter, Histogram
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
+from benchmarks.load.report import machine_description
 from gateway.config import load_settings
 from gateway.metrics import Metrics
 from gateway.resources import open_resources
@@ -153,11 +154,7 @@ def main() -> None:
     figures = asyncio.run(_measure(args.requests, args.rounds))
     report = {
         "benchmark": "Recommend throughput, metrics + tracing on vs off",
-        "machine": {
-            "cores": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-            "processor": platform.processor(),
-        },
+        "machine": {**machine_description(), "python": platform.python_version()},
         "settings": {
             "requests_per_round": args.requests,
             "rounds": args.rounds,
