@@ -15,11 +15,12 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
+
+from feature_service.sqlite_file import SqliteFile
 
 _log = logging.getLogger(__name__)
 
@@ -144,23 +145,13 @@ class SqliteExposureSink:
     """Exposures in a local SQLite file (the embedded profile); `INSERT OR IGNORE` by request
     id makes a retried batch harmless."""
 
-    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
-        self._connection = connection
-        self._executor = executor
+    def __init__(self, file: SqliteFile) -> None:
+        self._file = file
 
     @classmethod
     async def open(cls, path: Path) -> SqliteExposureSink:
         """Opens (creating if needed) the exposure table in `path`."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exposures")
-
-        def connect() -> sqlite3.Connection:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(_SCHEMA)
-            return connection
-
-        return cls(await asyncio.get_running_loop().run_in_executor(executor, connect), executor)
+        return cls(await SqliteFile.open(path, _SCHEMA, durable=False, name="exposures"))
 
     async def write(self, batch: Sequence[Exposure]) -> None:
         rows = [
@@ -177,28 +168,27 @@ class SqliteExposureSink:
             for e in batch
         ]
 
-        def insert() -> None:
-            with self._connection:
-                self._connection.execute("BEGIN")
-                self._connection.executemany(
+        def insert(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN")
+                connection.executemany(
                     "INSERT OR IGNORE INTO exposures VALUES (?,?,?,?,?,?,?,?)", rows
                 )
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, insert)
+        await self._file.run(insert)
 
     async def counts(self, experiment: str) -> dict[str, int]:
         """Exposures per variant of `experiment`."""
 
-        def read() -> dict[str, int]:
-            cursor = self._connection.execute(
+        def read(connection: sqlite3.Connection) -> dict[str, int]:
+            cursor = connection.execute(
                 "SELECT variant, COUNT(*) FROM exposures WHERE experiment = ? GROUP BY variant",
                 (experiment,),
             )
             return {variant: int(n) for variant, n in cursor.fetchall()}
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, read)
+        return await self._file.run(read)
 
     async def close(self) -> None:
         """Closes the file."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._connection.close)
-        self._executor.shutdown(wait=True)
+        await self._file.close()

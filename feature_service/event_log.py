@@ -2,20 +2,18 @@
 
 A batch is committed in one transaction with `synchronous=FULL` before `append` returns, so an
 acknowledged event survives a crash; `INSERT OR IGNORE` on the `event_id` primary key makes a
-replayed batch change nothing. SQLite calls run on one dedicated thread so the event loop never
-blocks on disk.
+replayed batch change nothing. SQLite calls run on the file's own thread (`SqliteFile`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 from feature_service.events import Event, EventType, RecordResult
+from feature_service.sqlite_file import SqliteFile
 from feature_service.store import FeatureStoreError
 
 _SCHEMA = """
@@ -43,25 +41,13 @@ def _to_us(moment: datetime) -> int:
 class SqliteEventLog:
     """Append-only event log; open with `await SqliteEventLog.open(path)`, then `close()`."""
 
-    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
-        self._connection = connection
-        self._executor = executor
+    def __init__(self, file: SqliteFile) -> None:
+        self._file = file
 
     @classmethod
     async def open(cls, path: Path) -> SqliteEventLog:
         """Opens (creating if needed) the log at `path`."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-log")
-
-        def connect() -> sqlite3.Connection:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.executescript(_SCHEMA)
-            return connection
-
-        loop = asyncio.get_running_loop()
-        return cls(await loop.run_in_executor(executor, connect), executor)
+        return cls(await SqliteFile.open(path, _SCHEMA, durable=True, name="event-log"))
 
     async def append(self, events: Sequence[Event]) -> RecordResult:
         """Stores the batch durably; events whose id is already stored are counted as duplicates."""
@@ -83,21 +69,21 @@ class SqliteEventLog:
             for e in events
         ]
 
-        def write() -> int:
-            before = self._connection.total_changes
-            self._connection.execute("BEGIN IMMEDIATE")
+        def write(connection: sqlite3.Connection) -> int:
+            before = connection.total_changes
+            connection.execute("BEGIN IMMEDIATE")
             try:
-                self._connection.executemany(
+                connection.executemany(
                     "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
                 )
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                connection.execute("ROLLBACK")
                 raise
-            self._connection.execute("COMMIT")
-            return self._connection.total_changes - before
+            connection.execute("COMMIT")
+            return connection.total_changes - before
 
         try:
-            accepted = await asyncio.get_running_loop().run_in_executor(self._executor, write)
+            accepted = await self._file.run(write)
         except sqlite3.Error as exc:
             raise FeatureStoreError(f"event log write failed: {exc}") from exc
         return RecordResult(accepted=accepted, duplicates=len(events) - accepted)
@@ -105,8 +91,10 @@ class SqliteEventLog:
     async def recent(self, since: datetime, per_user: int) -> list[Event]:
         """Events at or after `since`, at most the newest `per_user` of each user, oldest first."""
 
-        def read() -> list[tuple[str, int, str, str, str, int, int, float, str, int]]:
-            cursor = self._connection.execute(
+        def read(
+            connection: sqlite3.Connection,
+        ) -> list[tuple[str, int, str, str, str, int, int, float, str, int]]:
+            cursor = connection.execute(
                 """
                 SELECT event_id, type, user_id, item_id, request_id, ts_us, quantity, revenue,
                        currency, position
@@ -118,7 +106,7 @@ class SqliteEventLog:
             )
             return cursor.fetchall()
 
-        rows = await asyncio.get_running_loop().run_in_executor(self._executor, read)
+        rows = await self._file.run(read)
         return [
             Event(
                 event_id=r[0],
@@ -138,12 +126,11 @@ class SqliteEventLog:
     async def count(self) -> int:
         """Number of stored events."""
 
-        def read() -> int:
-            return int(self._connection.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        def read(connection: sqlite3.Connection) -> int:
+            return int(connection.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, read)
+        return await self._file.run(read)
 
     async def close(self) -> None:
         """Closes the file; pending writes finish first."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._connection.close)
-        self._executor.shutdown(wait=True)
+        await self._file.close()
