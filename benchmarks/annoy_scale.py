@@ -60,7 +60,8 @@ from benchmarks.bench_stats import (
     topk_overlap,
 )
 from benchmarks.load.report import machine_description, package_version
-from triton_models.retrieval import METRIC, top_k_exact
+from feature_service.definitions import top_k_exact
+from triton_models.retrieval import METRIC
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_P99_MS = 2.0

@@ -24,6 +24,7 @@ without changing the contract.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -344,3 +345,24 @@ def merge_candidates(*sources: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
     _, first = np.unique(stacked, return_index=True)
     merged: npt.NDArray[np.int32] = stacked[np.sort(first)]
     return merged
+
+
+def top_k_exact(
+    user_vectors: npt.NDArray[np.float32],
+    item_vectors: npt.NDArray[np.float32],
+    k: int,
+    exclude: Sequence[npt.NDArray[np.int32]] | None = None,
+) -> npt.NDArray[np.int32]:
+    """Exact top-``k`` items by inner product per user, best first, ``exclude[i]`` left out.
+
+    The retrieval source of the ranker's training candidates; the gateway searches the same way
+    when the catalogue is small enough (`model.candidate_generator.exact_search_max_items`).
+    """
+    scores = user_vectors @ item_vectors.T
+    if exclude is not None:
+        for row, positions in enumerate(exclude):
+            scores[row, positions] = -np.inf
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1).astype(np.int32)

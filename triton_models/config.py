@@ -17,7 +17,11 @@ class CandidateGeneratorSettings(BaseModel):
     popular_candidates: int = Field(50, ge=0, le=1000)
     """Trending/popular items merged into every candidate set (cold start, freshness)."""
     search_k: int = Field(-1, ge=-1)
-    """Annoy `search_k`; -1 lets Annoy use n_trees * n."""
+    """Annoy `search_k`; -1 uses the setting `make models` chose (overlap with exact search)."""
+    exact_search_max_items: int = Field(50_000, ge=0)
+    """Catalogues up to this many items are searched exactly (every inner product, as the
+    ranker's training candidates were) instead of with Annoy: at that size brute force is both
+    exact and faster. Larger catalogues use Annoy; 0 always uses Annoy."""
 
 
 class RankerSettings(BaseModel):

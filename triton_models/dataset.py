@@ -33,9 +33,10 @@ from feature_service.definitions import (
     assemble_features,
     build_user_state,
     merge_candidates,
+    top_k_exact,
 )
 from triton_models import ingest
-from triton_models.retrieval import Embeddings, top_k_exact
+from triton_models.retrieval import Embeddings
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from feature_service.definitions import FEATURE_NAMES, NUM_FEATURES
+from feature_service.definitions import FEATURE_NAMES, NUM_FEATURES, top_k_exact
 from triton_models import export, repository, retrieval
 from triton_models.dataset import (
     CandidateParams,
@@ -116,7 +116,7 @@ def run_retrieval(tables: Path, data_dir: Path, out: Path, opts: PipelineOptions
         relevant = [np.setdiff1d(bought[u], history[u]).astype(np.int32) for u in users]
         vectors = emb.user_vectors(users)
         k = max(k_values)
-        exact = list(retrieval.top_k_exact(vectors, emb.items, k, exclude=owned))
+        exact = list(top_k_exact(vectors, emb.items, k, exclude=owned))
         popular = retrieval.top_k_popular(popularity, k, owned)
         if choice is None:
             # A fixed subset of users keeps the grid cheap; the overlap estimate barely moves.

@@ -33,6 +33,8 @@ import pandas as pd
 import scipy.sparse as sp
 from annoy import AnnoyIndex
 
+from feature_service.definitions import top_k_exact
+
 _log = logging.getLogger(__name__)
 
 HALF_LIFE_DAYS = 60.0
@@ -128,23 +130,6 @@ def fit_als(
         users=np.ascontiguousarray(model.user_factors, dtype=np.float32),
         items=np.ascontiguousarray(model.item_factors, dtype=np.float32),
     )
-
-
-def top_k_exact(
-    user_vectors: npt.NDArray[np.float32],
-    item_vectors: npt.NDArray[np.float32],
-    k: int,
-    exclude: Sequence[npt.NDArray[np.int32]] | None = None,
-) -> npt.NDArray[np.int32]:
-    """Exact top-``k`` items by inner product per user, best first, ``exclude[i]`` left out."""
-    scores = user_vectors @ item_vectors.T
-    if exclude is not None:
-        for row, positions in enumerate(exclude):
-            scores[row, positions] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int32)
 
 
 def top_k_popular(

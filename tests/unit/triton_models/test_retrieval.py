@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_service.definitions import top_k_exact
 from triton_models import retrieval
 
 
@@ -35,9 +36,7 @@ def test_interaction_weights_decay_with_age_and_skip_the_future() -> None:
 def test_exact_top_k_excludes_and_orders() -> None:
     items = np.array([[1, 0], [0, 1], [2, 0], [1, 1]], np.float32)
     users = np.array([[1, 0], [0, 1]], np.float32)
-    top = retrieval.top_k_exact(
-        users, items, 2, exclude=[np.array([2], np.int32), np.empty(0, np.int32)]
-    )
+    top = top_k_exact(users, items, 2, exclude=[np.array([2], np.int32), np.empty(0, np.int32)])
     assert top.tolist() == [[0, 3], [1, 3]]
 
 
@@ -47,7 +46,7 @@ def test_annoy_with_enough_search_matches_exact() -> None:
     users = rng.normal(size=(20, 8)).astype(np.float32)
     index = retrieval.build_annoy(items, n_trees=20)
     approx = retrieval.annoy_top_k(index, users, 10, search_k=300 * 20)
-    exact = retrieval.top_k_exact(users, items, 10)
+    exact = top_k_exact(users, items, 10)
     overlap = np.mean([len(np.intersect1d(x, y)) / 10 for x, y in zip(approx, exact, strict=True)])
     assert overlap >= 0.95
     choice = retrieval.choose_annoy(
