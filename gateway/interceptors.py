@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 
 from gateway.errors import InvalidArgument, ServiceError
 from gateway.metrics import Metrics
@@ -46,6 +47,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         self._tracer = tracer
         self._guards = tuple(guards)
+        # Wrapped handlers by method path: handlers are fixed once the server starts, so each
+        # is wrapped once instead of on every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -54,16 +58,42 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        wrapped = self._wrapped.get(handler_call_details.method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-            return handler
+            return handler  # unknown methods are not cached: their names come from clients
+        wrapped = self._wrap(handler, handler_call_details.method)
+        self._wrapped[handler_call_details.method] = wrapped
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         inner = handler.unary_unary
         parse = handler.request_deserializer
-        method = handler_call_details.method
+        assert inner is not None and parse is not None
         method_name = method.rsplit("/", 1)[-1]
         metrics = self._metrics
         tracer = self._tracer
         guards = self._guards
+        # Headers the configured propagator reads: without any of them there is nothing to
+        # extract (most calls), and extraction is skipped.
+        trace_headers = frozenset(propagate.get_global_textmap().fields)
+        recorders: dict[grpc.StatusCode, tuple[Callable[[], None], Callable[[float], None]]] = {}
+
+        def record(code: grpc.StatusCode, seconds: float) -> None:
+            """Counts the call and its latency; labelled children are looked up once per code."""
+            pair = recorders.get(code)
+            if pair is None:
+                labels = (method_name, code.name)
+                pair = recorders[code] = (
+                    metrics.requests.labels(*labels).inc,
+                    metrics.request_duration.labels(*labels).observe,
+                )
+            pair[0]()
+            pair[1](seconds)
 
         def deserialize(data: bytes) -> Any:
             try:
@@ -77,9 +107,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 for key, value in context.invocation_metadata() or ()
                 if isinstance(value, str)
             }
-            span = tracer.start_span(
-                method_name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER
-            )
+            # A new trace (an empty parent context) unless the caller sent one.
+            parent = Context() if trace_headers.isdisjoint(carrier) else propagate.extract(carrier)
+            span = tracer.start_span(method_name, context=parent, kind=trace.SpanKind.SERVER)
             with trace.use_span(
                 span, end_on_exit=True, record_exception=False, set_status_on_exception=False
             ):
@@ -120,9 +150,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 _log.exception("unhandled error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
-                labels = (method_name, code.name)
-                metrics.requests.labels(*labels).inc()
-                metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+                record(code, time.perf_counter() - started)
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
 
         return grpc.unary_unary_rpc_method_handler(

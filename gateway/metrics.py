@@ -8,9 +8,7 @@ use a fresh one.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -129,11 +127,17 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
 
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Times the enclosed block as pipeline stage `name`."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stage_duration.labels(name).observe(time.perf_counter() - started)
+        # Children with fixed labels, bound once: a labels() lookup costs ~3 us per call.
+        self.candidates_retrieved = self.candidates.labels("retrieved")
+        self.candidates_filtered = self.candidates.labels("filtered")
+        self.prediction_cache_hits = self.prediction_cache.labels("hit")
+        self.prediction_cache_misses = self.prediction_cache.labels("miss")
+        self._stage_observers: dict[str, Callable[[float], None]] = {}
+
+    def stage_observer(self, name: str) -> Callable[[float], None]:
+        """Records one duration (seconds) of pipeline stage `name`; the labelled child is
+        looked up once per stage, not on every request."""
+        observe = self._stage_observers.get(name)
+        if observe is None:
+            observe = self._stage_observers[name] = self.stage_duration.labels(name).observe
+        return observe

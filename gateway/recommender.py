@@ -5,9 +5,7 @@ Reads like a table of contents: validated query in, response out.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +35,7 @@ from gateway.stages.rank import (
 from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.respond import build_response
 from gateway.stages.types import Candidates, Ranking, RecommendQuery
+from gateway.telemetry import PipelineStage
 from triton_models.config import ModelSettings
 
 # Share of the request budget the feature stage may use before it falls back to defaults.
@@ -68,12 +67,10 @@ class Recommender:
     tracer: trace.Tracer
     exposures: ExposureRecorder
 
-    @contextlib.contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        """One span and one latency observation per stage; exceptions are recorded on the span
-        and re-raised."""
-        with self.tracer.start_as_current_span(name), self.metrics.stage(name):
-            yield
+    def _stage(self, name: str) -> PipelineStage:
+        """Times a stage (and spans it when the request is sampled); exceptions are recorded
+        on the span and re-raised."""
+        return PipelineStage(self.metrics.stage_observer(name), self.tracer, name)
 
     async def recommend(self, query: RecommendQuery, budget: Budget) -> pb.RecommendResponse:
         """The response for a validated query; raises DeadlineExceeded when the budget runs out."""
@@ -151,8 +148,8 @@ class Recommender:
                 blocked_positions,
                 self.catalogue.available if rules.filter_out_of_stock else None,
             )
-        self.metrics.candidates.labels("retrieved").observe(len(candidates))
-        self.metrics.candidates.labels("filtered").observe(len(kept))
+        self.metrics.candidates_retrieved.observe(len(candidates))
+        self.metrics.candidates_filtered.observe(len(kept))
         request_span.set_attribute("recsys.candidates.retrieved", len(candidates))
         request_span.set_attribute("recsys.candidates.filtered", len(kept))
 
@@ -231,9 +228,9 @@ class Recommender:
         )
         scores = ranker.cache.get(key)
         if scores is not None:
-            self.metrics.prediction_cache.labels("hit").inc()
+            self.metrics.prediction_cache_hits.inc()
         else:
-            self.metrics.prediction_cache.labels("miss").inc()
+            self.metrics.prediction_cache_misses.inc()
             features = ranker.features.build(query.user_id, history, candidates, context)
             timeout_s = min(budget.remaining(), self.model.ranker.timeout_ms / 1000.0)
             started = time.perf_counter()
