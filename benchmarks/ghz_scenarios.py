@@ -16,7 +16,10 @@ real users (build/data/users.parquet), `num_items` 10:
     python -m benchmarks.ghz_scenarios                  # all, default durations
     python -m benchmarks.ghz_scenarios sweep ceilings --quick
     python -m benchmarks.ghz_scenarios soak --soak-seconds 600 --base-rps 400
-    python -m benchmarks.ghz_scenarios sweep --profile py-spy
+    python -m benchmarks.ghz_scenarios sweep --no-profile
+
+While the system runs, py-spy samples the gateway under concurrency 32 (`--no-profile` skips
+it); the report lists where its time goes and keeps the collapsed stacks for a flame graph.
 
 Everything started is stopped at the end, also on Ctrl-C.
 """
@@ -38,7 +41,7 @@ from benchmarks.load import capacity, data, report
 from benchmarks.load import scenarios as sc
 from benchmarks.load.ghz import find_ghz, ghz_version
 from benchmarks.load.procs import System, local_system, stack_system
-from benchmarks.load.profiling import profiler_status, py_spy_record
+from benchmarks.load.profiling import py_spy_path, py_spy_record, summarize
 
 SCENARIOS = ("sweep", "rate", "spike", "soak", "ceilings", "batching", "capacity")
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--requests", type=int, default=2000, help="distinct requests in the data file"
     )
-    parser.add_argument("--profile", choices=("py-spy", "pyinstrument"), default=None)
+    parser.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the py-spy profile of the gateway under load (concurrency 32)",
+    )
     parser.add_argument("--label", default=None, help="report label (default: quick / full)")
     parser.add_argument("--results-dir", type=Path, default=report.RESULTS_DIR)
     parser.add_argument(
@@ -183,7 +191,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         settings["ceiling_concurrency"] = bench.ceiling_concurrency
         settings["open_loop_workers"] = bench.rate_concurrency
         needs_system = chosen & {"sweep", "rate", "spike", "soak", "ceilings", "capacity"}
-        if needs_system or args.profile:
+        if needs_system:
             with _system(args, workdir) as system:
                 bench.log(f"{system.kind}: SERVING on {system.target}")
                 settings["triton"] = (
@@ -266,7 +274,7 @@ def _run_on_system(
                 entry = level
         scen["ceilings"] = sc.ceilings(bench, system, entry)
     if args.profile:
-        scen["profile"] = _profile(args.profile, bench, system, stem)
+        scen["profile"] = _profile(bench, system, stem)
 
 
 def _probe_max(bench: sc.Bench, system: System) -> float:
@@ -313,29 +321,30 @@ def _capacity(
     return out
 
 
-def _profile(name: str, bench: sc.Bench, system: System, stem: Path) -> dict[str, Any]:
-    status = profiler_status(name)
-    if not status.available:
-        bench.log(f"profile: {status.detail}")
-        return {"profiler": name, "skipped": status.detail}
-    if name == "pyinstrument":
-        return {
-            "profiler": name,
-            "skipped": "pyinstrument must run inside the gateway process; start the gateway "
-            "with benchmarks.load.profiling.pyinstrument_argv (py-spy attaches instead)",
-        }
+def _profile(bench: sc.Bench, system: System, stem: Path) -> dict[str, Any]:
+    """py-spy on one gateway process while ghz drives it at concurrency 32."""
+    if py_spy_path() is None:
+        bench.log("profile: py-spy is not installed (make setup)")
+        return {"profiler": "py-spy", "skipped": "py-spy is not installed: run `make setup`"}
     gateways = [pid for pid, role in system.pids() if role == "gateway"]
     if not gateways:
-        return {"profiler": name, "skipped": "no gateway process found"}
-    output = stem.with_name(stem.name + ".py-spy.speedscope.json")
+        return {"profiler": "py-spy", "skipped": "no gateway process found"}
+    output = stem.with_name(stem.name + ".py-spy.folded")
     seconds = bench.durations.profile
     recorder = py_spy_record(gateways[0], seconds, output)
     run = bench.ghz_run(system, "profile-c32", seconds + 2, concurrency=32)
     sc.measure(bench, system, run)
     _, stderr = recorder.communicate(timeout=seconds + 60)
-    if recorder.returncode != 0:
-        return {"profiler": name, "failed": stderr.decode(errors="replace")[-1000:]}
-    return {"profiler": name, "pid": gateways[0], "seconds": seconds, "output": output.name}
+    if recorder.returncode != 0 or not output.is_file():
+        return {"profiler": "py-spy", "failed": stderr.decode(errors="replace")[-1000:]}
+    return {
+        "profiler": "py-spy",
+        "pid": gateways[0],
+        "seconds": seconds,
+        "concurrency": 32,
+        "output": output.name,
+        **summarize(output.read_text(encoding="utf-8")),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 Defaults keep the whole run under about 20 minutes on a 2-core machine (sweep 5 x 15 s,
 rate steps up to 7 x 15 s, spike 75 s, soak 5 minutes, ceilings, the batching study with 8
 Triton variants). `--quick` is a 1-2 minute smoke run; other options pass through to
-benchmarks/ghz_scenarios.py (`--soak-seconds 600`, `--stack`, `--profile py-spy`, ...).
+benchmarks/ghz_scenarios.py (`--soak-seconds 600`, `--stack`, `--no-profile`, ...).
 
     python -m benchmarks.run_all [--quick] [--soak-seconds N] [--stack]
 """

@@ -11,5 +11,5 @@
 - `scenarios`: the scenarios themselves.
 - `capacity`: cores, replicas and cost arithmetic.
 - `report`: machine description, versions, target checks, JSON and Markdown reports.
-- `profiling`: py-spy / pyinstrument against the gateway under load.
+- `profiling`: py-spy against the gateway under load, and where its time goes.
 """

@@ -303,6 +303,21 @@ def _latency_row(entry: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _profile_section(profile: dict[str, Any]) -> list[str]:
+    out = ["", "## Where the gateway's time goes (py-spy)", ""]
+    if "inclusive" not in profile:
+        return [*out, f"- not profiled: {profile.get('skipped') or profile.get('failed')}"]
+    out.append(
+        f"{profile['samples']:,} samples of one gateway process over {profile['seconds']} s at "
+        f"concurrency {profile['concurrency']}; collapsed stacks in `{profile['output']}` "
+        "(open in speedscope.app or flamegraph.pl)."
+    )
+    for kind, title in (("inclusive", "with callees"), ("self", "own code")):
+        out += ["", f"| share ({title}) | function |", "|---|---|"]
+        out += [f"| {row['share']:.1%} | `{row['function']}` |" for row in profile[kind]]
+    return out
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -410,7 +425,7 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         out += ["", "## Capacity and cost", ""]
         out += [f"- {k}: {v}" for k, v in ca.items()]
     if "profile" in scen:
-        out += ["", "## Profile", "", f"- {scen['profile']}"]
+        out += _profile_section(scen["profile"])
     if scen.get("gateway_errors_logged"):
         out += ["", "## Errors the gateway logged (count, message | last traceback line)", ""]
         out += [f"- {n} x `{text}`" for text, n in scen["gateway_errors_logged"].items()]
