@@ -33,7 +33,6 @@ from gateway.stages.assign import assign_variant
 from gateway.stages.candidates import HISTORY_CANDIDATES, candidate_count
 from gateway.stages.filter import filter_candidates
 from gateway.stages.rerank import cap_per_category, diversify, truncate
-from gateway.stages.respond import build_response
 from gateway.stages.types import Candidates, RequestContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +98,7 @@ async def _measure(requests: int) -> dict[str, object]:
                     cap_per_category(diverse, resources.catalogue.category, rules.max_per_category),
                     10,
                 )
-                build_response(items, resources.catalogue, "r", "ranker_v2/1", assignment, (), 0.0)
+                rec.responses.build(items, "r", "ranker_v2/1", assignment, (), 0.0)
                 elapsed = time.perf_counter() - started
                 if i >= len(users):  # the first pass warms caches, like steady traffic
                     timings.append(elapsed * 1000)

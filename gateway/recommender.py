@@ -33,7 +33,7 @@ from gateway.stages.rank import (
     TritonRanker,
 )
 from gateway.stages.rerank import cap_per_category, diversify, truncate
-from gateway.stages.respond import build_response
+from gateway.stages.respond import ResponseBuilder
 from gateway.stages.types import Candidates, Ranking, RecommendQuery
 from gateway.telemetry import PipelineStage
 from triton_models.config import ModelSettings
@@ -63,6 +63,7 @@ class Recommender:
     candidates: CandidateRetriever
     fallback: FallbackRanker
     ranker: Ranker | None
+    responses: ResponseBuilder
     metrics: Metrics
     tracer: trace.Tracer
     exposures: ExposureRecorder
@@ -183,9 +184,8 @@ class Recommender:
         if assignment is not None:
             self.metrics.exposures.labels(assignment.experiment, assignment.variant).inc()
         with stage("respond"):
-            response = build_response(
+            response = self.responses.build(
                 items,
-                self.catalogue,
                 query.request_id,
                 ranking.model_version,
                 assignment,

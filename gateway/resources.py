@@ -41,6 +41,7 @@ from gateway.recommender import Ranker, Recommender
 from gateway.stages.candidates import CandidateRetriever, PopularCandidates, RetrievalIndex
 from gateway.stages.features import RankingFeatures
 from gateway.stages.rank import FallbackRanker, PredictionCache, TritonRanker
+from gateway.stages.respond import ResponseBuilder
 from gateway.telemetry import build_tracer_provider
 
 
@@ -163,6 +164,7 @@ async def open_resources(
             ),
             fallback=FallbackRanker(catalogue.popularity),
             ranker=ranker,
+            responses=ResponseBuilder(catalogue),
             metrics=metrics,
             tracer=tracer,
             exposures=exposures,

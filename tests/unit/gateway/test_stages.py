@@ -6,13 +6,16 @@ import time
 
 import numpy as np
 import pytest
+from recsys.v1 import recommendation_pb2 as pb
 
+from feature_service.catalogue import CURRENCY, ItemCatalogue
 from gateway.deadline import Budget
 from gateway.errors import DeadlineExceeded
 from gateway.stages.candidates import candidate_count
 from gateway.stages.filter import filter_candidates
 from gateway.stages.rank import FallbackRanker, PredictionCache
 from gateway.stages.rerank import cap_per_category, diversify, truncate
+from gateway.stages.respond import ResponseBuilder
 from gateway.stages.types import Candidates
 
 
@@ -108,3 +111,40 @@ def test_diversify_with_embeddings() -> None:
     category = np.zeros(3, dtype=np.int16)
     chosen = diversify(items, category, 0.5, 2, embeddings=vectors)
     assert chosen.positions.tolist() == [0, 2]
+
+
+def _catalogue() -> ItemCatalogue:
+    ids = np.array(["A1", "B2", "C3"], dtype=object)
+    return ItemCatalogue(
+        item_ids=ids,
+        titles=np.array(["mug", "lamp", "card"], dtype=object),
+        price=np.array([2.5, 10.0, 0.85]),
+        category=np.array([0, 1, 0], dtype=np.int16),
+        subcategory=np.array(["cups", "lights", "paper"], dtype=object),
+        available=np.ones(3, dtype=bool),
+        popularity=np.ones(3, dtype=np.float32),
+        category_names=("kitchen", "home"),
+        position={item: i for i, item in enumerate(ids)},
+    )
+
+
+def test_response_builder_fills_items_in_order_with_their_metadata() -> None:
+    builder = ResponseBuilder(_catalogue(), cache_size=2)
+    items = Candidates(np.array([2, 0, 1], np.int32), np.array([0.9, 0.5, 0.25], np.float32))
+
+    response = builder.build(items, "req-1", "ranker_v2/3", None, ("SHORT_RESPONSE",), 4.5)
+    again = builder.build(items.take(np.array([1])), "req-2", "ranker_v2/3", None, (), 1.0)
+
+    assert [r.item_id for r in response.recommendations] == ["C3", "A1", "B2"]
+    assert [r.score for r in response.recommendations] == pytest.approx([0.9, 0.5, 0.25])
+    card = response.recommendations[0].metadata
+    assert (card.title, card.currency, card.category) == ("card", CURRENCY, "kitchen")
+    assert list(card.category_path) == ["kitchen", "paper"]
+    assert card.price == pytest.approx(0.85)
+    assert response.degraded and list(response.degraded_reasons) == [
+        pb.DegradedReason.DEGRADED_REASON_SHORT_RESPONSE
+    ]
+    assert (response.request_id, response.model_version) == ("req-1", "ranker_v2/3")
+    # Templates are copied: the second response's score does not leak into the first.
+    assert [(r.item_id, r.score) for r in again.recommendations] == [("A1", 0.5)]
+    assert response.recommendations[1].score == 0.5 and not again.degraded
