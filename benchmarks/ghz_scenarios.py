@@ -8,7 +8,7 @@ real users (build/data/users.parquet), `num_items` 10:
     sweep     closed-loop concurrency sweep (1, 8, 32, 64, 128)
     rate      open-loop constant-rate steps: highest rate with p99 < 100 / 50 / 25 ms
     spike     10x the sustainable rate for 30 s, latency per second, recovery time
-    soak      70% of the sustainable rate (--soak-seconds, default 300), p99 drift, RSS
+    soak      70% of the sustainable rate (--soak-seconds, default 600), p99 drift, RSS
     ceilings  the same ghz load on benchmarks/echo_server.py; Triton alone (async client)
     batching  Triton dynamic batching on/off, queue delays, instance counts (concurrency 32)
     capacity  cores, replicas and cost per million requests from the sustainable rate
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stack", action="store_true", help="measure the `make stack` profile")
     parser.add_argument("--quick", action="store_true", help="short smoke durations (1-2 min)")
-    parser.add_argument("--soak-seconds", type=float, default=None, help="soak length (300)")
+    parser.add_argument("--soak-seconds", type=float, default=None, help="soak length (600)")
     parser.add_argument(
         "--base-rps",
         type=int,

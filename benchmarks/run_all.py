@@ -1,7 +1,7 @@
 """`make bench`: every load scenario with default durations, then where the reports went.
 
-Defaults keep the whole run under about 20 minutes on a 2-core machine (sweep 5 x 15 s,
-rate steps up to 7 x 15 s, spike 75 s, soak 5 minutes, ceilings, the batching study with 8
+Defaults keep the whole run under about 30 minutes on a 2-core machine (sweep 5 x 15 s,
+rate steps up to 7 x 15 s, spike 75 s, soak 10 minutes, ceilings, the batching study with 8
 Triton variants). `--quick` is a 1-2 minute smoke run; other options pass through to
 benchmarks/ghz_scenarios.py (`--soak-seconds 600`, `--stack`, `--no-profile`, ...).
 

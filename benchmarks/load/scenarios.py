@@ -43,7 +43,7 @@ class Durations:
     spike_pre: float = 15.0
     spike: float = 30.0
     spike_post: float = 30.0
-    soak: float = 300.0
+    soak: float = 600.0
     soak_window: float = 30.0
     ceiling: float = 15.0
     batching: float = 15.0
