@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the py-spy profile of the gateway under load (concurrency 32)",
     )
+    parser.add_argument(
+        "--prediction-cache",
+        action="store_true",
+        help="keep the gateway's prediction cache on (off by default: every request is scored "
+        "by Triton, as the targets require; ghz cycles through a few thousand requests)",
+    )
     parser.add_argument("--label", default=None, help="report label (default: quick / full)")
     parser.add_argument("--results-dir", type=Path, default=report.RESULTS_DIR)
     parser.add_argument(
@@ -89,17 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _system(args: argparse.Namespace, workdir: Path) -> Iterator[System]:
     if args.stack:
-        with stack_system(workdir, config=args.config, processes=args.stack_processes) as s:
+        with stack_system(
+            workdir,
+            config=args.config,
+            processes=args.stack_processes,
+            prediction_cache=args.prediction_cache,
+        ) as s:
             yield s
     else:
-        with local_system(workdir, config=args.config) as s:
+        with local_system(workdir, config=args.config, prediction_cache=args.prediction_cache) as s:
             yield s
 
 
 def _plots(report_obj: dict[str, Any], stem: Path) -> str:
     """Latency plots as PNG when matplotlib is importable; otherwise say they were skipped."""
     if importlib.util.find_spec("matplotlib") is None:
-        return "skipped: matplotlib is not importable (not a project dependency)"
+        return "skipped: matplotlib is not importable (run `make setup`: it is a dev dependency)"
     import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
     matplotlib.use("Agg")
@@ -173,6 +184,9 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         "distinct_requests": args.requests,
         "ghz_timeout_s": 2.0,
         "rate_limit": "disabled (RECSYS__SERVING__RATE_LIMIT=): ghz is one client address",
+        "prediction_cache": "on"
+        if args.prediction_cache
+        else "off: every request is scored by Triton (--prediction-cache keeps it on)",
     }
     tritonserver_version = None
     results_dir.mkdir(parents=True, exist_ok=True)

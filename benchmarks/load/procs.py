@@ -309,13 +309,19 @@ class System:
                     os.kill(pid, signal.SIGKILL)
 
 
-def _common_env(workdir: Path, extra: Mapping[str, str]) -> dict[str, str]:
-    return {
+def _common_env(
+    workdir: Path, extra: Mapping[str, str], prediction_cache: bool = False
+) -> dict[str, str]:
+    env = {
         "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(workdir / "events.sqlite3"),
         "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(workdir / "exposures.sqlite3"),
         "PYTHONUNBUFFERED": "1",
-        **extra,
     }
+    if not prediction_cache:
+        # Every request is scored by Triton (the load targets' condition): ghz cycles through a
+        # few thousand requests, so the prediction cache would answer most of them instead.
+        env["RECSYS__MODEL__RANKER__PREDICTION_CACHE_SIZE"] = "0"
+    return {**env, **extra}
 
 
 def _ranker_ensemble(repository: Path) -> str | None:
@@ -333,14 +339,16 @@ def local_system(
     triton_repository: Path = TRITON_REPOSITORY,
     rate_limit: str = "",
     extra_env: Mapping[str, str] | None = None,
+    prediction_cache: bool = False,
     startup_timeout_s: float = 180.0,
 ) -> Iterator[System]:
     """The `make run` profile: Triton (when built) and one gateway, on free ports.
 
     `rate_limit` overrides `serving.rate_limit`; empty disables the per-client limit, which
-    would otherwise throttle ghz (one client address) in the spike.
+    would otherwise throttle ghz (one client address) in the spike. The prediction cache is
+    off unless `prediction_cache`, so every request reaches Triton.
     """
-    env = _common_env(workdir, extra_env or {})
+    env = _common_env(workdir, extra_env or {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
     port, metrics_port = free_port(), free_port()
     env["RECSYS__SERVING__PORT"] = str(port)
@@ -374,6 +382,7 @@ def stack_system(
     config: Path = LOCAL_CONFIG,
     processes: int | None = None,
     rate_limit: str = "",
+    prediction_cache: bool = False,
     startup_timeout_s: float = 240.0,
 ) -> Iterator[System]:
     """The `make stack` profile (nginx + gateways + Triton when built) on free ports.
@@ -382,7 +391,7 @@ def stack_system(
     metrics port, so both bases are chosen with room above them. Triton keeps the runner's
     default ports (8000-8002).
     """
-    env = _common_env(workdir, {})
+    env = _common_env(workdir, {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
     port = _free_port_block(1 + (processes or 8))
     metrics_port = _free_port_block(1 + (processes or 8))
