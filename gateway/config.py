@@ -68,6 +68,24 @@ class TlsSettings(BaseModel):
         return self
 
 
+class AdmissionSettings(BaseModel):
+    """`serving.admission`: how many Recommend pipelines run at once per process, and how
+    long a request may wait for one (see gateway/admission.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    max_running: int = Field(16, ge=1)
+    """Recommend pipelines running at once. One event loop interleaves them, so a few more than
+    keep the CPU and Triton busy only add latency to all of them."""
+    max_queued: int = Field(64, ge=0)
+    """Requests that may wait for a free pipeline; more are refused with RESOURCE_EXHAUSTED at
+    once."""
+    max_queue_wait_ms: float = Field(25.0, ge=0)
+    """Longest wait for a free pipeline before RESOURCE_EXHAUSTED (never past the request's
+    deadline); keep it well under `default_deadline_ms` so an admitted request still has time
+    to finish."""
+
+
 class ServingSettings(BaseModel):
     """The `serving` section: the gRPC server and its limits."""
 
@@ -84,7 +102,16 @@ class ServingSettings(BaseModel):
     grace_period_s: float = Field(10.0, ge=0)
     """On SIGTERM, in-flight requests get this long to finish."""
     max_concurrent_rpcs: int = Field(256, ge=1)
-    """Requests in flight per process; more are rejected with RESOURCE_EXHAUSTED."""
+    """Requests in flight per process (every method, waiting ones included); more are rejected
+    with RESOURCE_EXHAUSTED by gRPC itself."""
+    max_concurrent_streams: int = Field(64, ge=1)
+    """Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    A client waits for a free stream or has the call refused by gRPC itself with UNAVAILABLE
+    (REFUSED_STREAM: never processed, safe to retry), at no cost to the server; without the
+    bound, an overload piles calls up inside gRPC, ahead of any Python code, until every one of
+    them has expired."""
+    admission: AdmissionSettings = AdmissionSettings()
+    """Bound on Recommend pipelines running at once, and the queue in front of it."""
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Transport limit of one message; larger ones are refused by gRPC itself."""
     max_recommend_request_bytes: int = Field(64 * 1024, ge=256)

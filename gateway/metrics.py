@@ -13,6 +13,7 @@ from collections.abc import Callable
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     PlatformCollector,
@@ -120,6 +121,29 @@ class Metrics:
             "recsys_events",
             "Events received by RecordEvents, by type and outcome.",
             ["type", "result"],
+            registry=r,
+        )
+        self.pipelines_running = Gauge(
+            "recsys_admission_running_requests",
+            "Recommend pipelines running now (admission control).",
+            registry=r,
+        )
+        self.pipelines_queued = Gauge(
+            "recsys_admission_queued_requests",
+            "Recommend requests waiting for a free pipeline now.",
+            registry=r,
+        )
+        self.admission_wait = Histogram(
+            "recsys_admission_wait_seconds",
+            "Time a Recommend request waited for a free pipeline (only those that waited).",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.requests_shed = Counter(
+            "recsys_admission_shed_requests",
+            "Recommend requests refused by admission control, by reason "
+            "(queue_full, queue_timeout, deadline).",
+            ["reason"],
             registry=r,
         )
         self.build = Info("recsys_build", "Build and model versions of this process.", registry=r)

@@ -17,6 +17,7 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from gateway.admin import ExperimentAdminServicer
+from gateway.admission import AdmissionControl
 from gateway.config import Settings
 from gateway.http_endpoint import HealthState
 from gateway.interceptors import ErrorMappingInterceptor
@@ -72,6 +73,9 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
             ("grpc.max_receive_message_length", serving.max_message_bytes),
             ("grpc.max_send_message_length", serving.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Calls beyond this wait in the client or are refused unprocessed (REFUSED_STREAM)
+            # instead of queueing unseen inside gRPC until they have expired.
+            ("grpc.max_concurrent_streams", serving.max_concurrent_streams),
         ],
     )
     limits = Limits(
@@ -89,6 +93,7 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
             serving.default_deadline_ms / 1000.0,
             resources.metrics,
             resources.histories,
+            AdmissionControl(serving.admission, resources.metrics),
             settings.monitoring.request_log_sample_ratio,
         ),
         server,

@@ -14,6 +14,7 @@ from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from feature_service.history import PurchaseHistories
 from feature_service.store import FeatureStore, FeatureStoreError
+from gateway.admission import AdmissionControl
 from gateway.deadline import Budget
 from gateway.errors import Unavailable
 from gateway.metrics import Metrics
@@ -39,6 +40,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         default_deadline_s: float,
         metrics: Metrics,
         histories: PurchaseHistories | None,
+        admission: AdmissionControl,
         log_sample_ratio: float = 0.0,
     ) -> None:
         self._recommender = recommender
@@ -47,6 +49,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self._default_deadline_s = default_deadline_s
         self._metrics = metrics
         self._histories = histories
+        self._admission = admission
         self._log_sample_ratio = log_sample_ratio
 
     async def Recommend(
@@ -56,7 +59,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
     ) -> pb.RecommendResponse:
         budget = Budget.for_request(context.time_remaining(), self._default_deadline_s)
         query = validate_recommend(request, self._limits, datetime.now(UTC))
-        response = await self._recommender.recommend(query, budget)
+        # Validation comes first: bad input gets INVALID_ARGUMENT even when the server is full.
+        async with self._admission.admit(budget):
+            response = await self._recommender.recommend(query, budget)
         if random.random() < self._log_sample_ratio:
             _log.info(
                 "recommend",

@@ -390,7 +390,10 @@ async def test_graceful_shutdown_drains_in_flight_requests(
         return await original(self, user_id, now)
 
     monkeypatch.setattr(EmbeddedFeatureStore, "user_features", slow_user_features)
-    settings = make_settings(SERVING__DEFAULT_DEADLINE_MS="5000")
+    # Room for all 20 in flight at once (admission control would shed some otherwise).
+    settings = make_settings(
+        SERVING__DEFAULT_DEADLINE_MS="5000", SERVING__ADMISSION__MAX_RUNNING="32"
+    )
     async with running_gateway(settings) as (server, channel):
         stub = async_stub(channel)
         calls = [

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.embedded import EmbeddedFeatureStore
@@ -83,3 +86,116 @@ async def test_an_expired_deadline_is_not_worked_on(
             outcome = (error.code(), True)
         assert outcome in {(grpc.StatusCode.OK, True), (grpc.StatusCode.DEADLINE_EXCEEDED, True)}
         assert time.monotonic() - started < 0.25
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text: str = reply.read().decode()
+    return text
+
+
+async def _outcome(stub: Any, timeout_s: float) -> tuple[grpc.StatusCode, str, float]:
+    started = time.monotonic()
+    try:
+        await stub.Recommend(pb.RecommendRequest(user_id="17850"), timeout=timeout_s)
+        return grpc.StatusCode.OK, "", time.monotonic() - started
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or "", time.monotonic() - started
+
+
+@pytest.mark.usefixtures("slow_features")
+async def test_admission_control_sheds_what_cannot_start_in_time(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        SERVING__DEFAULT_DEADLINE_MS="5000",
+        SERVING__ADMISSION__MAX_RUNNING="2",
+        SERVING__ADMISSION__MAX_QUEUED="3",
+        SERVING__ADMISSION__MAX_QUEUE_WAIT_MS="100",
+    )
+    async with running_gateway(settings) as (server, channel):
+        stub = async_stub(channel)
+        results = await asyncio.gather(*(_outcome(stub, 10.0) for _ in range(10)))
+        # Once the overload is over, the slots and the queue are free again.
+        assert (await _outcome(stub, 10.0))[0] == grpc.StatusCode.OK
+        assert server.http_port is not None
+        scraped = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{server.http_port}/metrics")
+    by_code: dict[grpc.StatusCode, list[tuple[str, float]]] = {}
+    for code, details, elapsed in results:
+        by_code.setdefault(code, []).append((details, elapsed))
+    # Two run (300 ms feature reads); three wait 100 ms for a slot and are refused; the other
+    # five find the queue full and are refused at once, before any work is done.
+    assert len(by_code[grpc.StatusCode.OK]) == 2
+    shed = by_code[grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert len(shed) == 8
+    full = [elapsed for details, elapsed in shed if "2 requests running and 3 waiting" in details]
+    timed_out = [elapsed for details, elapsed in shed if "within 100 ms" in details]
+    assert len(full) == 5 and len(timed_out) == 3
+    assert max(full) < 0.25
+    assert all(0.09 <= elapsed < 0.3 for elapsed in timed_out)
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scraped)
+        for s in family.samples
+    }
+    shed_total = "recsys_admission_shed_requests_total"
+    assert samples[(shed_total, (("reason", "queue_full"),))] == 5
+    assert samples[(shed_total, (("reason", "queue_timeout"),))] == 3
+    assert samples[("recsys_admission_running_requests", ())] == 0
+    assert samples[("recsys_admission_queued_requests", ())] == 0
+    exhausted = (("code", "RESOURCE_EXHAUSTED"), ("method", "Recommend"))
+    assert samples[("recsys_grpc_requests_total", exhausted)] == 8
+
+
+@pytest.mark.usefixtures("slow_features")
+async def test_queued_requests_run_when_a_slot_frees_in_time(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        SERVING__DEFAULT_DEADLINE_MS="5000",
+        SERVING__ADMISSION__MAX_RUNNING="2",
+        SERVING__ADMISSION__MAX_QUEUED="4",
+        SERVING__ADMISSION__MAX_QUEUE_WAIT_MS="2000",
+    )
+    async with running_gateway(settings) as (_, channel):
+        stub = async_stub(channel)
+        results = await asyncio.gather(*(_outcome(stub, 10.0) for _ in range(4)))
+    assert [code for code, _, _ in results] == [grpc.StatusCode.OK] * 4
+    # Two ran at once; the other two waited for their slots, one feature read (300 ms) later.
+    elapsed = sorted(e for _, _, e in results)
+    assert elapsed[2] >= 0.55
+
+
+@pytest.mark.usefixtures("slow_features")
+async def test_calls_over_max_concurrent_streams_are_refused_by_grpc_unprocessed(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        SERVING__DEFAULT_DEADLINE_MS="5000", SERVING__MAX_CONCURRENT_STREAMS="2"
+    )
+    async with running_gateway(settings) as (server, channel):
+        stub = async_stub(channel)
+        await _outcome(stub, 10.0)  # the connection is up and has the server's SETTINGS
+        results = await asyncio.gather(*(_outcome(stub, 10.0) for _ in range(8)))
+        assert server.http_port is not None
+        scraped = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{server.http_port}/metrics")
+    ok = [elapsed for code, _, elapsed in results if code == grpc.StatusCode.OK]
+    refused = [
+        elapsed
+        for code, details, elapsed in results
+        if code == grpc.StatusCode.UNAVAILABLE and "RST_STREAM" in details
+    ]
+    assert len(ok) + len(refused) == 8
+    assert len(ok) >= 2 and refused
+    # Never more than two at once: the others waited in the client for a free stream.
+    assert sum(elapsed < 0.45 for elapsed in ok) <= 2
+    # The refused ones were refused by gRPC itself (HTTP/2 REFUSED_STREAM) before any Python
+    # code ran, so they are safe to retry: the gateway's request counter never saw them.
+    handled = [
+        s.value
+        for family in text_string_to_metric_families(scraped)
+        for s in family.samples
+        if s.name == "recsys_grpc_requests_total" and s.labels["method"] == "Recommend"
+    ]
+    assert sum(handled) == len(ok) + 1
