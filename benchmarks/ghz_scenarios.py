@@ -9,7 +9,7 @@ real users (build/data/users.parquet), `num_items` 10:
     rate      open-loop constant-rate steps: highest rate with p99 < 100 / 50 / 25 ms
     spike     10x the sustainable rate for 30 s, latency per second, recovery time
     soak      70% of the sustainable rate (--soak-seconds, default 600), p99 drift, RSS
-    ceilings  the same ghz load on benchmarks/echo_server.py; Triton alone (async client)
+    ceilings  the same ghz load on benchmarks/echo_server.py; Triton alone (ghz, protoset)
     batching  Triton dynamic batching on/off, queue delays, instance counts (concurrency 32)
     capacity  cores, replicas and cost per million requests from the sustainable rate
 
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         if "batching" in chosen:
             variants = sc.batching_variants()
             if args.quick:
-                variants = [variants[0], variants[2]]  # off and on/1000us, 1 instance
+                variants = [variants[0], variants[2]]  # off and on/100us, 1 instance
             scen["batching"] = sc.batching_study(
                 bench, sc.find_ranker_onnx(REPO / "build" / "triton" / "local"), variants=variants
             )

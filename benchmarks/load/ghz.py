@@ -119,6 +119,10 @@ class GhzRun:
     name: str = ""
     cpus: int | None = None
     """`--cpus` for ghz's Go runtime; None leaves ghz's default (all cores)."""
+    protoset: Path | None = None
+    """A compiled FileDescriptorSet (`--protoset`) instead of `proto` + `import_paths`."""
+    binary_file: Path | None = None
+    """One serialized request message (`--binary-file`) instead of the JSON `data_file`."""
 
     def __post_init__(self) -> None:
         if self.open_loop and not self.rps:
@@ -129,13 +133,20 @@ class GhzRun:
 
 def ghz_argv(binary: Path, run: GhzRun, output: Path) -> list[str]:
     """The ghz command line for `run`, writing its JSON report to `output`."""
+    if run.protoset is not None:
+        schema = [f"--protoset={run.protoset}"]
+    else:
+        schema = [f"--proto={run.proto}", *(f"--import-paths={p}" for p in run.import_paths)]
+    if run.binary_file is not None:
+        data = f"--binary-file={run.binary_file}"
+    else:
+        data = f"--data-file={run.data_file}"
     argv = [
         str(binary),
         "--insecure",
-        f"--proto={run.proto}",
-        *(f"--import-paths={path}" for path in run.import_paths),
+        *schema,
         f"--call={run.call}",
-        f"--data-file={run.data_file}",
+        data,
         f"--concurrency={run.concurrency}",
         f"--connections={run.connections}",
         f"--duration={_go_duration(run.duration_s)}",

@@ -398,14 +398,14 @@ def ceilings(
         "ratio_vs_triton": None,
     }
     if system.triton_grpc_url and system.ranker_model:
-        result = asyncio.run(
-            triton_driver.drive(
-                system.triton_grpc_url,
-                system.ranker_model,
-                concurrency=c,
-                duration_s=d.ceiling,
-                rows=500,
-            )
+        result = triton_driver.drive(
+            bench.ghz,
+            system.triton_grpc_url,
+            system.ranker_model,
+            workdir=bench.workdir / "triton-alone",
+            concurrency=c,
+            duration_s=d.ceiling,
+            rows=500,
         )
         out["triton_alone"] = result.as_dict()
         out["triton_alone_rps"] = result.rps
@@ -488,7 +488,7 @@ class BatchingVariant:
 
 
 def batching_variants(
-    delays_us: Sequence[int] = (100, 1_000, 5_000), instances: Sequence[int] = (1, 2)
+    delays_us: Sequence[int] = (0, 100, 1_000, 5_000), instances: Sequence[int] = (1, 2)
 ) -> list[BatchingVariant]:
     """Batching off and on (each queue delay), at each instance count."""
     out = []
@@ -571,14 +571,14 @@ def batching_study(
         with _variant_server(onnx_bytes, variant, rows, bench.workdir) as server:
             server_version = server_version or tritonserver_version(server.grpc_url)
             before = asyncio.run(triton_driver.statistics(server.grpc_url, "ranker_bench"))
-            load = asyncio.run(
-                triton_driver.drive(
-                    server.grpc_url,
-                    "ranker_bench",
-                    concurrency=concurrency,
-                    duration_s=bench.durations.batching,
-                    rows=rows,
-                )
+            load = triton_driver.drive(
+                bench.ghz,
+                server.grpc_url,
+                "ranker_bench",
+                workdir=bench.workdir / "batching",
+                concurrency=concurrency,
+                duration_s=bench.durations.batching,
+                rows=rows,
             )
             after = asyncio.run(triton_driver.statistics(server.grpc_url, "ranker_bench"))
         stats = after.minus(before)
@@ -611,7 +611,7 @@ def batching_study(
         "concurrency": concurrency,
         "rows_per_request": rows,
         "duration_s": bench.durations.batching,
-        "client": "tritonclient.grpc.aio, one channel, closed loop",
+        "client": "ghz (protoset from tritonclient's descriptors), one connection, closed loop",
         "variants": with_gains,
         "best_gain_vs_off": None if best is None else round(best, 3),
         "tritonserver_version": server_version,

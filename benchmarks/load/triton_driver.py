@@ -1,8 +1,10 @@
-"""Drive Triton alone: `concurrency` asyncio workers sending the gateway's ranking batch.
+"""Drive Triton alone with ghz: `concurrency` workers sending the gateway's ranking batch.
 
-Every call sends one request of `rows` candidates (the gateway ranks 500) with `features`
-FP32 [rows, F] and reads `score`, through `tritonclient.grpc.aio` on one channel, like the
-gateway. F comes from the model's config (`get_model_config`). Triton's own statistics
+Every call sends one ModelInferRequest of `rows` candidates (the gateway ranks 500) with
+`features` FP32 [rows, F] and reads `score`, over one connection, like the gateway. The same ghz
+that measures the gateway drives it (Triton's API given as a protoset built from tritonclient's
+descriptors, the request as one serialized message), so the ratio of the two compares servers,
+not clients. F comes from the model's config (`get_model_config`). Triton's own statistics
 (`get_inference_statistics`) give the achieved batch size: `inference_count` counts rows,
 `execution_count` counts model executions, so rows / executions over the run, divided by
 `rows`, is how many requests the dynamic batcher merged on average.
@@ -10,15 +12,14 @@ gateway. F comes from the model's config (`get_model_config`). Triton's own stat
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.load.ghz import LatencySummary
+from benchmarks.load.ghz import GhzResult, GhzRun, LatencySummary, run_ghz
 
 
 @dataclass(frozen=True)
@@ -142,68 +143,125 @@ def feature_width(config: Mapping[str, Any], input_name: str = "features") -> in
     raise ValueError(f"model has no input named {input_name!r}")
 
 
-async def drive(
+TRITON_INFER_CALL = "inference.GRPCInferenceService/ModelInfer"
+
+
+def write_protoset(path: Path) -> Path:
+    """Triton's gRPC API as a FileDescriptorSet for ghz's `--protoset`.
+
+    Built from the descriptors tritonclient ships (grpc_service.proto and model_config.proto),
+    so it always matches the client library the gateway uses; no .proto files are needed.
+    """
+    from google.protobuf import descriptor_pb2
+    from tritonclient.grpc import service_pb2
+
+    files: list[descriptor_pb2.FileDescriptorProto] = []
+    seen: set[str] = set()
+
+    def add(descriptor: Any) -> None:
+        if descriptor.name in seen:
+            return
+        seen.add(descriptor.name)
+        for dependency in descriptor.dependencies:
+            add(dependency)  # dependencies first, as protoc writes them
+        proto = descriptor_pb2.FileDescriptorProto()
+        descriptor.CopyToProto(proto)
+        files.append(proto)
+
+    add(service_pb2.DESCRIPTOR)
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files).SerializeToString())
+    return path
+
+
+def write_infer_request(
+    path: Path,
+    model: str,
+    *,
+    rows: int,
+    features: int,
+    input_name: str = "features",
+    output_name: str = "score",
+) -> Path:
+    """One serialized ModelInferRequest: FP32 [rows, features] of random values in
+    `raw_input_contents`, the way tritonclient sends a numpy array, asking for `output_name`."""
+    from tritonclient.grpc import service_pb2
+
+    batch = np.random.default_rng(1).random((rows, features), dtype=np.float32)
+    request = service_pb2.ModelInferRequest(
+        model_name=model,
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(
+                name=input_name, datatype="FP32", shape=[rows, features]
+            )
+        ],
+        outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=output_name)],
+        raw_input_contents=[batch.tobytes()],
+    )
+    path.write_bytes(request.SerializeToString())
+    return path
+
+
+def model_feature_width(url: str, model: str, input_name: str = "features") -> int:
+    """F of `model`'s input, from Triton's model configuration."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return feature_width(client.get_model_config(model, as_json=True), input_name)
+    finally:
+        client.close()
+
+
+def drive(
+    ghz: Path,
     url: str,
     model: str,
     *,
+    workdir: Path,
     concurrency: int,
     duration_s: float,
     rows: int = 500,
     features: int | None = None,
-    input_name: str = "features",
-    output_name: str = "score",
     timeout_s: float = 2.0,
     warmup_s: float = 1.0,
 ) -> TritonLoadResult:
-    """Closed-loop load on `model` for `duration_s` after `warmup_s` of unmeasured calls."""
-    import tritonclient.grpc.aio as grpcclient  # heavy import, only when driving
+    """Closed-loop load on `model` with ghz (the client of every other figure in the report),
+    `concurrency` workers on one connection, for `duration_s` after `warmup_s` unmeasured."""
+    if features is None:
+        features = model_feature_width(url, model)
+    workdir.mkdir(parents=True, exist_ok=True)
+    protoset = write_protoset(workdir / "triton.protoset")
+    request = write_infer_request(
+        workdir / f"{model}-{rows}x{features}.bin", model, rows=rows, features=features
+    )
 
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        if features is None:
-            features = feature_width(await client.get_model_config(model, as_json=True), input_name)
-        batch = np.random.default_rng(1).random((rows, features), dtype=np.float32)
-        infer_input = grpcclient.InferInput(input_name, [rows, features], "FP32")
-        infer_input.set_data_from_numpy(batch)
-        outputs = [grpcclient.InferRequestedOutput(output_name)]
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        measuring = False
-        stop_at = time.monotonic() + warmup_s + duration_s
+    def run(name: str, seconds: float) -> GhzResult:
+        shape = GhzRun(
+            target=url,
+            data_file=request,
+            duration_s=seconds,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            call=TRITON_INFER_CALL,
+            protoset=protoset,
+            binary_file=request,
+            name=name,
+        )
+        return run_ghz(ghz, shape, workdir / "ghz")
 
-        async def worker() -> None:
-            while time.monotonic() < stop_at:
-                start = time.perf_counter()
-                try:
-                    await client.infer(
-                        model, [infer_input], outputs=outputs, client_timeout=timeout_s
-                    )
-                except Exception as exc:  # any failure is a counted error
-                    if measuring:
-                        key = str(exc)[:200]
-                        errors[key] = errors.get(key, 0) + 1
-                    continue
-                if measuring:
-                    latencies.append((time.perf_counter() - start) * 1e3)
-
-        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        await asyncio.sleep(warmup_s)
-        measuring = True
-        began = time.perf_counter()
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - began
-    finally:
-        await client.close()
+    if warmup_s > 0:
+        run(f"{model}-warmup", warmup_s)
+    result = run(f"{model}-c{concurrency}", duration_s)
     return TritonLoadResult(
         model=model,
         concurrency=concurrency,
         rows=rows,
-        count=len(latencies) + sum(errors.values()),
-        errors=sum(errors.values()),
-        duration_s=elapsed,
-        rps=len(latencies) / elapsed if elapsed > 0 else 0.0,
-        latency=LatencySummary.of(latencies),
-        error_messages=errors,
+        count=result.count,
+        errors=result.errors,
+        duration_s=result.duration_s,
+        rps=result.ok_rps,
+        latency=result.latency,
+        error_messages=result.error_messages,
     )
 
 

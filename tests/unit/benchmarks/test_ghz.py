@@ -135,3 +135,18 @@ def test_open_loop_argv(tmp_path: Path) -> None:
 def test_open_loop_needs_a_rate(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rate"):
         GhzRun(target="x:1", data_file=tmp_path, duration_s=1, open_loop=True)
+
+
+def test_protoset_and_binary_argv(tmp_path: Path) -> None:
+    run = GhzRun(
+        target="127.0.0.1:8001",
+        data_file=tmp_path / "req.bin",
+        duration_s=3,
+        call="inference.GRPCInferenceService/ModelInfer",
+        protoset=tmp_path / "triton.protoset",
+        binary_file=tmp_path / "req.bin",
+    )
+    argv = ghz_argv(Path("/bin/ghz"), run, tmp_path / "out.json")
+    assert f"--protoset={tmp_path / 'triton.protoset'}" in argv
+    assert f"--binary-file={tmp_path / 'req.bin'}" in argv
+    assert not [a for a in argv if a.startswith(("--proto=", "--import-paths=", "--data-file="))]

@@ -3,8 +3,10 @@ gains, request data and Triton statistics."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks.load import data, scenarios, triton_driver
@@ -137,3 +139,28 @@ def test_feature_width_and_composing_models() -> None:
     assert list(triton_driver.composing_models(config)) == ["ranker_v2_onnx"]
     with pytest.raises(ValueError, match="no input"):
         triton_driver.feature_width(config, "other")
+
+
+def test_triton_protoset_describes_model_infer(tmp_path: Path) -> None:
+    from google.protobuf import descriptor_pb2
+
+    path = triton_driver.write_protoset(tmp_path / "triton.protoset")
+    files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file
+    # Imports come before the files that import them, as ghz (and protoc) expect.
+    assert [f.name for f in files] == ["model_config.proto", "grpc_service.proto"]
+    (service,) = [s for s in files[1].service if s.name == "GRPCInferenceService"]
+    assert "ModelInfer" in [m.name for m in service.method]
+    assert files[1].package == "inference"
+
+
+def test_triton_infer_request_carries_the_batch_as_raw_fp32(tmp_path: Path) -> None:
+    from tritonclient.grpc import service_pb2
+
+    path = triton_driver.write_infer_request(tmp_path / "r.bin", "ranker_v2", rows=500, features=46)
+    request = service_pb2.ModelInferRequest.FromString(path.read_bytes())
+    assert request.model_name == "ranker_v2"
+    (tensor,) = request.inputs
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == ("features", "FP32", [500, 46])
+    assert [o.name for o in request.outputs] == ["score"]
+    values = np.frombuffer(request.raw_input_contents[0], dtype=np.float32)
+    assert values.size == 500 * 46 and values.min() >= 0.0 and values.max() < 1.0
