@@ -405,6 +405,15 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         ]
         if ce.get("triton_skipped"):
             out.append(f"Triton alone skipped: {ce['triton_skipped']}")
+        floor = ce.get("latency_floor")
+        if floor:
+            out += [
+                "",
+                f"Latency floor of this machine: the echo server (no work) at {floor['rps']} "
+                f"req/s open loop answers with p50 {_fmt(floor.get('p50_ms'), 2)} ms, p99 "
+                f"{_fmt(floor.get('p99_ms'), 2)} ms, max {_fmt(floor.get('max_ms'), 2)} ms: "
+                "scheduling noise of the shared VM alone, per hop.",
+            ]
     if "batching" in scen:
         ba = scen["batching"]
         out += ["", f"## Dynamic batching ({ba.get('model_source')})", ""]

@@ -367,6 +367,10 @@ def capture_response(target: str, data_file: Path, out: Path) -> Path | None:
     return out
 
 
+FLOOR_RPS = 100
+"""Open-loop rate of the echo server's latency-floor run."""
+
+
 def ceilings(
     bench: Bench, system: System, gateway_entry: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -384,6 +388,21 @@ def ceilings(
         _, echo_entry = measure(
             bench, echo, bench.ghz_run(echo, f"echo-c{c}", d.ceiling, concurrency=c)
         )
+        # The latency floor of this machine: a server doing no work, at a rate it idles at.
+        # Its p99 is what scheduling noise alone costs one hop; the gateway path has three
+        # (ghz -> gateway -> Triton -> Python-backend stub).
+        _, floor_entry = measure(
+            bench,
+            echo,
+            bench.ghz_run(
+                echo,
+                f"echo-{FLOOR_RPS}rps",
+                d.ceiling,
+                concurrency=bench.rate_concurrency,
+                rps=FLOOR_RPS,
+                open_loop=True,
+            ),
+        )
     out: dict[str, Any] = {
         "concurrency": c,
         "gateway_rps": gateway_entry["ok_rps"],
@@ -391,6 +410,11 @@ def ceilings(
         "echo_rps": echo_entry["ok_rps"],
         "echo_p99_ms": echo_entry["latency_ms"]["p99_ms"],
         "echo_response_bytes": response.stat().st_size if response else None,
+        "latency_floor": {
+            "rps": FLOOR_RPS,
+            "open_loop": True,
+            **floor_entry["latency_ms"],
+        },
         "ratio_vs_echo": gateway_entry["ok_rps"] / echo_entry["ok_rps"]
         if echo_entry["ok_rps"]
         else None,

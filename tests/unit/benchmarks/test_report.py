@@ -24,7 +24,12 @@ def scenarios() -> dict[str, Any]:
             "steps": [{"target_rps": 600, **LEVEL}],
             "sustainable_rps": {"p99_lt_100ms": 700, "p99_lt_50ms": 600, "p99_lt_25ms": None},
         },
-        "ceilings": {"concurrency": 32, "ratio_vs_triton": 0.69, "ratio_vs_echo": 0.3},
+        "ceilings": {
+            "concurrency": 32,
+            "ratio_vs_triton": 0.69,
+            "ratio_vs_echo": 0.3,
+            "latency_floor": {"rps": 100, "p50_ms": 1.04, "p99_ms": 7.76, "max_ms": 18.5},
+        },
         "batching": {"best_gain_vs_off": 2.5, "variants": []},
         "soak": {"errors": 0, "p99_drift": 0.25, "rss_growth": 0.01, "windows": []},
         "memory": {"max_gateway_rss_mb": 180.0},
@@ -85,6 +90,7 @@ def test_assemble_write_and_load(tmp_path: Path) -> None:
     summary = md_path.read_text()
     assert "| 32 | 850.0 | 30.00 | 60.00 | 110.00 | 150.00 | 0 |" in summary
     assert "> busy machine" in summary
+    assert "at 100 req/s open loop answers with p50 1.04 ms, p99 7.76 ms, max 18.50 ms" in summary
     assert "MISSED" in summary
     (tmp_path / "load-garbage.json").write_text("{not json")
     (tmp_path / "load-other.json").write_text('{"kind": "something else"}')
