@@ -104,7 +104,7 @@ class ServingSettings(BaseModel):
     max_concurrent_rpcs: int = Field(256, ge=1)
     """Requests in flight per process (every method, waiting ones included); more are rejected
     with RESOURCE_EXHAUSTED by gRPC itself."""
-    max_concurrent_streams: int = Field(64, ge=1)
+    max_concurrent_streams: int = Field(100, ge=1)
     """Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     A client waits for a free stream or has the call refused by gRPC itself with UNAVAILABLE
     (REFUSED_STREAM: never processed, safe to retry), at no cost to the server; without the
