@@ -191,33 +191,67 @@ def sustainable_rates(
     return out
 
 
-def rate_search(bench: Bench, system: System, rates: Sequence[int]) -> dict[str, Any]:
+def _misses(entry: Mapping[str, Any], rate: int, bound_ms: float) -> bool:
+    return bool(
+        entry["errors"] > 0
+        or entry["latency_ms"]["p99_ms"] >= bound_ms
+        or entry["ok_rps"] < 0.95 * rate
+    )
+
+
+def median_attempt(attempts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The attempt with the median p99 (an attempt with errors counts as the slowest)."""
+    ranked = sorted(
+        attempts,
+        key=lambda e: math.inf if e["errors"] > 0 else float(e["latency_ms"]["p99_ms"]),
+    )
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def rate_search(
+    bench: Bench, system: System, rates: Sequence[int], *, attempts: int = 3
+) -> dict[str, Any]:
     """Open-loop constant-rate steps (ghz --rps --async), lowest first; stops after the first
-    step that misses the loosest bound, since higher rates only queue more."""
+    step that misses the loosest bound, since higher rates only queue more.
+
+    One stall of this shared VM can spoil a step's p99, so a step whose first run misses a
+    bound that the step below met (for the first step: any bound) is run `attempts` times in
+    all, and the attempt with the median p99 stands for it; every attempt is kept in the step.
+    """
     bench.log(f"rate search: {list(rates)} req/s open loop")
     steps = []
-    loosest = max(P99_BOUNDS_MS)
+    met_below = dict.fromkeys(P99_BOUNDS_MS, True)
     for rate in sorted(rates):
-        run = bench.ghz_run(
-            system,
-            f"rate-{rate}",
-            bench.durations.rate_step,
-            concurrency=bench.rate_concurrency,
-            rps=rate,
-            open_loop=True,
-        )
-        _, entry = measure(bench, system, run)
+
+        def attempt(index: int, rate: int = rate) -> dict[str, Any]:
+            suffix = f"-try{index}" if index else ""
+            run = bench.ghz_run(
+                system,
+                f"rate-{rate}{suffix}",
+                bench.durations.rate_step,
+                concurrency=bench.rate_concurrency,
+                rps=rate,
+                open_loop=True,
+            )
+            return measure(bench, system, run)[1]
+
+        entry = attempt(0)
+        if any(_misses(entry, rate, b) and met_below[b] for b in P99_BOUNDS_MS):
+            tries = [entry, *(attempt(i) for i in range(1, attempts))]
+            entry = dict(median_attempt(tries))
+            entry["attempts"] = [
+                {"p99_ms": t["latency_ms"]["p99_ms"], "errors": t["errors"], "ok_rps": t["ok_rps"]}
+                for t in tries
+            ]
         steps.append({"target_rps": rate, **entry})
-        if (
-            entry["errors"] > 0
-            or entry["latency_ms"]["p99_ms"] >= loosest
-            or entry["ok_rps"] < 0.95 * rate
-        ):
+        met_below = {b: not _misses(entry, rate, b) for b in P99_BOUNDS_MS}
+        if _misses(entry, rate, max(P99_BOUNDS_MS)):
             break
     return {
         "system": system.kind,
         "mode": "open loop (ghz --rps R --async)",
         "step_s": bench.durations.rate_step,
+        "attempts_when_missed": attempts,
         "steps": steps,
         "sustainable_rps": sustainable_rates(steps),
     }

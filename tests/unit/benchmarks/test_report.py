@@ -21,7 +21,17 @@ def scenarios() -> dict[str, Any]:
     return {
         "sweep": {"system": "local", "levels": [LEVEL]},
         "rate_search": {
-            "steps": [{"target_rps": 600, **LEVEL}],
+            "steps": [
+                {
+                    "target_rps": 600,
+                    **LEVEL,
+                    "attempts": [
+                        {"p99_ms": 310.0, "errors": 0, "ok_rps": 600.0},
+                        {"p99_ms": 110.0, "errors": 0, "ok_rps": 600.0},
+                        {"p99_ms": 105.5, "errors": 0, "ok_rps": 600.0},
+                    ],
+                }
+            ],
             "sustainable_rps": {"p99_lt_100ms": 700, "p99_lt_50ms": 600, "p99_lt_25ms": None},
         },
         "ceilings": {
@@ -90,6 +100,10 @@ def test_assemble_write_and_load(tmp_path: Path) -> None:
     summary = md_path.read_text()
     assert "| 32 | 850.0 | 30.00 | 60.00 | 110.00 | 150.00 | 0 |" in summary
     assert "> busy machine" in summary
+    assert (
+        "- 600 req/s missed a bound the step below met, so it ran 3 times "
+        "(p99 310.00 / 110.00 / 105.50 ms); the row shows the median run."
+    ) in summary
     assert "at 100 req/s open loop answers with p50 1.04 ms, p99 7.76 ms, max 18.50 ms" in summary
     assert "MISSED" in summary
     (tmp_path / "load-garbage.json").write_text("{not json")

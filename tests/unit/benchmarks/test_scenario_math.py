@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.load import data, scenarios, triton_driver
+from benchmarks.load import data, procs, scenarios, triton_driver
 
 
 def _step(rate: int, ok_rps: float, p99: float, errors: int = 0) -> dict[str, Any]:
@@ -164,3 +164,63 @@ def test_triton_infer_request_carries_the_batch_as_raw_fp32(tmp_path: Path) -> N
     assert [o.name for o in request.outputs] == ["score"]
     values = np.frombuffer(request.raw_input_contents[0], dtype=np.float32)
     assert values.size == 500 * 46 and values.min() >= 0.0 and values.max() < 1.0
+
+
+def _entry(p99: float, errors: int = 0, ok_rps: float = 100.0) -> dict[str, Any]:
+    return {"errors": errors, "ok_rps": ok_rps, "latency_ms": {"p99_ms": p99}}
+
+
+def test_median_attempt_counts_errors_as_slowest() -> None:
+    tries = [_entry(80.0), _entry(20.0), _entry(30.0)]
+    assert scenarios.median_attempt(tries)["latency_ms"]["p99_ms"] == 30.0
+    tries = [_entry(10.0, errors=2), _entry(40.0), _entry(90.0)]
+    assert scenarios.median_attempt(tries)["latency_ms"]["p99_ms"] == 90.0
+
+
+def test_rate_search_reruns_a_step_spoiled_by_one_stall(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Per rate, the p99 of each successive run: 100/s has one stalled run out of three; 200/s
+    # meets every bound 100/s met; 300/s meets only 50 ms; 400/s misses everything.
+    scripted = {
+        100: [169.0, 20.0, 22.0],
+        200: [24.0],
+        300: [45.0, 60.0, 40.0],
+        400: [150.0, 140.0, 160.0],
+    }
+    runs: list[str] = []
+
+    def fake_measure(bench: Any, system: Any, run: Any) -> tuple[None, dict[str, Any]]:
+        runs.append(run.name)
+        return None, _entry(scripted[run.rps].pop(0), ok_rps=float(run.rps))
+
+    monkeypatch.setattr(scenarios, "measure", fake_measure)
+    bench = scenarios.Bench(ghz=tmp_path / "ghz", data_file=tmp_path / "d.json", workdir=tmp_path)
+    system = procs.System(kind="local", target="127.0.0.1:1")
+    out = scenarios.rate_search(bench, system, [100, 200, 300, 400, 500])
+    # 100/s: the stalled first run is outvoted; 200/s is not rerun; 300/s misses 25 ms, which
+    # 200/s met, so it runs three times (median 45 ms); 400/s misses the 100 ms bound three
+    # times and ends the search before 500/s.
+    assert runs == [
+        "rate-100",
+        "rate-100-try1",
+        "rate-100-try2",
+        "rate-200",
+        "rate-300",
+        "rate-300-try1",
+        "rate-300-try2",
+        "rate-400",
+        "rate-400-try1",
+        "rate-400-try2",
+    ]
+    first, second, third, fourth = out["steps"]
+    assert first["latency_ms"]["p99_ms"] == 22.0
+    assert [a["p99_ms"] for a in first["attempts"]] == [169.0, 20.0, 22.0]
+    assert "attempts" not in second
+    assert third["latency_ms"]["p99_ms"] == 45.0
+    assert fourth["latency_ms"]["p99_ms"] == 150.0
+    assert out["sustainable_rps"] == {
+        "p99_lt_100ms": 300,
+        "p99_lt_50ms": 300,
+        "p99_lt_25ms": 200,
+    }
