@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -223,7 +224,17 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
                         "DEGRADED_REASON_NO_MODEL): Triton was not on its hot path, so the "
                         "gateway figures and the ratio to Triton alone do not include ranking."
                     )
-                _run_on_system(args, bench, system, chosen, scen, stem)
+                try:
+                    _run_on_system(args, bench, system, chosen, scen, stem)
+                finally:
+                    exited = sc.triton_exit_note(system)
+                    if exited:
+                        bench.notes.append(exited)
+                    if exited or sys.exc_info()[0] is not None:
+                        # The scratch folder goes with the run: keep the evidence.
+                        kept = _keep_logs(workdir / "logs", stem)
+                        bench.log(f"logs kept in {kept}")
+                        bench.notes.append(f"process logs kept in {kept.name}/ (not committed)")
                 if system.triton_grpc_url:
                     tritonserver_version = sc.tritonserver_version(system.triton_grpc_url)
                 scen["gateway_errors_logged"] = system.logged_errors()
@@ -251,6 +262,12 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     )
     report_obj["scenarios"]["plots"] = _plots(report_obj, stem)
     return report.write_report(report_obj, results_dir, stem=stem.name)
+
+
+def _keep_logs(logs: Path, stem: Path) -> Path:
+    target = stem.with_name(stem.name + ".logs")
+    shutil.copytree(logs, target, dirs_exist_ok=True)
+    return target
 
 
 def _run_on_system(

@@ -401,6 +401,16 @@ def capture_response(target: str, data_file: Path, out: Path) -> Path | None:
     return out
 
 
+def triton_exit_note(system: System) -> str | None:
+    """A sentence with Triton's exit code and last log lines when the Triton this system
+    started has exited; None while it runs (or when there is none)."""
+    triton = system.triton
+    if triton is None or triton.pid is None or triton.is_running():
+        return None
+    tail = " | ".join(line.strip() for line in triton.log_tail(8).splitlines() if line.strip())
+    return f"Triton (pid {triton.pid}) had exited during the run; its log ended: {tail[-1500:]}"
+
+
 FLOOR_RPS = 100
 """Open-loop rate of the echo server's latency-floor run."""
 
@@ -455,7 +465,10 @@ def ceilings(
         "triton_alone_rps": None,
         "ratio_vs_triton": None,
     }
-    if system.triton_grpc_url and system.ranker_model:
+    triton_exited = triton_exit_note(system)
+    if triton_exited:
+        out["triton_skipped"] = triton_exited
+    elif system.triton_grpc_url and system.ranker_model:
         result = triton_driver.drive(
             bench.ghz,
             system.triton_grpc_url,

@@ -224,3 +224,26 @@ def test_rate_search_reruns_a_step_spoiled_by_one_stall(
         "p99_lt_50ms": 300,
         "p99_lt_25ms": 200,
     }
+
+
+def test_triton_exit_note_names_the_exit_and_the_log_tail() -> None:
+    class FakeTriton:
+        pid = 4242
+
+        def __init__(self, running: bool) -> None:
+            self.running = running
+
+        def is_running(self) -> bool:
+            return self.running
+
+        def log_tail(self, lines: int = 60) -> str:
+            return "I1127 ready\n\nSignal (11) received.\n"
+
+    system = procs.System(kind="local", target="127.0.0.1:1")
+    assert scenarios.triton_exit_note(system) is None
+    system.triton = FakeTriton(running=True)  # type: ignore[assignment]
+    assert scenarios.triton_exit_note(system) is None
+    system.triton = FakeTriton(running=False)  # type: ignore[assignment]
+    note = scenarios.triton_exit_note(system)
+    assert note is not None
+    assert "pid 4242" in note and note.endswith("I1127 ready | Signal (11) received.")
