@@ -11,6 +11,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from gateway.config import Settings, load_settings
@@ -96,3 +97,12 @@ def async_stub(channel: grpc.aio.Channel) -> pb_grpc.RecommendationServiceAsyncS
     return cast(
         "pb_grpc.RecommendationServiceAsyncStub", pb_grpc.RecommendationServiceStub(channel)
     )
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus text exposition, by (name, labels)."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -8,11 +8,10 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 
 from gateway.config import Settings
-from tests.conftest import async_stub, running_gateway
+from tests.conftest import async_stub, metric_samples, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +22,6 @@ def _get(url: str) -> tuple[int, str]:
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as error:
         return int(error.code), error.read().decode()
-
-
-def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 async def test_metrics_and_health(make_settings: Callable[..., Settings]) -> None:
@@ -48,7 +39,7 @@ async def test_metrics_and_health(make_settings: Callable[..., Settings]) -> Non
 
         status, text = await asyncio.to_thread(_get, f"{base}/metrics")
         assert status == 200
-        samples = _samples(text)
+        samples = metric_samples(text)
         ok = frozenset({("method", "Recommend"), ("code", "OK")})
         bad = frozenset({("method", "Recommend"), ("code", "INVALID_ARGUMENT")})
         assert samples[("recsys_grpc_requests_total", ok)] == 3

@@ -12,13 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.store import UserFeatures
 from gateway.config import Settings
-from tests.conftest import async_stub, running_gateway
+from tests.conftest import async_stub, metric_samples, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -88,10 +87,9 @@ async def test_an_expired_deadline_is_not_worked_on(
         assert time.monotonic() - started < 0.25
 
 
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        text: str = reply.read().decode()
-    return text
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return metric_samples(reply.read().decode())
 
 
 async def _outcome(stub: Any, timeout_s: float) -> tuple[grpc.StatusCode, str, float]:
@@ -119,7 +117,7 @@ async def test_admission_control_sheds_what_cannot_start_in_time(
         # Once the overload is over, the slots and the queue are free again.
         assert (await _outcome(stub, 10.0))[0] == grpc.StatusCode.OK
         assert server.http_port is not None
-        scraped = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{server.http_port}/metrics")
+        samples = await asyncio.to_thread(_scrape, server.http_port)
     by_code: dict[grpc.StatusCode, list[tuple[str, float]]] = {}
     for code, details, elapsed in results:
         by_code.setdefault(code, []).append((details, elapsed))
@@ -134,17 +132,12 @@ async def test_admission_control_sheds_what_cannot_start_in_time(
     assert max(full) < 0.25
     assert all(0.09 <= elapsed < 0.3 for elapsed in timed_out)
 
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(scraped)
-        for s in family.samples
-    }
     shed_total = "recsys_admission_shed_requests_total"
-    assert samples[(shed_total, (("reason", "queue_full"),))] == 5
-    assert samples[(shed_total, (("reason", "queue_timeout"),))] == 3
-    assert samples[("recsys_admission_running_requests", ())] == 0
-    assert samples[("recsys_admission_queued_requests", ())] == 0
-    exhausted = (("code", "RESOURCE_EXHAUSTED"), ("method", "Recommend"))
+    assert samples[(shed_total, frozenset({("reason", "queue_full")}))] == 5
+    assert samples[(shed_total, frozenset({("reason", "queue_timeout")}))] == 3
+    assert samples[("recsys_admission_running_requests", frozenset())] == 0
+    assert samples[("recsys_admission_queued_requests", frozenset())] == 0
+    exhausted = frozenset({("code", "RESOURCE_EXHAUSTED"), ("method", "Recommend")})
     assert samples[("recsys_grpc_requests_total", exhausted)] == 8
 
 
@@ -179,7 +172,7 @@ async def test_calls_over_max_concurrent_streams_are_refused_by_grpc_unprocessed
         await _outcome(stub, 10.0)  # the connection is up and has the server's SETTINGS
         results = await asyncio.gather(*(_outcome(stub, 10.0) for _ in range(8)))
         assert server.http_port is not None
-        scraped = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{server.http_port}/metrics")
+        samples = await asyncio.to_thread(_scrape, server.http_port)
     ok = [elapsed for code, _, elapsed in results if code == grpc.StatusCode.OK]
     refused = [
         elapsed
@@ -193,9 +186,8 @@ async def test_calls_over_max_concurrent_streams_are_refused_by_grpc_unprocessed
     # The refused ones were refused by gRPC itself (HTTP/2 REFUSED_STREAM) before any Python
     # code ran, so they are safe to retry: the gateway's request counter never saw them.
     handled = [
-        s.value
-        for family in text_string_to_metric_families(scraped)
-        for s in family.samples
-        if s.name == "recsys_grpc_requests_total" and s.labels["method"] == "Recommend"
+        value
+        for (name, labels), value in samples.items()
+        if name == "recsys_grpc_requests_total" and ("method", "Recommend") in labels
     ]
     assert sum(handled) == len(ok) + 1
