@@ -402,7 +402,7 @@ def capture_response(target: str, data_file: Path, out: Path) -> Path | None:
 
 
 def triton_exit_note(system: System) -> str | None:
-    """A sentence with Triton's exit code and last log lines when the Triton this system
+    """A sentence naming Triton's pid and its last log lines when the Triton this system
     started has exited; None while it runs (or when there is none)."""
     triton = system.triton
     if triton is None or triton.pid is None or triton.is_running():
