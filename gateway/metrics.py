@@ -85,6 +85,12 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self.triton_unanswered = Gauge(
+            "recsys_triton_unanswered_calls",
+            "Triton calls the gateway stopped waiting for (budget spent, caller gone) that "
+            "Triton has not answered yet; calls are never cancelled.",
+            registry=r,
+        )
         self.ranker_failures = Counter(
             "recsys_ranker_failures",
             "Ranking calls answered by the fallback, by reason.",

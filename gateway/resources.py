@@ -154,6 +154,9 @@ async def open_resources(
             else None
         )
         ranker = await _open_ranker(settings, catalogue, data_dir, stack)
+        if ranker is not None:
+            triton = ranker.triton
+            metrics.triton_unanswered.set_function(lambda: triton.abandoned_calls)
         recommender = Recommender(
             model=model,
             routing=routing,
@@ -203,6 +206,8 @@ async def _open_ranker(
         model.ranker.triton_grpc_url,
         model.ranker.failure_threshold,
         model.ranker.recovery_timeout_s,
+        max_abandoned_calls=model.ranker.max_abandoned_calls,
+        call_deadline_s=model.ranker.call_deadline_s,
     )
     stack.push_async_callback(triton.close)
     poller = asyncio.create_task(

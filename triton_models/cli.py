@@ -104,7 +104,9 @@ def run_pipeline(
     from triton_models import pipeline
 
     opts = options or pipeline.PipelineOptions()
-    params = opts.as_json()
+    # Serving options only shape the Triton repository: changing them rebuilds only that step.
+    params = {"triton": opts.as_json()}
+    training_params = opts.as_json(without=("serving",))
     tables, raw = out / "data", data_dir / ingest.RAW_FILE
     folders = {name: out / name for name in ("retrieval", "datasets", "rankers", "onnx", "reports")}
     triton_dir = out / "triton"
@@ -179,7 +181,7 @@ def run_pipeline(
         timed(
             name,
             lambda name=name, folder=folder, inputs=inputs, build=build: run_step(  # type: ignore[misc]
-                name, folder, inputs(), params, build, force=force
+                name, folder, inputs(), params.get(name, training_params), build, force=force
             ),
         )
     return timings

@@ -39,6 +39,13 @@ class RankerSettings(BaseModel):
     """Consecutive Triton failures that open the circuit breaker (calls then fail at once)."""
     recovery_timeout_s: float = Field(5.0, gt=0)
     """How long the breaker stays open before one trial call."""
+    max_abandoned_calls: int = Field(256, ge=1)
+    """Triton calls the gateway stopped waiting for (deadline passed, caller gone) that may
+    still be unanswered; beyond them calls fail at once. Calls are never cancelled: Triton
+    before 24.12 can crash on a cancelled call, and drops a call queued past its budget."""
+    call_deadline_s: float = Field(30.0, gt=0)
+    """gRPC deadline of every Triton call, far above any request budget: only for a Triton
+    that stopped answering altogether."""
     model_poll_interval_s: float = Field(5.0, gt=0)
     """How often the gateway asks Triton which model versions are ready (rollouts)."""
     prediction_cache_size: int = Field(20_000, ge=0)

@@ -76,10 +76,13 @@ class PipelineOptions:
     annoy_grid_users: int = 200
     """Users whose queries measure the Annoy grid."""
 
-    def as_json(self) -> str:
-        """Canonical JSON for hashing (progress bars do not change any output)."""
+    def as_json(self, without: tuple[str, ...] = ()) -> str:
+        """Canonical JSON for hashing (progress bars do not change any output), leaving out the
+        fields in `without` (those a step does not read)."""
         values = asdict(self)
         values["train"].pop("progress")
+        for name in without:
+            values.pop(name)
         return json.dumps(values, sort_keys=True, default=str)
 
 

@@ -8,6 +8,7 @@ produces are flagged degraded.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import tritonclient.grpc.aio as triton_grpc
 from cachetools import TTLCache
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from opentelemetry import propagate
+from tritonclient.grpc import InferResult
 from tritonclient.utils import InferenceServerException
 
 from gateway.stages.types import Candidates, Ranking
@@ -27,6 +29,8 @@ INPUT_NAME = "features"
 """Input tensor of every ranker: FP32 [n, F], columns in the model's feature order."""
 OUTPUT_NAME = "score"
 """Output tensor of every ranker: FP32 [n, 1], purchase probability."""
+_QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
+"""Triton's message when its queue policy rejects a request queued past its timeout."""
 
 
 class FallbackRanker:
@@ -118,10 +122,27 @@ class TritonRanker:
     `failure_threshold` consecutive failures: while open, calls fail at once (microseconds,
     not timeouts) and the gateway answers from the fallback ranker; after
     `recovery_timeout_s` one trial call decides whether to close it again.
+
+    Calls are never cancelled. tritonserver before 24.12 (the local 2.51 among them) can die
+    with SIGSEGV when a gRPC infer call is cancelled while its response is being written
+    (triton-inference-server/server#7368, fixed by #7840 and #8034); a gateway cancelling
+    calls on its deadline under overload took Triton down within seconds. So the request
+    carries its budget as Triton's own queue timeout (the rankers' queue policy rejects it
+    once queued that long, which frees Triton as cancellation would), the gateway stops
+    waiting at the budget, and the call finishes in the background. At most
+    `max_abandoned_calls` such calls may be outstanding; beyond them calls fail at once.
+    `call_deadline_s` is a gRPC deadline far above any budget, a last resort for a Triton
+    that stopped answering altogether.
     """
 
     def __init__(
-        self, url: str, failure_threshold: int = 5, recovery_timeout_s: float = 5.0
+        self,
+        url: str,
+        failure_threshold: int = 5,
+        recovery_timeout_s: float = 5.0,
+        *,
+        max_abandoned_calls: int = 256,
+        call_deadline_s: float = 30.0,
     ) -> None:
         self._client = triton_grpc.InferenceServerClient(url)
         self._breaker = CircuitBreaker(
@@ -130,11 +151,28 @@ class TritonRanker:
             expected_exception=RankerFailure,
             name="triton",
         )
+        self._max_abandoned_calls = max_abandoned_calls
+        self._call_deadline_s = call_deadline_s
+        self._abandoned: set[asyncio.Future[InferResult]] = set()
 
     @property
     def breaker_open(self) -> bool:
         """Whether calls are currently refused without trying Triton."""
         return bool(self._breaker.opened)
+
+    @property
+    def abandoned_calls(self) -> int:
+        """Calls the gateway stopped waiting for that Triton has not answered yet."""
+        return len(self._abandoned)
+
+    def _abandon(self, call: asyncio.Future[InferResult]) -> None:
+        self._abandoned.add(call)
+        call.add_done_callback(self._forget)
+
+    def _forget(self, call: asyncio.Future[InferResult]) -> None:
+        self._abandoned.discard(call)
+        if not call.cancelled():
+            call.exception()  # nobody awaits it any more: retrieved, so asyncio does not log it
 
     async def score(
         self, model: str, version: int, features: npt.NDArray[np.float32], timeout_s: float
@@ -162,21 +200,41 @@ class TritonRanker:
         rows = np.ascontiguousarray(features, dtype=np.float32)
         request = triton_grpc.InferInput(INPUT_NAME, list(rows.shape), "FP32")
         request.set_data_from_numpy(rows)
+        if len(self._abandoned) >= self._max_abandoned_calls:
+            raise RankerFailure(
+                "RANKER_UNAVAILABLE",
+                f"{len(self._abandoned)} earlier calls to Triton are still unanswered",
+            )
         headers: dict[str, str] = {}
         propagate.inject(headers)  # the caller's trace continues into Triton
-        try:
-            result = await self._client.infer(
+        call = asyncio.ensure_future(
+            self._client.infer(
                 model,
                 [request],
                 model_version=str(version) if version else "",
                 outputs=[triton_grpc.InferRequestedOutput(OUTPUT_NAME)],
-                client_timeout=timeout_s,
+                timeout=max(1, int(timeout_s * 1e6)),  # microseconds, enforced in Triton's queue
+                client_timeout=self._call_deadline_s,
                 headers=headers,
             )
-        except InferenceServerException as exc:
-            timed_out = "DEADLINE_EXCEEDED" in str(exc.status())
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                # shield: neither our timeout nor a cancelled caller cancels the gRPC call
+                result = await asyncio.shield(call)
+        except TimeoutError:
+            self._abandon(call)
             raise RankerFailure(
-                "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE", str(exc.message())
+                "RANKER_TIMEOUT", f"no answer within {timeout_s * 1000:.1f} ms"
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(call)
+            raise
+        except InferenceServerException as exc:
+            status, message = str(exc.status()), str(exc.message())
+            timed_out = "DEADLINE_EXCEEDED" in status or _QUEUE_TIMEOUT_MESSAGE in message
+            raise RankerFailure(
+                "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE", message
             ) from exc
         scores = result.as_numpy(OUTPUT_NAME)
         if scores is None or scores.shape[0] != rows.shape[0]:
@@ -213,6 +271,15 @@ class TritonRanker:
                 ready.setdefault(entry["name"], []).append(str(entry.get("version", "")))
         return ready
 
-    async def close(self) -> None:
-        """Closes the channel."""
+    async def drain(self, timeout_s: float) -> int:
+        """Waits up to `timeout_s` for Triton to answer the abandoned calls; returns how many
+        are still unanswered."""
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned), timeout=timeout_s)
+        return len(self._abandoned)
+
+    async def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Closes the channel, after Triton has answered the abandoned calls (closing cancels
+        whatever is still in flight)."""
+        await self.drain(drain_timeout_s)
         await self._client.close()

@@ -8,9 +8,12 @@ module. Tests that need a broken model start servers of their own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import random
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from gateway.stages.rank import RankerFailure, TritonRanker
 from triton_models import repository as repo
+from triton_models.triton_repo import ServingOptions, write_ranker
 from triton_models.tritonserver import (
     TritonServer,
     TritonServerError,
@@ -41,6 +46,10 @@ StartTriton = Callable[..., TritonServer]  # the start_tritonserver fixture
 FEATURES = 8
 MODEL = "ranker"
 ENSEMBLE = "ranker_ensemble"
+SLOW_QUEUE = "ranker_slow_queue"
+"""Holds a lone request 300 ms for a batch, and drops requests queued past their timeout."""
+SERVED = "ranker_served"
+"""An ensemble configured as `make models` configures the real rankers (triton_repo)."""
 MAX_BATCH = 1024
 
 FEATURES_SPEC = repo.TensorSpec("features", np.float32, (FEATURES,))
@@ -65,6 +74,30 @@ def _ranker_onnx() -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9  # what onnxruntime releases of the last years all read
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _hidden_layer_ranker_onnx(hidden: int = 1024) -> bytes:
+    """A ranker with a real model's cost (about a millisecond for 500 rows): one ReLU layer."""
+    rng = np.random.default_rng(11)
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("MatMul", ["features", "w1"], ["h_raw"]),
+            helper.make_node("Relu", ["h_raw"], ["h"]),
+            helper.make_node("MatMul", ["h", "w2"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["score"]),
+        ],
+        name="hidden_layer_ranker",
+        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURES])],
+        outputs=[helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(FEATURES, hidden)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(size=(hidden, 1)).astype(np.float32), "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
@@ -115,6 +148,18 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, ranker_onnx: byte
             max_batch_size=MAX_BATCH,
         ),
     )
+    slow = dataclasses.replace(
+        _ranker_spec(SLOW_QUEUE),
+        dynamic_batching=repo.DynamicBatching(
+            preferred_batch_size=(MAX_BATCH,),
+            max_queue_delay_microseconds=300_000,
+            queue_policy=repo.QueuePolicy(default_timeout_microseconds=5_000_000),
+        ),
+    )
+    repo.write_onnx_model(root, slow, ranker_onnx, flavour=repo.Flavour.LOCAL)
+    onnx_path = root.parent / "ranker.onnx"
+    onnx_path.write_bytes(_hidden_layer_ranker_onnx())
+    write_ranker(root, SERVED, onnx_path, FEATURES, {}, ServingOptions(), repo.Flavour.LOCAL)
     return root
 
 
@@ -358,3 +403,117 @@ def test_production_flavour_config_says_onnxruntime(tmp_path: Path, ranker_onnx:
     # The same spec, read back from the ONNX graph itself.
     inputs, outputs = repo.tensor_specs_from_onnx(onnx.load_from_string(ranker_onnx))
     assert (inputs, outputs) == ((FEATURES_SPEC,), (SCORE_SPEC,))
+
+
+# The gateway's TritonRanker against the real server. tritonserver 2.51 died with SIGSEGV
+# within seconds when calls were cancelled under load (triton-inference-server/server#7368);
+# the ranker never cancels a call, and Triton drops those queued past their budget.
+
+
+async def _until_answered(ranker: TritonRanker) -> None:
+    unanswered = await ranker.drain(10.0)
+    assert unanswered == 0, f"{unanswered} calls never answered"
+
+
+async def _successes_and_failures(
+    client: grpcclient.InferenceServerClient, model: str
+) -> tuple[int, int]:
+    stats = (await _stats(client, model))["inference_stats"]
+    return int(stats["success"].get("count", 0)), int(stats["fail"].get("count", 0))
+
+
+async def test_ranker_timeouts_under_overload_leave_triton_running(triton: TritonServer) -> None:
+    # No breaker and no allowance: every call reaches Triton, however many are unanswered.
+    ranker = TritonRanker(
+        triton.grpc_url, failure_threshold=1_000_000, max_abandoned_calls=1_000_000
+    )
+    features = np.random.default_rng(3).normal(size=(500, FEATURES)).astype(np.float32)
+    callers = 64
+
+    async def timed_call() -> float:
+        started = time.perf_counter()
+        await ranker.score(SERVED, 0, features, 5.0)
+        return time.perf_counter() - started
+
+    outcomes: dict[str, int] = {}
+
+    async def caller(seed: int, typical_s: float) -> None:
+        rng = random.Random(seed)
+        stop = time.monotonic() + 4.0
+        while time.monotonic() < stop:
+            # Budgets around the typical latency: many calls end just as their budget does,
+            # the moment a cancellation used to race the response inside Triton.
+            budget = rng.uniform(0.3, 1.5) * typical_s
+            try:
+                scored = await ranker.score(SERVED, 0, features, budget)
+                assert scored.scores.shape == (500,)
+                outcome = "scored"
+            except RankerFailure as failure:
+                outcome = failure.reason
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    try:
+        typical_s = float(np.median(await asyncio.gather(*(timed_call() for _ in range(callers)))))
+        await asyncio.gather(*(caller(seed, typical_s) for seed in range(callers)))
+        await _until_answered(ranker)
+    finally:
+        await ranker.close()
+
+    assert triton.is_running(), triton.log_tail()
+    assert "Signal (11)" not in triton.log_tail(200)
+    assert set(outcomes) <= {"scored", "RANKER_TIMEOUT"}, outcomes
+    assert outcomes.get("RANKER_TIMEOUT", 0) > 0 and outcomes.get("scored", 0) > 0, outcomes
+
+
+async def test_budget_reaches_triton_as_its_queue_timeout(
+    triton: TritonServer, client: grpcclient.InferenceServerClient
+) -> None:
+    ranker = TritonRanker(triton.grpc_url)
+    features = np.ones((4, FEATURES), dtype=np.float32)
+    before = await _successes_and_failures(client, SLOW_QUEUE)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(RankerFailure) as failure:
+            await ranker.score(SLOW_QUEUE, 0, features, 0.05)
+        waited = time.perf_counter() - started
+        assert failure.value.reason == "RANKER_TIMEOUT"
+        await _until_answered(ranker)
+    finally:
+        await ranker.close()
+
+    assert waited < 0.25, f"the ranker waited {waited:.3f} s on a 50 ms budget"
+    # Triton rejected the request in its queue instead of running it 300 ms later.
+    after = await _successes_and_failures(client, SLOW_QUEUE)
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
+
+
+async def test_a_cancelled_caller_leaves_the_call_to_finish(
+    triton: TritonServer, client: grpcclient.InferenceServerClient
+) -> None:
+    ranker = TritonRanker(triton.grpc_url, max_abandoned_calls=1)
+    features = np.ones((4, FEATURES), dtype=np.float32)
+    before = await _successes_and_failures(client, SLOW_QUEUE)
+    try:
+        caller = asyncio.create_task(ranker.score(SLOW_QUEUE, 0, features, 2.0))
+        await asyncio.sleep(0.05)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert ranker.abandoned_calls == 1
+
+        # The unanswered call fills the allowance: the next fails at once, without Triton.
+        started = time.perf_counter()
+        with pytest.raises(RankerFailure) as failure:
+            await ranker.score(SLOW_QUEUE, 0, features, 2.0)
+        assert time.perf_counter() - started < 0.05
+        assert failure.value.reason == "RANKER_UNAVAILABLE"
+        assert "1 earlier calls to Triton are still unanswered" in str(failure.value)
+
+        await _until_answered(ranker)
+        scored = await ranker.score(ENSEMBLE, 0, features, 2.0)
+    finally:
+        await ranker.close()
+
+    assert scored.scores.shape == (4,)
+    after = await _successes_and_failures(client, SLOW_QUEUE)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 0)  # ran to the end, not cancelled

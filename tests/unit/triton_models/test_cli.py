@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from triton_models.cli import build_options, run_step
+from triton_models.pipeline import PipelineOptions
+from triton_models.triton_repo import ServingOptions
 
 
 def test_step_runs_once_per_input_hash(tmp_path: Path) -> None:
@@ -57,3 +60,11 @@ def test_options_from_arguments() -> None:
     assert opts.serving.max_queue_delay_us == 10 and opts.serving.instance_count == 1
     # Progress bars do not change outputs, so they do not change the hash.
     assert '"progress"' not in opts.as_json()
+
+
+def test_serving_options_change_only_the_triton_steps_hash() -> None:
+    base = PipelineOptions()
+    tuned = dataclasses.replace(base, serving=ServingOptions(max_queue_delay_us=5_000))
+    assert tuned.as_json() != base.as_json()
+    assert tuned.as_json(without=("serving",)) == base.as_json(without=("serving",))
+    assert '"serving"' not in base.as_json(without=("serving",))
