@@ -248,6 +248,8 @@ class System:
     ranker_model: str | None = None
     """The ranker Triton serves to the gateway (ensemble name), when there is one."""
     workdir: Path = Path(".")
+    metrics_urls: list[str] = field(default_factory=list)
+    """The gateways' Prometheus endpoints (for how many answers the fallback ranked)."""
 
     def pids(self) -> list[tuple[int, str]]:
         """(pid, role) of every measured process now alive: gateways, Triton (+ stubs), nginx."""
@@ -353,7 +355,12 @@ def local_system(
     port, metrics_port = free_port(), free_port()
     env["RECSYS__SERVING__PORT"] = str(port)
     env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
-    system = System(kind="local", target=f"127.0.0.1:{port}", workdir=workdir)
+    system = System(
+        kind="local",
+        target=f"127.0.0.1:{port}",
+        workdir=workdir,
+        metrics_urls=[f"http://127.0.0.1:{metrics_port}/metrics"],
+    )
     try:
         if triton_repository.is_dir():
             options = TritonServerOptions(model_repository=triton_repository).with_free_ports()
@@ -399,7 +406,15 @@ def stack_system(
     env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
     if processes is not None:
         env["RECSYS__SERVING__PROCESSES"] = str(processes)
-    system = System(kind="stack", target=f"127.0.0.1:{port}", workdir=workdir)
+    system = System(
+        kind="stack",
+        target=f"127.0.0.1:{port}",
+        workdir=workdir,
+        # The runner's gateway i serves metrics on metrics_port + 1 + i.
+        metrics_urls=[
+            f"http://127.0.0.1:{metrics_port + 1 + i}/metrics" for i in range(processes or 0)
+        ],
+    )
     try:
         runner = start_process(
             "stack",

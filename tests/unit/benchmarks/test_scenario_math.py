@@ -3,6 +3,8 @@ gains, request data and Triton statistics."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,64 @@ def test_sustainable_rates_need_no_errors_low_p99_and_keeping_up() -> None:
         "p99_lt_50ms": None,
         "p99_lt_25ms": None,
     }
+
+
+def test_a_step_ranked_by_the_fallback_is_not_sustained() -> None:
+    fast_but_fallback = {**_step(650, 650.0, 9.0), "fallback_share": 0.4}
+    steps = [{**_step(500, 500.0, 20.0), "fallback_share": 0.01}, fast_but_fallback]
+    assert scenarios.sustainable_rates(steps) == {
+        "p99_lt_100ms": 500,
+        "p99_lt_50ms": 500,
+        "p99_lt_25ms": 500,
+    }
+
+
+def test_fallback_answers_sum_every_gateways_counter() -> None:
+    texts = [
+        'recsys_ranker_failures_total{model="ranker_v2",reason="RANKER_TIMEOUT"} 3.0\n'
+        'recsys_ranker_failures_total{model="ranker_v2",reason="RANKER_UNAVAILABLE"} 2.0\n'
+        'recsys_degraded_responses_total{reason="RANKER_TIMEOUT"} 3.0\n',
+        'recsys_ranker_failures_total{model="ranker_v3",reason="RANKER_TIMEOUT"} 4.0\n',
+    ]
+    servers = [_MetricsServer(text) for text in texts]
+    try:
+        system = procs.System(
+            kind="stack", target="127.0.0.1:1", metrics_urls=[m.url for m in servers]
+        )
+        assert scenarios.fallback_answers(system) == 9.0
+        assert scenarios.fallback_answers(procs.System(kind="echo", target="x")) is None
+        down = procs.System(kind="local", target="x", metrics_urls=["http://127.0.0.1:9/metrics"])
+        assert scenarios.fallback_answers(down) is None
+    finally:
+        for server in servers:
+            server.close()
+
+
+class _MetricsServer:
+    """A /metrics endpoint serving fixed text on a free port, in a thread."""
+
+    def __init__(self, text: str) -> None:
+        body = text.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass  # quiet test output
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/metrics"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def test_recovery_after_spike() -> None:
