@@ -97,10 +97,12 @@ def _soak(scen: Mapping[str, Any]) -> str | None:
         return None
     drift = soak.get("p99_drift")
     growth = soak.get("rss_growth")
+    fallback = soak.get("fallback_share")
     return (
         f"{soak['duration_s']:.0f} s at {soak['target_rps']}/s: {soak['errors']} errors, "
         f"p99 drift {'-' if drift is None else f'{drift:+.0%}'}, "
         f"RSS {'-' if growth is None else f'{growth:+.1%}'}"
+        + ("" if fallback is None else f", {fallback:.1%} ranked by the fallback")
     )
 
 

@@ -406,7 +406,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         out += [
             "",
             f"p99 drift {_fmt(_pct(so.get('p99_drift')))} %, RSS growth "
-            f"{_fmt(_pct(so.get('rss_growth')), 2)} %, errors {so.get('errors')}",
+            f"{_fmt(_pct(so.get('rss_growth')), 2)} %, errors {so.get('errors')}, "
+            f"answers ranked by the fallback {_fmt(_pct(so.get('fallback_share')), 1)} %",
         ]
         out += [f"- RSS {k}: {v}" for k, v in (so.get("rss_mb") or {}).items()]
     if "ceilings" in scen:

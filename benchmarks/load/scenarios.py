@@ -378,6 +378,12 @@ def soak(bench: Bench, system: System, rate: int) -> dict[str, Any]:
     start_gw = rss_series[0].get("gateway", 0.0)
     end_gw = rss_series[-1].get("gateway", 0.0)
     errors = sum(int(w["errors"]) for w in windows)
+    fallbacks = [w["fallback_answers"] for w in windows if "fallback_answers" in w]
+    fallback_share = (
+        sum(fallbacks) / max(1, sum(int(w["ok"]) for w in windows))
+        if len(fallbacks) == len(windows)
+        else None
+    )
     return {
         "system": system.kind,
         "target_rps": rate,
@@ -385,6 +391,7 @@ def soak(bench: Bench, system: System, rate: int) -> dict[str, Any]:
         "window_s": d.soak_window,
         "windows": windows,
         "errors": errors,
+        "fallback_share": fallback_share,
         "p99_drift": p99_drift([w["latency_ms"]["p99_ms"] for w in windows]),
         "rss_mb": {"start": rss_series[0], "end": rss_series[-1]},
         "rss_series_mb": rss_series,

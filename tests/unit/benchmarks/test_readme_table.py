@@ -108,3 +108,17 @@ def test_a_search_without_a_qualifying_rate_says_so() -> None:
         },
     )
     assert "| none of the rates tried (280-620 req/s) |" in table.render_table([miss])
+
+
+def test_soak_row_says_how_much_the_fallback_ranked() -> None:
+    soak = {"duration_s": 600.0, "target_rps": 70, "errors": 0, "p99_drift": 0.05}
+    with_share = _report("full", "2026-11-27T10:00:00+00:00", soak={**soak, "rss_growth": 0.001})
+    with_share["scenarios"]["soak"]["fallback_share"] = 0.004
+    assert (
+        "| Soak | 600 s at 70/s: 0 errors, p99 drift +5%, RSS +0.1%, 0.4% ranked by the fallback |"
+        in table.render_table([with_share])
+    )
+    without = _report("full", "2026-11-27T10:00:00+00:00", soak={**soak, "rss_growth": None})
+    assert "| Soak | 600 s at 70/s: 0 errors, p99 drift +5%, RSS - |" in table.render_table(
+        [without]
+    )
