@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from honcho.manager import Manager
 
 from gateway.config import ConfigError, Settings, load_settings
+from triton_models.tritonserver import DEFAULT_HTTP_PORT
 
 READY_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[1]
@@ -253,20 +255,58 @@ def wait_until_serving(target: str, timeout_s: float, stopped: threading.Event) 
     return False
 
 
-def _announce(target: str, stopped: threading.Event) -> None:
-    if wait_until_serving(target, READY_TIMEOUT_S, stopped):
-        print(
-            f"\n  recsys is SERVING on {target}. From another shell:\n"
-            f"    grpcurl -plaintext {target} list\n"
-            f'    grpcurl -plaintext -d \'{{"user_id": "17850", "num_items": 5}}\' '
-            f"{target} recsys.v1.RecommendationService/Recommend\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
+def wait_until_triton_ready(url: str, timeout_s: float, stopped: threading.Event) -> bool:
+    """Polls Triton's /v2/health/ready (every model loaded) until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stopped.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as reply:
+                if reply.status == 200:
+                    return True
+        except OSError:
+            pass  # not listening yet, or still loading models (400)
+        stopped.wait(0.5)
+    return False
+
+
+def _announce(target: str, triton_ready_url: str | None, stopped: threading.Event) -> None:
+    if not wait_until_serving(target, READY_TIMEOUT_S, stopped):
+        if not stopped.is_set():
+            print(
+                f"\n  recsys did not report SERVING on {target} within {READY_TIMEOUT_S:.0f} s; "
+                "see the log above.\n",
+                flush=True,
+            )
+        return
+    triton_ready = triton_ready_url is not None and wait_until_triton_ready(
+        triton_ready_url, 1.0, stopped
+    )
+    if triton_ready_url is None:
+        ranking = "  No model repository (make models): answers come from the popularity ranking.\n"
+    elif triton_ready:
+        ranking = "  Answers are ranked by Triton.\n"
+    else:
+        ranking = (
+            "  Triton is still loading its models: until it is ready, answers come from the\n"
+            "  popularity fallback (flagged in degraded_reasons).\n"
         )
+    print(
+        f"\n  recsys is SERVING on {target}. From another shell:\n"
+        f"    grpcurl -plaintext {target} list\n"
+        f'    grpcurl -plaintext -d \'{{"user_id": "17850", "num_items": 5}}\' '
+        f"{target} recsys.v1.RecommendationService/Recommend\n"
+        f"{ranking}"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    if triton_ready_url is None or triton_ready:
+        return
+    if wait_until_triton_ready(triton_ready_url, READY_TIMEOUT_S, stopped):
+        print("\n  Triton is ready: answers are ranked by the trained models.\n", flush=True)
     elif not stopped.is_set():
         print(
-            f"\n  recsys did not report SERVING on {target} within {READY_TIMEOUT_S:.0f} s; "
-            "see the log above.\n",
+            f"\n  Triton was not ready within {READY_TIMEOUT_S:.0f} s; answers still come from "
+            "the popularity fallback. See the triton lines of the log above.\n",
             flush=True,
         )
 
@@ -302,7 +342,12 @@ def main(argv: list[str] | None = None) -> None:
         manager.add_process(name, shlex.join(spec.argv), env={**os.environ, **spec.env})
     stopped = threading.Event()
     target = f"{settings.serving.host}:{settings.serving.port}"
-    threading.Thread(target=_announce, args=(target, stopped), daemon=True).start()
+    triton_ready_url = (
+        f"http://127.0.0.1:{DEFAULT_HTTP_PORT}/v2/health/ready" if "triton" in processes else None
+    )
+    threading.Thread(
+        target=_announce, args=(target, triton_ready_url, stopped), daemon=True
+    ).start()
     try:
         manager.loop()
     finally:
