@@ -41,8 +41,8 @@ class RankerSettings(BaseModel):
     """How long the breaker stays open before one trial call."""
     max_abandoned_calls: int = Field(256, ge=1)
     """Triton calls the gateway stopped waiting for (deadline passed, caller gone) that may
-    still be unanswered; beyond them calls fail at once. Calls are never cancelled: Triton
-    before 24.12 can crash on a cancelled call, and drops a call queued past its budget."""
+    still be unanswered; beyond them calls fail at once. Calls are never cancelled (Triton
+    before 24.12 can crash on a cancelled call), so these run to their end in Triton."""
     call_deadline_s: float = Field(30.0, gt=0)
     """gRPC deadline of every Triton call, far above any request budget: only for a Triton
     that stopped answering altogether."""

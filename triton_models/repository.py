@@ -111,19 +111,6 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
-class QueuePolicy:
-    """How long requests may queue and how many (``default_queue_policy``); a request queued
-    too long, or arriving at a full queue, is rejected with UNAVAILABLE."""
-
-    default_timeout_microseconds: int = 0
-    """Longest time a request may queue; 0 means no limit."""
-    allow_timeout_override: bool = True
-    """Whether a request's own ``timeout`` (shorter than the default only) applies instead."""
-    max_queue_size: int = 0
-    """Most requests queued at once; 0 means no limit."""
-
-
-@dataclass(frozen=True)
 class DynamicBatching:
     """Server-side dynamic batching (``dynamic_batching { ... }``)."""
 
@@ -131,8 +118,6 @@ class DynamicBatching:
     """Batch sizes the batcher tries to form; empty lets it form the largest possible."""
     max_queue_delay_microseconds: int = 0
     """How long a request may wait for others to join its batch."""
-    queue_policy: QueuePolicy | None = None
-    """Limits on queueing; None queues without limit."""
 
 
 @dataclass(frozen=True)
@@ -280,13 +265,6 @@ def onnx_model_config(spec: OnnxModelSpec, flavour: Flavour) -> Any:
         batching = config.dynamic_batching
         batching.preferred_batch_size.extend(spec.dynamic_batching.preferred_batch_size)
         batching.max_queue_delay_microseconds = spec.dynamic_batching.max_queue_delay_microseconds
-        policy = spec.dynamic_batching.queue_policy
-        if policy is not None:
-            queue = batching.default_queue_policy
-            queue.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
-            queue.default_timeout_microseconds = policy.default_timeout_microseconds
-            queue.allow_timeout_override = policy.allow_timeout_override
-            queue.max_queue_size = policy.max_queue_size
     config.instance_group.append(
         model_config_pb2.ModelInstanceGroup(
             count=spec.instance_count, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU

@@ -29,8 +29,6 @@ INPUT_NAME = "features"
 """Input tensor of every ranker: FP32 [n, F], columns in the model's feature order."""
 OUTPUT_NAME = "score"
 """Output tensor of every ranker: FP32 [n, 1], purchase probability."""
-_QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
-"""Triton's message when its queue policy rejects a request queued past its timeout."""
 
 
 class FallbackRanker:
@@ -126,11 +124,10 @@ class TritonRanker:
     Calls are never cancelled. tritonserver before 24.12 (the local 2.51 among them) can die
     with SIGSEGV when a gRPC infer call is cancelled while its response is being written
     (triton-inference-server/server#7368, fixed by #7840 and #8034); a gateway cancelling
-    calls on its deadline under overload took Triton down within seconds. So the request
-    carries its budget as Triton's own queue timeout (the rankers' queue policy rejects it
-    once queued that long, which frees Triton as cancellation would), the gateway stops
-    waiting at the budget, and the call finishes in the background. At most
-    `max_abandoned_calls` such calls may be outstanding; beyond them calls fail at once.
+    calls on its deadline under overload took Triton down within seconds. So the gateway
+    stops waiting at the budget and answers from the fallback, while the call runs to its
+    end in the background. At most `max_abandoned_calls` such calls may be outstanding;
+    beyond them calls fail at once, which bounds the work Triton does for nobody.
     `call_deadline_s` is a gRPC deadline far above any budget, a last resort for a Triton
     that stopped answering altogether.
     """
@@ -213,7 +210,6 @@ class TritonRanker:
                 [request],
                 model_version=str(version) if version else "",
                 outputs=[triton_grpc.InferRequestedOutput(OUTPUT_NAME)],
-                timeout=max(1, int(timeout_s * 1e6)),  # microseconds, enforced in Triton's queue
                 client_timeout=self._call_deadline_s,
                 headers=headers,
             )
@@ -231,10 +227,9 @@ class TritonRanker:
             self._abandon(call)
             raise
         except InferenceServerException as exc:
-            status, message = str(exc.status()), str(exc.message())
-            timed_out = "DEADLINE_EXCEEDED" in status or _QUEUE_TIMEOUT_MESSAGE in message
+            timed_out = "DEADLINE_EXCEEDED" in str(exc.status())
             raise RankerFailure(
-                "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE", message
+                "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE", str(exc.message())
             ) from exc
         scores = result.as_numpy(OUTPUT_NAME)
         if scores is None or scores.shape[0] != rows.shape[0]:

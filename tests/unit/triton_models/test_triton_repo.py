@@ -50,10 +50,8 @@ def test_write_ranker_both_flavours(tmp_path: Path) -> None:
         assert [(t.name, list(t.dims)) for t in config.output] == [("score", [1])]
         assert list(config.dynamic_batching.preferred_batch_size) == [100, 400]
         assert config.dynamic_batching.max_queue_delay_microseconds == 500
-        queue = config.dynamic_batching.default_queue_policy
-        assert queue.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
-        assert queue.default_timeout_microseconds == options.queue_timeout_us > 0
-        assert queue.allow_timeout_override and queue.max_queue_size == options.max_queue_size
+        # No queue policy: with one, the 2.51 batcher held some requests ~520 ms.
+        assert not config.dynamic_batching.HasField("default_queue_policy")
         assert config.instance_group[0].count == 3
         assert config.backend == ("python" if flavour is repo.Flavour.LOCAL else "onnxruntime")
 
