@@ -138,7 +138,7 @@ class TritonRanker:
         failure_threshold: int = 5,
         recovery_timeout_s: float = 5.0,
         *,
-        max_abandoned_calls: int = 256,
+        max_abandoned_calls: int = 32,
         call_deadline_s: float = 30.0,
     ) -> None:
         self._client = triton_grpc.InferenceServerClient(url)
