@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from honcho.manager import Manager
 
 from gateway.config import ConfigError, Settings, load_settings
-from triton_models.tritonserver import DEFAULT_HTTP_PORT
+from triton_models.tritonserver import DEFAULT_HTTP_PORT, http_ready
 
 READY_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[1]
@@ -259,12 +258,8 @@ def wait_until_triton_ready(url: str, timeout_s: float, stopped: threading.Event
     """Polls Triton's /v2/health/ready (every model loaded) until it answers 200."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stopped.is_set():
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as reply:
-                if reply.status == 200:
-                    return True
-        except OSError:
-            pass  # not listening yet, or still loading models (400)
+        if http_ready(url, timeout_s=1.0):  # false while not listening or still loading (400)
+            return True
         stopped.wait(0.5)
     return False
 

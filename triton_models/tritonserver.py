@@ -361,7 +361,8 @@ def tritonserver_command(
     )
 
 
-def _http_ready(url: str, timeout_s: float) -> bool:
+def http_ready(url: str, timeout_s: float) -> bool:
+    """Whether a GET of `url` (``/v2/health/ready``) answers 200 within `timeout_s`."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return bool(response.status == 200)
@@ -496,7 +497,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready\n"
                     f"{self._describe()}"
                 )
-            if _http_ready(url, timeout_s=2.0):
+            if http_ready(url, timeout_s=2.0):
                 return
             if time.monotonic() >= deadline:
                 raise TritonServerError(
