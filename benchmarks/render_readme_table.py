@@ -103,6 +103,18 @@ def _soak(scen: Mapping[str, Any]) -> str | None:
         f"p99 drift {'-' if drift is None else f'{drift:+.0%}'}, "
         f"RSS {'-' if growth is None else f'{growth:+.1%}'}"
         + ("" if fallback is None else f", {fallback:.1%} ranked by the fallback")
+        + _disturbed(soak)
+    )
+
+
+def _disturbed(soak: Mapping[str, Any]) -> str:
+    windows = soak.get("disturbed_windows")
+    if not windows:
+        return ""
+    calm = soak.get("p99_drift_undisturbed")
+    return (
+        f"; {len(windows)} of {len(soak['windows'])} windows disturbed by other load "
+        f"(drift without them {'-' if calm is None else f'{calm:+.0%}'})"
     )
 
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -158,6 +159,62 @@ def cpu_seconds(pid: int) -> float | None:
     # Field 2 (comm) may hold spaces; everything after the last ')' is space-separated.
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime: fields 14, 15
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """CPU time of the whole machine (all CPUs, seconds) and of this benchmark, at one moment."""
+
+    busy_s: float
+    """user + nice + system of every CPU (guest time is inside user)."""
+    steal_s: float
+    """Time the hypervisor ran another guest while this one wanted a CPU."""
+    total_s: float
+    """Every /proc/stat column: busy, idle, iowait, interrupts and steal."""
+    bench_s: float
+    """This driver's own CPU time plus that of its reaped children (the ghz runs)."""
+
+
+def machine_cpu() -> MachineCpu:
+    """/proc/stat's machine line and this process's resource usage, now."""
+    fields = [
+        int(v) / _CLK_TCK for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ]
+    user, nice, system = fields[0], fields[1], fields[2]
+    steal = fields[7] if len(fields) > 7 else 0.0
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return MachineCpu(
+        busy_s=user + nice + system,
+        steal_s=steal,
+        total_s=sum(fields[:8]),  # guest columns 9-10 are already counted in user and nice
+        bench_s=own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+    )
+
+
+DISTURBED_STEAL_SHARE = 0.05
+"""A run is marked disturbed when the hypervisor took more than 5% of the machine's CPU time ..."""
+DISTURBED_OUTSIDE_CORES = 0.25
+"""... or processes outside the benchmark used more than a quarter of a core."""
+
+
+def disturbance(before: MachineCpu, after: MachineCpu, measured_cpu_s: float) -> dict[str, Any]:
+    """What took CPU from the measured run: `steal_share` (of all CPU time) and
+    `outside_cores` (busy time not spent by the measured processes, ghz or this driver, per
+    second of wall time), and whether either passes its bound (`disturbed`). On a shared VM
+    these tell a machine stall from a service stall."""
+    total = after.total_s - before.total_s
+    wall = total / (os.cpu_count() or 1)
+    if total <= 0 or wall <= 0:
+        return {"steal_share": None, "outside_cores": None, "disturbed": False}
+    steal_share = (after.steal_s - before.steal_s) / total
+    ours = measured_cpu_s + after.bench_s - before.bench_s
+    outside = max(0.0, (after.busy_s - before.busy_s - ours) / wall)
+    return {
+        "steal_share": round(steal_share, 4),
+        "outside_cores": round(outside, 3),
+        "disturbed": steal_share > DISTURBED_STEAL_SHARE or outside > DISTURBED_OUTSIDE_CORES,
+    }
 
 
 def cmdline(pid: int) -> str:

@@ -122,3 +122,14 @@ def test_soak_row_says_how_much_the_fallback_ranked() -> None:
     assert "| Soak | 600 s at 70/s: 0 errors, p99 drift +5%, RSS - |" in table.render_table(
         [without]
     )
+
+
+def test_soak_row_names_disturbed_windows() -> None:
+    soak: dict[str, Any] = {"duration_s": 600.0, "target_rps": 70, "errors": 0}
+    soak.update(p99_drift=0.5, rss_growth=0.001, p99_drift_undisturbed=0.05)
+    soak.update(windows=[{}] * 20, disturbed_windows=[17, 18, 19])
+    assert (
+        "p99 drift +50%, RSS +0.1%; 3 of 20 windows disturbed by other load (drift without "
+        "them +5%) |"
+        in table.render_table([_report("full", "2026-11-27T10:00:00+00:00", soak=soak)])
+    )

@@ -58,7 +58,8 @@ def test_targets_met_missed_and_not_measured() -> None:
     assert sustained.gap == "short by 400.00 req/s (40% below target)"
     # The rate search ran and no rate met p99 < 25 ms: a miss, not "not measured".
     assert checks["ambition"].met is False
-    assert checks["ambition"].measured == "0.00 req/s"
+    assert checks["ambition"].measured == "none of the rates tried"
+    assert checks["ambition"].gap == "short by 2,000.00 req/s (100% below target)"
     assert checks["vs Triton alone"].met is True
     assert checks["dynamic batching"].met is True
     assert checks["soak errors"].met is True
@@ -66,6 +67,18 @@ def test_targets_met_missed_and_not_measured() -> None:
     assert checks["soak p99 drift"].gap == "over by 5 %"
     assert checks["soak RSS growth"].met is True
     assert checks["gateway RSS"].met is True
+
+
+def test_soak_drift_names_the_disturbed_windows() -> None:
+    scen = scenarios()
+    scen["soak"].update(disturbed_windows=[17, 19], p99_drift_undisturbed=0.08)
+    drift = _checks(scen)["soak p99 drift"]
+    assert drift.met is False  # judged on every window
+    assert drift.gap == "over by 5 %; windows 17, 19 disturbed, drift without them +8.0%"
+    scen["soak"].update(p99_drift=0.1)
+    assert (
+        _checks(scen)["soak p99 drift"].gap == "windows 17, 19 disturbed, drift without them +8.0%"
+    )
 
 
 def test_gateway_rss_limit_is_inclusive() -> None:
@@ -126,7 +139,7 @@ def test_rate_search_without_a_qualifying_rate_is_a_miss() -> None:
     scen["rate_search"]["sustainable_rps"] = {"p99_lt_50ms": None, "p99_lt_25ms": None}
     check = _checks(scen)["sustained rate"]
     assert check.met is False
-    assert check.measured == "0.00 req/s"
+    assert check.measured == "none of the rates tried"
 
 
 def test_gateway_error_lines_are_summarised() -> None:
@@ -141,3 +154,22 @@ def test_gateway_error_lines_are_summarised() -> None:
         "grpc: ExecuteBatchError raised | ExecuteBatchError: (<Op object>)": 2,
         "plain text": 1,
     }
+
+
+def test_summary_shows_machine_disturbance_and_cpu_per_request() -> None:
+    scen = scenarios()
+    scen["sweep"]["levels"] = [
+        {
+            **LEVEL,
+            "cpu_ms_per_request": {"gateway": 3.5, "triton": 1.2, "ghz and driver": 0.6},
+            "machine": {"steal_share": 0.065, "outside_cores": 0.31, "disturbed": True},
+        }
+    ]
+    scen["soak"].update(disturbed_windows=[2], p99_drift_undisturbed=0.04)
+    report = rep.assemble_report(
+        label="quick", machine={}, versions_={}, settings={}, scenarios=scen
+    )
+    summary = rep.markdown_summary(report)
+    assert "| 32 | 850.0 | 30.00 | 60.00 | 110.00 | 150.00 | 0 | - | 6.5 | 0.31 |" in summary
+    assert "- concurrency 32: gateway 3.50, triton 1.20, ghz and driver 0.60" in summary
+    assert "0.25 cores): 2; p99 drift without them 4.0 %" in summary

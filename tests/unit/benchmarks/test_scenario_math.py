@@ -122,6 +122,40 @@ def test_p99_drift_compares_first_and_last_quarters() -> None:
     assert scenarios.p99_drift([10.0]) is None
 
 
+def test_disturbance_separates_steal_and_other_processes_from_the_measured_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    before = procs.MachineCpu(busy_s=100.0, steal_s=10.0, total_s=1000.0, bench_s=5.0)
+    # 10 s of wall time on 2 CPUs: 20 s of CPU time, 12 s busy, 0.4 s stolen.
+    quiet = procs.MachineCpu(busy_s=112.0, steal_s=10.4, total_s=1020.0, bench_s=7.0)
+    assert procs.disturbance(before, quiet, measured_cpu_s=9.5) == {
+        "steal_share": 0.02,
+        "outside_cores": 0.05,  # 12 - 9.5 measured - 2 ghz and driver = 0.5 s in 10 s
+        "disturbed": False,
+    }
+    busy_neighbour = procs.disturbance(before, quiet, measured_cpu_s=6.0)
+    assert busy_neighbour["outside_cores"] == pytest.approx(0.4)
+    assert busy_neighbour["disturbed"] is True
+    stolen = procs.MachineCpu(busy_s=112.0, steal_s=12.0, total_s=1020.0, bench_s=7.0)
+    assert procs.disturbance(before, stolen, measured_cpu_s=10.0) == {
+        "steal_share": 0.1,
+        "outside_cores": 0.0,  # accounting jitter below zero is clamped
+        "disturbed": True,
+    }
+    assert procs.disturbance(before, before, 0.0)["disturbed"] is False
+
+
+def test_machine_cpu_reads_this_host() -> None:
+    first = procs.machine_cpu()
+    sum(i * i for i in range(300_000))  # some CPU time of our own
+    second = procs.machine_cpu()
+    assert 0 < first.busy_s <= first.total_s
+    assert 0 <= first.steal_s <= first.total_s
+    assert second.total_s >= first.total_s
+    assert second.bench_s > first.bench_s
+
+
 def test_batching_gains_against_off_with_the_same_instances() -> None:
     variants = [
         {"variant": "off/1", "dynamic_batching": False, "instance_count": 1, "rps": 100.0},
