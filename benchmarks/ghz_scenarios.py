@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rates", type=int, nargs="+", default=None, help="rate steps to try")
     parser.add_argument("--levels", type=int, nargs="+", default=None, help="sweep concurrency")
-    parser.add_argument("--config", type=Path, default=REPO / "infra" / "config" / "local.yaml")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="gateway config (default: infra/config/local.yaml, or stack.yaml with --stack)",
+    )
     parser.add_argument(
         "--requests", type=int, default=2000, help="distinct requests in the data file"
     )
@@ -154,6 +159,8 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
     chosen = set(SCENARIOS) if "all" in args.scenarios else set(args.scenarios)
+    if args.config is None:
+        args.config = REPO / "infra" / "config" / ("stack.yaml" if args.stack else "local.yaml")
     durations = sc.Durations.quick() if args.quick else sc.Durations()
     if args.soak_seconds is not None:
         durations = sc.Durations(**{**vars(durations), "soak": args.soak_seconds})

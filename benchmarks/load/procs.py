@@ -32,10 +32,12 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import load_settings
 from triton_models.tritonserver import TritonServer, TritonServerOptions, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = REPO / "infra" / "config" / "local.yaml"
+STACK_CONFIG = REPO / "infra" / "config" / "stack.yaml"
 TRITON_REPOSITORY = REPO / "build" / "triton" / "local"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -245,14 +247,31 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time so far of `root` and every process below it (those already gone excluded)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in descendants(root))
+
+
 def classify(command: str) -> str | None:
-    """Role of a process from its command line: gateway, triton, nginx, echo; None otherwise."""
+    """Role of a process from its command line (gateway, triton, nginx, redis, postgres,
+    prometheus, sidecar, echo); None otherwise."""
     if "gateway.main" in command or "recsys-gateway" in command:
         return "gateway"
     if "tritonserver" in command.split(" ", 1)[0] or "triton_python_backend_stub" in command:
         return "triton"
     if command.startswith("nginx"):
         return "nginx"
+    # The stack profile's stores and sidecars: measured with the system, not counted as
+    # other load on the machine.
+    program = command.split(" ", 1)[0].rsplit("/", 1)[-1]
+    if program == "redis-server":
+        return "redis"
+    if program == "postgres" or command.startswith("postgres:"):
+        return "postgres"
+    if program == "prometheus":
+        return "prometheus"
+    if " -m ab sidecar" in command:
+        return "sidecar"
     if "echo_server" in command:
         return "echo"
     return None
@@ -443,7 +462,7 @@ def local_system(
 def stack_system(
     workdir: Path,
     *,
-    config: Path = LOCAL_CONFIG,
+    config: Path = STACK_CONFIG,
     processes: int | None = None,
     rate_limit: str = "",
     prediction_cache: bool = False,
@@ -455,22 +474,23 @@ def stack_system(
     metrics port, so both bases are chosen with room above them. Triton keeps the runner's
     default ports (8000-8002).
     """
+    if processes is None:
+        processes = load_settings(config, {}).serving.processes
+    # Postgres runs as the postgres user when we are root: it must be able to enter the folder.
+    workdir.chmod(0o755)
     env = _common_env(workdir, {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
-    port = _free_port_block(1 + (processes or 8))
-    metrics_port = _free_port_block(1 + (processes or 8))
+    port = _free_port_block(1 + processes)
+    metrics_port = _free_port_block(1 + processes)
     env["RECSYS__SERVING__PORT"] = str(port)
     env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
-    if processes is not None:
-        env["RECSYS__SERVING__PROCESSES"] = str(processes)
+    env["RECSYS__SERVING__PROCESSES"] = str(processes)
     system = System(
         kind="stack",
         target=f"127.0.0.1:{port}",
         workdir=workdir,
         # The runner's gateway i serves metrics on metrics_port + 1 + i.
-        metrics_urls=[
-            f"http://127.0.0.1:{metrics_port + 1 + i}/metrics" for i in range(processes or 0)
-        ],
+        metrics_urls=[f"http://127.0.0.1:{metrics_port + 1 + i}/metrics" for i in range(processes)],
     )
     try:
         runner = start_process(

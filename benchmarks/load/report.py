@@ -482,11 +482,20 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
                 _fmt(v.get("p99_ms"), 2),
                 _fmt(v.get("requests_per_execution"), 2),
                 _fmt(v.get("gain_vs_off"), 2),
+                _fmt(v.get("triton_cpu_ms_per_request"), 3),
+                _fmt(v.get("cpu_gain_vs_off"), 2),
                 _fmt(v.get("errors")),
             ]
             for v in ba.get("variants", [])
         ]
-        out += _table(["variant", "req/s", "p99 ms", "requests/execution", "x off", "errors"], rows)
+        header = ["variant", "req/s", "p99 ms", "requests/execution", "x off"]
+        header += ["Triton CPU ms/request", "CPU x off", "errors"]
+        out += _table(header, rows)
+        out += [
+            "",
+            "ghz shares the CPUs with Triton, so the throughput ratio understates batching; "
+            "Triton's CPU per request shows its own saving.",
+        ]
     if "capacity" in scen:
         ca = scen["capacity"]
         out += ["", "## Capacity and cost", ""]

@@ -551,6 +551,7 @@ def ceilings(
             concurrency=c,
             duration_s=d.ceiling,
             rows=500,
+            server_pid=system.triton.pid if system.triton else None,
         )
         out["triton_alone"] = result.as_dict()
         out["triton_alone_rps"] = result.rps
@@ -653,15 +654,24 @@ def batching_variants(
 def batching_gains(
     variants: Sequence[Mapping[str, Any]],
 ) -> tuple[list[dict[str, Any]], float | None]:
-    """Each variant's throughput relative to batching off at the same instance count, and the
-    best gain of a batching-on variant."""
-    off = {v["instance_count"]: v["rps"] for v in variants if not v["dynamic_batching"]}
+    """Each variant's throughput relative to batching off at the same instance count (and its
+    Triton CPU per request, when measured, as `cpu_gain_vs_off`), and the best throughput
+    gain of a batching-on variant."""
+    off = {v["instance_count"]: v for v in variants if not v["dynamic_batching"]}
     out = []
     best: float | None = None
     for v in variants:
-        base = off.get(v["instance_count"])
-        gain = v["rps"] / base if base else None
-        out.append({**v, "gain_vs_off": None if gain is None else round(gain, 3)})
+        base = off.get(v["instance_count"], {})
+        gain = v["rps"] / base["rps"] if base.get("rps") else None
+        base_cpu, cpu = base.get("triton_cpu_ms_per_request"), v.get("triton_cpu_ms_per_request")
+        cpu_gain = base_cpu / cpu if base_cpu and cpu else None
+        out.append(
+            {
+                **v,
+                "gain_vs_off": None if gain is None else round(gain, 3),
+                "cpu_gain_vs_off": None if cpu_gain is None else round(cpu_gain, 3),
+            }
+        )
         if v["dynamic_batching"] and gain is not None:
             best = gain if best is None else max(best, gain)
     return out, best
@@ -724,6 +734,7 @@ def batching_study(
                 concurrency=concurrency,
                 duration_s=bench.durations.batching,
                 rows=rows,
+                server_pid=server.pid,
             )
             after = asyncio.run(triton_driver.statistics(server.grpc_url, "ranker_bench"))
         stats = after.minus(before)
@@ -744,6 +755,9 @@ def batching_study(
             "requests_per_execution": round(stats.requests_per_execution(rows), 2),
             "mean_queue_ms": round(stats.mean_queue_ms, 3),
             "mean_compute_ms": round(stats.mean_compute_ms, 3),
+            # Triton's own CPU per request: its efficiency apart from the ghz client, which
+            # shares the machine's CPUs and so caps the throughput ratio.
+            "triton_cpu_ms_per_request": load.server_cpu_ms_per_request,
         }
         bench.log(
             f"  {variant.name}: {load.rps:7.1f} req/s  p99 {load.latency.p99_ms:7.2f} ms  "

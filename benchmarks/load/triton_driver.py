@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.load.ghz import GhzResult, GhzRun, LatencySummary, run_ghz
+from benchmarks.load.procs import tree_cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class TritonLoadResult:
     """Successful inference requests per second."""
     latency: LatencySummary
     error_messages: Mapping[str, int]
+    server_cpu_ms_per_request: float | None = None
+    """CPU time of Triton and its backend stubs per successful request, when its pid was given."""
 
     def as_dict(self) -> dict[str, Any]:
         lat = self.latency
@@ -56,6 +59,7 @@ class TritonLoadResult:
                 "max_ms": round(lat.max_ms, 3),
             },
             "error_messages": dict(self.error_messages),
+            "server_cpu_ms_per_request": self.server_cpu_ms_per_request,
         }
 
 
@@ -224,9 +228,11 @@ def drive(
     features: int | None = None,
     timeout_s: float = 2.0,
     warmup_s: float = 1.0,
+    server_pid: int | None = None,
 ) -> TritonLoadResult:
     """Closed-loop load on `model` with ghz (the client of every other figure in the report),
-    `concurrency` workers on one connection, for `duration_s` after `warmup_s` unmeasured."""
+    `concurrency` workers on one connection, for `duration_s` after `warmup_s` unmeasured.
+    With `server_pid` (tritonserver's), the CPU time of its process tree is measured too."""
     if features is None:
         features = model_feature_width(url, model)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +257,14 @@ def drive(
 
     if warmup_s > 0:
         run(f"{model}-warmup", warmup_s)
+    cpu_before = tree_cpu_seconds(server_pid) if server_pid else None
     result = run(f"{model}-c{concurrency}", duration_s)
+    cpu_after = tree_cpu_seconds(server_pid) if server_pid else None
+    cpu_ms = (
+        round(1000 * (cpu_after - cpu_before) / max(result.ok, 1), 3)
+        if cpu_before is not None and cpu_after is not None
+        else None
+    )
     return TritonLoadResult(
         model=model,
         concurrency=concurrency,
@@ -262,6 +275,7 @@ def drive(
         rps=result.ok_rps,
         latency=result.latency,
         error_messages=result.error_messages,
+        server_cpu_ms_per_request=cpu_ms,
     )
 
 

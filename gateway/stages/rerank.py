@@ -50,15 +50,18 @@ def diversify(
     else:
         cats = category[items.positions]
         vectors = (cats[:, None] == np.unique(cats)[None, :]).astype(np.float32)
-    max_similarity = np.zeros(n)
-    chosen = np.zeros(n, dtype=bool)
+    # gain_i = base_i - weight * max(0, max over picked j of sim_ij)
+    #        = min(base_i, min over picked j of (base_i - weight * sim_ij)),
+    # so with every pair's term computed at once each pick is one argmax and one minimum.
+    base = (1.0 - weight) * relevance
+    penalised = base[None, :] - weight * (vectors @ vectors.T).astype(np.float64)
+    gain = base.copy()
     order: list[int] = []
     for _ in range(min(count, n)):
-        gain = np.where(chosen, -np.inf, (1.0 - weight) * relevance - weight * max_similarity)
         best = int(np.argmax(gain))
         order.append(best)
-        chosen[best] = True
-        max_similarity = np.maximum(max_similarity, vectors @ vectors[best])
+        np.minimum(gain, penalised[best], out=gain)
+        gain[best] = -np.inf
     return items.take(np.asarray(order, dtype=np.intp))
 
 

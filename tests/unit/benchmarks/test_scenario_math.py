@@ -4,7 +4,10 @@ gains, request data and Triton statistics."""
 from __future__ import annotations
 
 import http.server
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +169,36 @@ def test_batching_gains_against_off_with_the_same_instances() -> None:
     out, best = scenarios.batching_gains(variants)
     assert [v["gain_vs_off"] for v in out] == [1.0, 2.5, 1.0, 2.0]
     assert best == pytest.approx(2.5)
+    assert [v["cpu_gain_vs_off"] for v in out] == [None] * 4  # CPU not measured
+    for v, cpu_ms in zip(variants, (1.2, 0.4, 1.0, None), strict=True):
+        v["triton_cpu_ms_per_request"] = cpu_ms
+    out, _ = scenarios.batching_gains(variants)
+    assert [v["cpu_gain_vs_off"] for v in out] == [1.0, 3.0, 1.0, None]
+
+
+def test_tree_cpu_seconds_counts_children() -> None:
+    import subprocess
+    import sys
+
+    # The parent sleeps; its child burns about 0.2 s of CPU, then waits to be killed.
+    burner = "sum(range(10**7)); import time; time.sleep(60)"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burner!r}])",
+        ],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while procs.tree_cpu_seconds(parent.pid) < 0.1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(procs.descendants(parent.pid)) == 2
+        assert procs.tree_cpu_seconds(parent.pid) >= 0.1
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
 
 
 def test_batching_variants_cover_off_delays_and_instances() -> None:
@@ -341,3 +374,21 @@ def test_triton_exit_note_names_the_exit_and_the_log_tail() -> None:
     note = scenarios.triton_exit_note(system)
     assert note is not None
     assert "pid 4242" in note and note.endswith("I1127 ready | Signal (11) received.")
+
+
+@pytest.mark.parametrize(
+    ("command", "role"),
+    [
+        ("/work/.venv/bin/python -m gateway.main --config x.yaml", "gateway"),
+        ("/opt/tritonserver/bin/tritonserver --model-repository=/r", "triton"),
+        ("nginx: worker process", "nginx"),
+        ("/usr/bin/redis-server 127.0.0.1:6379", "redis"),
+        ("/usr/lib/postgresql/15/bin/postgres -D /run/pg", "postgres"),
+        ("postgres: 15/main: checkpointer", "postgres"),
+        ("/usr/bin/prometheus --config.file=p.yml", "prometheus"),
+        ("/work/.venv/bin/python -m ab sidecar --config stack.yaml", "sidecar"),
+        ("sh -c sleep 1", None),
+    ],
+)
+def test_processes_are_classified_by_role(command: str, role: str | None) -> None:
+    assert procs.classify(command) == role
