@@ -118,6 +118,20 @@ def _disturbed(soak: Mapping[str, Any]) -> str:
     )
 
 
+def _cost(scen: Mapping[str, Any]) -> str | None:
+    plan = scen.get("capacity") or {}
+    if plan.get("usd_per_million") is None:
+        return None
+    out = f"${plan['usd_per_million']:.3f} at {plan['measured_rps']:,.0f} req/s"
+    if plan.get("basis", "").startswith("highest open-loop rate with p99 < 100 ms"):
+        out += " (p99 < 100 ms)"
+    strict = plan.get("at_p99_lt_50ms")
+    if strict:
+        out += f"; ${strict['usd_per_million']:.3f} at {strict['measured_rps']:,.0f} req/s"
+        out += " (p99 < 50 ms)"
+    return out
+
+
 ROWS: tuple[Row, ...] = (
     (
         "Sustained Recommend rate, p99 < 50 ms, no errors",
@@ -151,11 +165,7 @@ ROWS: tuple[Row, ...] = (
         _figure("memory", "max_gateway_rss_mb", template="{:.0f} MB"),
         "<= 400 MB",
     ),
-    (
-        "Cost per million requests (70% utilisation)",
-        _figure("capacity", "usd_per_million", template="${:.3f}"),
-        "<= $0.26",
-    ),
+    ("Cost per million requests (70% utilisation)", _cost, "<= $0.26"),
 )
 
 

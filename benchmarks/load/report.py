@@ -493,8 +493,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         out += _table(header, rows)
         out += [
             "",
-            "ghz shares the CPUs with Triton, so the throughput ratio understates batching; "
-            "Triton's CPU per request shows its own saving.",
+            "ghz runs on the same CPUs; Triton's CPU per request is its own saving, apart "
+            "from the client's share of the machine.",
         ]
     if "capacity" in scen:
         ca = scen["capacity"]

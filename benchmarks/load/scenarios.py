@@ -756,7 +756,7 @@ def batching_study(
             "mean_queue_ms": round(stats.mean_queue_ms, 3),
             "mean_compute_ms": round(stats.mean_compute_ms, 3),
             # Triton's own CPU per request: its efficiency apart from the ghz client, which
-            # shares the machine's CPUs and so caps the throughput ratio.
+            # shares the machine's CPUs.
             "triton_cpu_ms_per_request": load.server_cpu_ms_per_request,
         }
         bench.log(

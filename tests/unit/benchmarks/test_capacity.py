@@ -44,3 +44,26 @@ def test_rejects_meaningless_input(rps: float, cores: int, utilisation: float) -
 def test_cpu_accounted_rate() -> None:
     assert capacity.cpu_accounted_rps_per_core(9000, 12.0) == pytest.approx(750.0)
     assert capacity.cpu_accounted_rps_per_core(9000, 0.0) is None
+
+
+def test_capacity_scenario_plans_at_the_briefs_bound_and_at_ours() -> None:
+    from benchmarks import ghz_scenarios
+
+    steps = [{"target_rps": 250, "ok": 3750, "server_cpu_s": 15.0}]
+    scen = {
+        "rate_search": {"steps": steps, "sustainable_rps": {"p99_lt_100ms": 250, "p99_lt_50ms": 90}}
+    }
+    plan = ghz_scenarios._capacity(scen, None, {"cpu_count": 2})
+    assert plan["measured_rps"] == 250
+    assert plan["basis"].startswith("highest open-loop rate with p99 < 100 ms")
+    assert plan["at_p99_lt_50ms"]["measured_rps"] == 90
+    assert plan["at_p99_lt_50ms"]["usd_per_million"] == pytest.approx(
+        plan["usd_per_million"] * 250 / 90, rel=1e-3
+    )
+    assert plan["server_cpu_accounted_rps_per_core"] == 250.0  # 3750 answers / 15 CPU-seconds
+    none_under_100 = {"rate_search": {"steps": [], "sustainable_rps": {"p99_lt_100ms": None}}}
+    assert "skipped" in ghz_scenarios._capacity(none_under_100, None, {"cpu_count": 2})
+    forced = ghz_scenarios._capacity(none_under_100, 300, {"cpu_count": 2})
+    assert forced["basis"] == "--base-rps"
+    assert forced["measured_rps"] == 300
+    assert "at_p99_lt_50ms" not in forced

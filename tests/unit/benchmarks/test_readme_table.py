@@ -133,3 +133,17 @@ def test_soak_row_names_disturbed_windows() -> None:
         "them +5%) |"
         in table.render_table([_report("full", "2026-11-27T10:00:00+00:00", soak=soak)])
     )
+
+
+def test_cost_row_names_its_rate_and_the_stricter_one() -> None:
+    plan = {
+        "basis": "highest open-loop rate with p99 < 100 ms (the brief's bound) and no errors",
+        "measured_rps": 250.0,
+        "usd_per_million": 0.142,
+        "at_p99_lt_50ms": {"measured_rps": 90.0, "usd_per_million": 0.394},
+    }
+    rendered = table.render_table([_report("full", "2026-11-27T10:00:00+00:00", capacity=plan)])
+    assert (
+        "| Cost per million requests (70% utilisation) | $0.142 at 250 req/s (p99 < 100 ms); "
+        "$0.394 at 90 req/s (p99 < 50 ms) | <= $0.26 |" in rendered
+    )
