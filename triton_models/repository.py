@@ -164,8 +164,13 @@ class OnnxModelSpec:
     """Which versions Triton serves."""
     parameters: Mapping[str, str] = field(default_factory=dict)
     """Further ``parameters`` entries (string values)."""
+    warmup_rows: int = 0
+    """Rows of zeros each instance scores while the model loads (``model_warmup``), so that
+    Triton reports it READY only once the first call is no longer a cold one; 0: no warmup."""
 
     def __post_init__(self) -> None:
+        if self.warmup_rows < 0:
+            raise ValueError("warmup_rows must be >= 0")
         if self.max_batch_size < 0:
             raise ValueError("max_batch_size must be >= 0")
         if self.dynamic_batching is not None and self.max_batch_size == 0:
@@ -273,7 +278,32 @@ def onnx_model_config(spec: OnnxModelSpec, flavour: Flavour) -> Any:
     _set_parameters(
         config, {**spec.parameters, INTRA_OP_THREADS_PARAMETER: str(spec.intra_op_threads)}
     )
+    if spec.warmup_rows:
+        config.model_warmup.append(_warmup(spec))
     return config
+
+
+def _warmup(spec: OnnxModelSpec) -> Any:
+    """One warmup sample of `spec.warmup_rows` zero rows. A variable dimension becomes the
+    row count when it is the (unbatched) first one, else 1."""
+    batched = spec.max_batch_size > 0
+    sample = model_config_pb2.ModelWarmup(
+        name=f"zeros_{spec.warmup_rows}_rows",
+        batch_size=min(spec.warmup_rows, spec.max_batch_size) if batched else 1,
+    )
+    for tensor in spec.inputs:
+        dims = [
+            d if d >= 0 else (spec.warmup_rows if i == 0 and not batched else 1)
+            for i, d in enumerate(tensor.dims)
+        ]
+        sample.inputs[tensor.name].CopyFrom(
+            model_config_pb2.ModelWarmup.Input(
+                data_type=model_config_pb2.DataType.Value(tensor.triton_type),
+                dims=dims,
+                zero_data=True,
+            )
+        )
+    return sample
 
 
 def ensemble_config(spec: EnsembleSpec) -> Any:

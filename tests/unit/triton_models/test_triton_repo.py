@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 
@@ -53,6 +54,11 @@ def test_write_ranker_both_flavours(tmp_path: Path) -> None:
         # No queue policy: with one, the 2.51 batcher held some requests ~520 ms.
         assert not config.dynamic_batching.HasField("default_queue_policy")
         assert config.instance_group[0].count == 3
+        # Every instance scores 500 zero rows before the model is READY (no cold first call).
+        (warmup,) = config.model_warmup
+        assert warmup.batch_size == 500
+        assert list(warmup.inputs["features"].dims) == [F]
+        assert warmup.inputs["features"].zero_data
         assert config.backend == ("python" if flavour is repo.Flavour.LOCAL else "onnxruntime")
 
         ensemble = repo.read_config(ensemble_dir)
@@ -64,6 +70,26 @@ def test_write_ranker_both_flavours(tmp_path: Path) -> None:
         assert ensemble.input[0].data_type == model_config_pb2.TYPE_FP32
         assert repo.read_version_metadata(model_dir, 1) == {"feature_names": ["a"]}
         assert repo.read_version_metadata(ensemble_dir, 1) == {"feature_names": ["a"]}
+
+
+def test_warmup_of_unbatched_and_variable_inputs() -> None:
+    features = repo.TensorSpec("features", np.float32, (-1, F))
+    score = repo.TensorSpec("score", np.float32, (-1, 1))
+    unbatched = repo.OnnxModelSpec("m", (features,), (score,), warmup_rows=64)
+    (warmup,) = repo.onnx_model_config(unbatched, repo.Flavour.LOCAL).model_warmup
+    assert warmup.batch_size == 1
+    assert list(warmup.inputs["features"].dims) == [64, F]  # the variable row axis
+    batched = repo.OnnxModelSpec(
+        "m", (repo.TensorSpec("features", np.float32, (F, -1)),), (score,), 32, warmup_rows=64
+    )
+    (warmup,) = repo.onnx_model_config(batched, repo.Flavour.PRODUCTION).model_warmup
+    assert warmup.batch_size == 32  # capped at max_batch_size
+    assert list(warmup.inputs["features"].dims) == [F, 1]
+    assert not repo.onnx_model_config(
+        repo.OnnxModelSpec("m", (features,), (score,)), repo.Flavour.LOCAL
+    ).model_warmup
+    with pytest.raises(ValueError, match="warmup_rows"):
+        repo.OnnxModelSpec("m", (features,), (score,), warmup_rows=-1)
 
 
 def test_git_sha_is_a_hash_or_none() -> None:
