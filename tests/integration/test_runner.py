@@ -79,5 +79,11 @@ def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> Non
         assert "stopped" in output  # the gateway drained and closed its resources
     finally:
         if runner.poll() is None:
-            runner.kill()
-            runner.wait()
+            # SIGINT first: the runner stops Triton and the gateway, which run in sessions of
+            # their own; killing only the runner would leave them holding their ports.
+            runner.send_signal(signal.SIGINT)
+            try:
+                runner.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.communicate()  # also closes the pipe, which would leak into later tests
