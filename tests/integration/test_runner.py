@@ -32,6 +32,7 @@ def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> Non
     env.update(
         {
             "RECSYS__SERVING__PORT": str(port),
+            "RECSYS__MONITORING__METRICS__PORT": str(_free_port()),
             "RECSYS__MODEL__ARTIFACTS_DIR": str(build_dir),
             "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(tmp_path / "events.sqlite3"),
             "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(tmp_path / "exposures.sqlite3"),
