@@ -161,17 +161,16 @@ def measure(
             cpu_by_role.get(s.role, 0.0) + s.cpu_s - cpu_before.get(s.pid, s.cpu_s)
         )
     server_cpu = sum(cpu_by_role.values())
+    cpu_by_role = dict(sorted(cpu_by_role.items()))
     entry = result.as_dict(with_intervals=False)
     entry["server_cpu_s"] = round(server_cpu, 2)
     entry["server_cpu_cores"] = round(server_cpu / result.duration_s, 2) if result.duration_s else 0
     # CPU milliseconds per answered request, by process role: where the machine's time goes.
+    cpu_by_role["ghz and driver"] = machine_after.bench_s - machine_before.bench_s
     entry["cpu_ms_per_request"] = {
-        role: round(1000 * cpu / max(result.ok, 1), 2) for role, cpu in sorted(cpu_by_role.items())
+        role: round(1000 * cpu / max(result.ok, 1), 2) for role, cpu in cpu_by_role.items()
     }
     entry["rss_mb"] = _rss_by_role(after)
-    entry["cpu_ms_per_request"]["ghz and driver"] = round(
-        1000 * (machine_after.bench_s - machine_before.bench_s) / max(result.ok, 1), 2
-    )
     entry["machine"] = disturbance(machine_before, machine_after, server_cpu)
     fallback = ""
     if fallback_before is not None and fallback_after is not None:
