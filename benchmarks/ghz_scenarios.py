@@ -339,7 +339,8 @@ def _capacity(
 ) -> dict[str, Any]:
     """The capacity plan at the highest rate with p99 < 100 ms, the bound of the brief's claim
     (10k req/s and its cost), and beside it the plan at our stricter p99 < 50 ms target."""
-    rates = (scen.get("rate_search") or {}).get("sustainable_rps") or {}
+    search = scen.get("rate_search") or {}
+    rates = search.get("sustainable_rps") or {}
     measured = override or rates.get("p99_lt_100ms")
     if not measured:
         return {
@@ -353,6 +354,7 @@ def _capacity(
         if override
         else "highest open-loop rate with p99 < 100 ms "
         "(the brief's bound for 10k req/s) and no errors",
+        "p99_bound_ms": None if override else 100,
         **plan.as_dict(),
         "price": {
             "instance": capacity.PRICE_INSTANCE_TYPE,
@@ -371,8 +373,7 @@ def _capacity(
             "replicas_needed": tight.replicas_needed,
             "usd_per_million": tight.usd_per_million,
         }
-    steps = (scen.get("rate_search") or {}).get("steps", [])
-    step = next((s for s in steps if s["target_rps"] == measured), None)
+    step = next((s for s in search.get("steps", []) if s["target_rps"] == measured), None)
     if step is not None:
         per_core = capacity.cpu_accounted_rps_per_core(step["ok"], step["server_cpu_s"])
         out["server_cpu_accounted_rps_per_core"] = None if per_core is None else round(per_core, 1)

@@ -123,8 +123,8 @@ def _cost(scen: Mapping[str, Any]) -> str | None:
     if plan.get("usd_per_million") is None:
         return None
     out = f"${plan['usd_per_million']:.3f} at {plan['measured_rps']:,.0f} req/s"
-    if plan.get("basis", "").startswith("highest open-loop rate with p99 < 100 ms"):
-        out += " (p99 < 100 ms)"
+    if plan.get("p99_bound_ms"):
+        out += f" (p99 < {plan['p99_bound_ms']} ms)"
     strict = plan.get("at_p99_lt_50ms")
     if strict:
         out += f"; ${strict['usd_per_million']:.3f} at {strict['measured_rps']:,.0f} req/s"

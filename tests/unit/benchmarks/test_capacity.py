@@ -56,6 +56,7 @@ def test_capacity_scenario_plans_at_the_briefs_bound_and_at_ours() -> None:
     plan = ghz_scenarios._capacity(scen, None, {"cpu_count": 2})
     assert plan["measured_rps"] == 250
     assert plan["basis"].startswith("highest open-loop rate with p99 < 100 ms")
+    assert plan["p99_bound_ms"] == 100
     assert plan["at_p99_lt_50ms"]["measured_rps"] == 90
     assert plan["at_p99_lt_50ms"]["usd_per_million"] == pytest.approx(
         plan["usd_per_million"] * 250 / 90, rel=1e-3
@@ -65,5 +66,6 @@ def test_capacity_scenario_plans_at_the_briefs_bound_and_at_ours() -> None:
     assert "skipped" in ghz_scenarios._capacity(none_under_100, None, {"cpu_count": 2})
     forced = ghz_scenarios._capacity(none_under_100, 300, {"cpu_count": 2})
     assert forced["basis"] == "--base-rps"
+    assert forced["p99_bound_ms"] is None
     assert forced["measured_rps"] == 300
     assert "at_p99_lt_50ms" not in forced

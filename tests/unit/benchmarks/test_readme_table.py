@@ -137,7 +137,7 @@ def test_soak_row_names_disturbed_windows() -> None:
 
 def test_cost_row_names_its_rate_and_the_stricter_one() -> None:
     plan = {
-        "basis": "highest open-loop rate with p99 < 100 ms (the brief's bound) and no errors",
+        "p99_bound_ms": 100,
         "measured_rps": 250.0,
         "usd_per_million": 0.142,
         "at_p99_lt_50ms": {"measured_rps": 90.0, "usd_per_million": 0.394},

@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.server
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -177,9 +179,6 @@ def test_batching_gains_against_off_with_the_same_instances() -> None:
 
 
 def test_tree_cpu_seconds_counts_children() -> None:
-    import subprocess
-    import sys
-
     # The parent sleeps; its child burns about 0.2 s of CPU, then waits to be killed.
     burner = "sum(range(10**7)); import time; time.sleep(60)"
     parent = subprocess.Popen(
