@@ -7,8 +7,9 @@
   ports after `monitoring.metrics.port`), Redis and Postgres where `feature_store` points,
   Prometheus, and Triton when built.
 
-Both wait until gRPC health reports SERVING on `serving.port`, print how to call the service,
-and stop everything cleanly on Ctrl-C (honcho forwards the signal to every process).
+Both wait until gRPC health reports SERVING on `serving.port` (in `stack`, first on every
+gateway behind nginx), print how to call the service, and stop everything cleanly on Ctrl-C
+(honcho forwards the signal to every process).
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def prepare_postgres(data_dir: Path, user: str, database: str) -> None:
     )
 
 
+def stack_gateway_ports(settings: Settings) -> list[int]:
+    """The stack's gateway ports, the ones after nginx's `serving.port`."""
+    return [settings.serving.port + 1 + i for i in range(settings.serving.processes)]
+
+
 def stack_processes(
     settings: Settings, config: Path, run_dir: Path, prometheus_port: int = 9090
 ) -> dict[str, ProcessSpec]:
@@ -128,7 +134,7 @@ def stack_processes(
     """
     serving = settings.serving
     store = settings.feature_store
-    first_port = serving.port + 1
+    gateway_ports = stack_gateway_ports(settings)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "tmp").mkdir(exist_ok=True)
     subprocess.run(
@@ -139,7 +145,7 @@ def stack_processes(
             "--host",
             "127.0.0.1",
             "--base-port",
-            str(first_port),
+            str(gateway_ports[0]),
             "--listen",
             f"{serving.host}:{serving.port}",
             "--error-log",
@@ -221,13 +227,13 @@ def stack_processes(
                 ),
             },
         )
-    for i in range(serving.processes):
+    for i, port in enumerate(gateway_ports):
         gateway = shlex.join(_gateway(config))
         processes[f"gateway{i + 1}"] = ProcessSpec(
             ["sh", "-c", wait_for_postgres + gateway],
             {
                 "RECSYS__SERVING__HOST": "127.0.0.1",
-                "RECSYS__SERVING__PORT": str(first_port + i),
+                "RECSYS__SERVING__PORT": str(port),
                 "RECSYS__MONITORING__METRICS__PORT": str(metrics_base + 1 + i),
                 "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(run_dir / "events.sqlite3"),
                 "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(run_dir / f"exposures{i + 1}.sqlite3"),
@@ -264,15 +270,20 @@ def wait_until_triton_ready(url: str, timeout_s: float, stopped: threading.Event
     return False
 
 
-def _announce(target: str, triton_ready_url: str | None, stopped: threading.Event) -> None:
-    if not wait_until_serving(target, READY_TIMEOUT_S, stopped):
-        if not stopped.is_set():
-            print(
-                f"\n  recsys did not report SERVING on {target} within {READY_TIMEOUT_S:.0f} s; "
-                "see the log above.\n",
-                flush=True,
-            )
-        return
+def _announce(
+    target: str, backends: list[str], triton_ready_url: str | None, stopped: threading.Event
+) -> None:
+    """Announces SERVING once every gateway in `backends` and then `target` report it."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for address in [*backends, target]:
+        if not wait_until_serving(address, max(deadline - time.monotonic(), 0.0), stopped):
+            if not stopped.is_set():
+                print(
+                    f"\n  recsys did not report SERVING on {address} within "
+                    f"{READY_TIMEOUT_S:.0f} s; see the log above.\n",
+                    flush=True,
+                )
+            return
     triton_ready = triton_ready_url is not None and wait_until_triton_ready(
         triton_ready_url, 1.0, stopped
     )
@@ -337,11 +348,18 @@ def main(argv: list[str] | None = None) -> None:
         manager.add_process(name, shlex.join(spec.argv), env={**os.environ, **spec.env})
     stopped = threading.Event()
     target = f"{settings.serving.host}:{settings.serving.port}"
+    # nginx reports SERVING as soon as one gateway behind it does; the stack is ready only
+    # when every gateway is.
+    backends = (
+        [f"127.0.0.1:{port}" for port in stack_gateway_ports(settings)]
+        if args.profile == "stack"
+        else []
+    )
     triton_ready_url = (
         f"http://127.0.0.1:{DEFAULT_HTTP_PORT}/v2/health/ready" if "triton" in processes else None
     )
     threading.Thread(
-        target=_announce, args=(target, triton_ready_url, stopped), daemon=True
+        target=_announce, args=(target, backends, triton_ready_url, stopped), daemon=True
     ).start()
     try:
         manager.loop()

@@ -481,7 +481,7 @@ def stack_system(
     env = _common_env(workdir, {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
     port = _free_port_block(1 + processes)
-    metrics_port = _free_port_block(1 + processes)
+    metrics_port = _free_port_block(1 + processes, avoid=range(port, port + 1 + processes))
     env["RECSYS__SERVING__PORT"] = str(port)
     env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
     env["RECSYS__SERVING__PROCESSES"] = str(processes)
@@ -514,19 +514,22 @@ def stack_system(
         if TRITON_REPOSITORY.is_dir():
             system.triton_grpc_url = "127.0.0.1:8001"
             system.ranker_model = _ranker_ensemble(TRITON_REPOSITORY)
+        # nginx reports SERVING once one gateway does: wait for every gateway behind it too.
+        for i in range(processes):
+            wait_for_health(f"127.0.0.1:{port + 1 + i}", startup_timeout_s, alive=runner)
         wait_for_health(system.target, startup_timeout_s, alive=runner)
         yield system
     finally:
         system.stop()
 
 
-def _free_port_block(size: int, attempts: int = 50) -> int:
-    """A port p such that p..p+size-1 were all free a moment ago."""
+def _free_port_block(size: int, avoid: range = range(0), attempts: int = 50) -> int:
+    """A port p such that p..p+size-1 were all free a moment ago and none is in `avoid`."""
     import socket
 
     for _ in range(attempts):
         base = free_port()
-        if base + size > 65535:
+        if base + size > 65535 or (base < avoid.stop and avoid.start < base + size):
             continue
         ok = True
         for offset in range(1, size):

@@ -32,13 +32,15 @@ pytestmark = pytest.mark.integration
 GATEWAYS = 3
 
 
-def _free_block(size: int) -> int:
-    """A first port such that `size` consecutive ports are free right now."""
+def _free_block(size: int, taken: set[int]) -> int:
+    """A first port such that `size` consecutive ports are free right now and none of them is
+    in `taken` (the blocks handed out before, not yet bound); adds the block to `taken`."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             first = int(probe.getsockname()[1])
-        if first + size >= 65000:
+        block = set(range(first, first + size))
+        if first + size >= 65000 or block & taken:
             continue
         try:
             sockets = []
@@ -46,6 +48,7 @@ def _free_block(size: int) -> int:
                 sock = socket.socket()
                 sockets.append(sock)
                 sock.bind(("127.0.0.1", port))
+            taken |= block
             return first
         except OSError:
             continue
@@ -83,9 +86,10 @@ def _recommend_count(metrics_port: int) -> float:
 
 
 def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_path: Path) -> None:
-    grpc_port = _free_block(GATEWAYS + 1)
-    metrics_port = _free_block(GATEWAYS + 1)
-    redis_port, postgres_port, prometheus_port = (_free_block(1) for _ in range(3))
+    taken: set[int] = set()
+    grpc_port = _free_block(GATEWAYS + 1, taken)
+    metrics_port = _free_block(GATEWAYS + 1, taken)
+    redis_port, postgres_port, prometheus_port = (_free_block(1, taken) for _ in range(3))
     env = dict(os.environ)
     env.update(
         {

@@ -1,0 +1,89 @@
+"""The runner announces SERVING only when nginx's address and every gateway behind it report it
+(nginx answers SERVING as soon as one gateway does)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from gateway import runner
+from gateway.config import load_settings
+
+
+class _HealthServer:
+    """A real gRPC server with only the health service, on a free port."""
+
+    def __init__(self) -> None:
+        self.servicer = health.HealthServicer()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{port}"
+        self.set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.start()
+
+    def set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        self.servicer.set("", status)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[_HealthServer]]:
+    started = [_HealthServer() for _ in range(3)]
+    yield started
+    for server in started:
+        server.server.stop(grace=None)
+
+
+def test_waits_for_every_backend_before_announcing(
+    servers: list[_HealthServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    front, first, second = servers
+    front.set(health_pb2.HealthCheckResponse.SERVING)
+    first.set(health_pb2.HealthCheckResponse.SERVING)
+    stopped = threading.Event()
+    backends = [first.address, second.address]
+    announcer = threading.Thread(
+        target=runner._announce, args=(front.address, backends, None, stopped)
+    )
+    announcer.start()
+    try:
+        time.sleep(1.5)  # several polls: the front and one backend say SERVING, one does not
+        assert announcer.is_alive()
+        assert "is SERVING" not in capsys.readouterr().out
+        second.set(health_pb2.HealthCheckResponse.SERVING)
+        announcer.join(timeout=10)
+        assert not announcer.is_alive()
+        out = capsys.readouterr().out
+        assert f"recsys is SERVING on {front.address}" in out
+        assert "popularity ranking" in out  # no Triton in this profile
+    finally:
+        stopped.set()
+        announcer.join(timeout=10)
+
+
+def test_names_the_backend_that_never_came_up(
+    servers: list[_HealthServer],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    front, first, second = servers
+    front.set(health_pb2.HealthCheckResponse.SERVING)
+    first.set(health_pb2.HealthCheckResponse.SERVING)
+    monkeypatch.setattr(runner, "READY_TIMEOUT_S", 2.0)
+    runner._announce(front.address, [first.address, second.address], None, threading.Event())
+    out = capsys.readouterr().out
+    assert f"did not report SERVING on {second.address}" in out
+    assert "is SERVING" not in out
+
+
+def test_stack_gateway_ports_follow_nginx_port() -> None:
+    settings = load_settings(runner.REPO / "infra" / "config" / "stack.yaml", {})
+    ports = runner.stack_gateway_ports(settings)
+    assert len(ports) == settings.serving.processes
+    assert ports == list(range(settings.serving.port + 1, settings.serving.port + 1 + len(ports)))
