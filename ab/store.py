@@ -28,9 +28,11 @@ from typing import Any, Literal, Protocol, TypeAlias
 import asyncpg
 
 from ab.exposures import Exposure
+from feature_service import postgres as feature_postgres
 from feature_service import schema
 from feature_service.config import PostgresSettings
 from feature_service.schema import Migration
+from feature_service.store import FeatureStoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -104,25 +106,35 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 async def migrate(pool: asyncpg.Pool, migrations: Sequence[Migration] | None = None) -> list[int]:
-    """Applies the migrations not yet in `ab_schema_migrations`; returns their versions.
+    """Applies the feature store's pending migrations, then the ones not yet in
+    `ab_schema_migrations`; returns the versions of the latter.
 
-    One transaction under an advisory lock: concurrent callers queue, later ones do nothing.
+    Each schema in one transaction under its advisory lock: concurrent callers queue, later
+    ones do nothing.
 
     Raises:
-        ExperimentStoreError: Postgres failed; nothing was applied then.
+        ExperimentStoreError: Postgres failed; the failing schema's migrations were not applied.
     """
     todo = load_migrations() if migrations is None else migrations
     try:
-        async with pool.acquire() as connection, connection.transaction():
-            return await schema.apply_migrations(
-                connection, todo, "ab_schema_migrations", _MIGRATION_LOCK
-            )
-    except _ERRORS as exc:
+        async with pool.acquire() as connection:
+            # The analysis joins the feature store's `events`, and the sidecar may start before
+            # any gateway has created it. One transaction per schema: one lock held at a time.
+            async with connection.transaction():
+                await feature_postgres.apply_migrations(
+                    connection, feature_postgres.load_migrations()
+                )
+            async with connection.transaction():
+                return await schema.apply_migrations(
+                    connection, todo, "ab_schema_migrations", _MIGRATION_LOCK
+                )
+    except (*_ERRORS, FeatureStoreError) as exc:
         raise ExperimentStoreError(f"postgres: migration failed: {exc!r}") from exc
 
 
 async def open_pool(settings: PostgresSettings, max_size: int | None = None) -> asyncpg.Pool:
-    """An asyncpg pool for `settings` with the ab schema migrated. Close it with `close()`.
+    """An asyncpg pool for `settings` with the ab schema (and the feature store schema it reads)
+    migrated. Close it with `close()`.
 
     Raises:
         ExperimentStoreError: Postgres is unreachable or a migration failed.

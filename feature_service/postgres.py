@@ -64,6 +64,16 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         raise FeatureStoreError(str(exc)) from exc
 
 
+async def apply_migrations(connection: Any, migrations: Sequence[Migration]) -> list[int]:
+    """Applies the feature store's `migrations` not yet recorded in `schema_migrations` on
+    `connection`, inside the caller's transaction, under the schema's advisory lock; returns
+    their versions. Also used by readers of `events` that start before any gateway (the
+    experiment sidecar)."""
+    return await schema.apply_migrations(
+        connection, migrations, "schema_migrations", _MIGRATION_LOCK
+    )
+
+
 @dataclass(frozen=True)
 class _SnapshotTable:
     """A table of the offline snapshot and the SQL that reloads it (identifiers only)."""
@@ -218,9 +228,7 @@ class PostgresStore:
         queue up and the later ones find nothing to do.
         """
         async with self._connection("migrate") as connection, connection.transaction():
-            return await schema.apply_migrations(
-                connection, migrations, "schema_migrations", _MIGRATION_LOCK
-            )
+            return await apply_migrations(connection, migrations)
 
     async def applied_migrations(self) -> list[tuple[int, str]]:
         """(version, name) of every applied migration, in order."""

@@ -14,7 +14,10 @@ from ab.assignment import assign
 from ab.config import ExperimentConfig, VariantConfig
 from ab.exposures import Exposure
 from ab.metrics_sql import VariantSums, fetch_cumulative_daily, fetch_variant_sums
-from ab.store import PostgresExposureSink, load_migrations, migrate
+from ab.store import PostgresExposureSink, load_migrations, migrate, open_pool
+from feature_service.config import PostgresSettings
+from feature_service.postgres import PostgresStore
+from feature_service.postgres import load_migrations as feature_migrations
 from tests.integration.ab.simulate import (
     EVENT_COLUMNS,
     T0,
@@ -42,6 +45,29 @@ async def test_migrations_apply_once(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as connection:
         rows = await connection.fetch("SELECT version, name FROM ab_schema_migrations")
     assert [(r["version"], r["name"]) for r in rows] == [(1, "experiments")]
+
+
+async def test_a_fresh_database_can_be_analysed_before_any_gateway_starts(
+    pool: asyncpg.Pool, pg_settings: PostgresSettings
+) -> None:
+    # The sidecar opens its pool while the gateways are still starting: the feature store's
+    # `events` table, which the analysis joins, must not be left to them.
+    async with pool.acquire() as connection:
+        await connection.execute("DROP DATABASE IF EXISTS ab_fresh")
+        await connection.execute("CREATE DATABASE ab_fresh")
+    fresh = pg_settings.model_copy(update={"dsn": pg_settings.dsn.rsplit("/", 1)[0] + "/ab_fresh"})
+    fresh_pool = await open_pool(fresh)
+    try:
+        assert await fetch_variant_sums(fresh_pool, EXPERIMENT) == {}
+        async with fresh_pool.acquire() as connection:
+            applied = await connection.fetchval("SELECT count(*) FROM schema_migrations")
+        assert applied == len(feature_migrations())
+        store = await PostgresStore.open(fresh)  # a gateway starting afterwards: nothing to do
+        await store.close()
+    finally:
+        await fresh_pool.close()
+        async with pool.acquire() as connection:
+            await connection.execute("DROP DATABASE ab_fresh")
 
 
 async def test_exposure_sink_is_idempotent(pool: asyncpg.Pool) -> None:
