@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from opentelemetry import trace
 from recsys.v1 import recommendation_pb2 as pb
 
@@ -50,6 +51,13 @@ class Ranker:
     registry: ModelRegistry
     features: RankingFeatures
     cache: PredictionCache
+
+
+def sorted_median(values: npt.NDArray[np.float32], order: npt.NDArray[np.intp]) -> float:
+    """The median of non-empty `values` read off `order`, which sorts them (either way round):
+    np.median would sort a copy again, about 30 µs per request."""
+    n = len(order)
+    return float((values[order[n // 2]] + values[order[(n - 1) // 2]]) / 2.0)
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,7 @@ class Recommender:
             candidates.positions,
         )
         scores = ranker.cache.get(key)
+        fresh = scores is None
         if scores is not None:
             self.metrics.prediction_cache_hits.inc()
         else:
@@ -243,8 +252,9 @@ class Recommender:
                 self.metrics.triton_duration.labels(model).observe(time.perf_counter() - started)
             scores = scored.scores
             ranker.cache.put(key, scores)
-            self.metrics.ranker_score.labels(model).observe(float(np.median(scores)))
         order = np.argsort(-scores, kind="stable")
+        if fresh and len(order):
+            self.metrics.ranker_score.labels(model).observe(sorted_median(scores, order))
         return Ranking(
             Candidates(candidates.positions[order], scores[order]), f"{model}/{version}", ()
         )

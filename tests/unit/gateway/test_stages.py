@@ -11,6 +11,7 @@ from recsys.v1 import recommendation_pb2 as pb
 from feature_service.catalogue import CURRENCY, ItemCatalogue
 from gateway.deadline import Budget
 from gateway.errors import DeadlineExceeded
+from gateway.recommender import sorted_median
 from gateway.stages.candidates import candidate_count
 from gateway.stages.filter import filter_candidates
 from gateway.stages.rank import FallbackRanker, PredictionCache
@@ -148,3 +149,13 @@ def test_response_builder_fills_items_in_order_with_their_metadata() -> None:
     # Templates are copied: the second response's score does not leak into the first.
     assert [(r.item_id, r.score) for r in again.recommendations] == [("A1", 0.5)]
     assert response.recommendations[1].score == 0.5 and not again.degraded
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 550])
+def test_sorted_median_equals_numpy_median(size: int) -> None:
+    rng = np.random.default_rng(size)
+    scores = rng.random(size, dtype=np.float32)
+    scores[: size // 3] = scores[0]  # ties
+    expected = float(np.median(scores))
+    for order in (np.argsort(-scores, kind="stable"), np.argsort(scores)):
+        assert sorted_median(scores, order) == pytest.approx(expected, rel=1e-6)
