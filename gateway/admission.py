@@ -1,4 +1,8 @@
-"""Admission control for Recommend: bound the pipelines running at once, shed the rest early.
+"""Admission control: bound the calls running at once, shed the rest early.
+
+Recommend and RecordEvents each have their own bound (`serving.admission`,
+`serving.events_admission`), so a flood of event batches cannot take the slots, or the event
+loop, that recommendations need.
 
 One event loop runs every request of a process. Without a bound, an overload admits every call
 (up to `serving.max_concurrent_rpcs`) and they all slow down together: each one's share of the
@@ -25,21 +29,24 @@ from gateway.metrics import Metrics
 
 
 class AdmissionControl:
-    """A semaphore of `max_running` pipeline slots with a bounded, time-limited FIFO queue."""
+    """A semaphore of `max_running` slots with a bounded, time-limited FIFO queue, for the calls
+    of one `method` (metrics are labelled with it)."""
 
-    def __init__(self, settings: AdmissionSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: AdmissionSettings, metrics: Metrics, method: str = "Recommend"
+    ) -> None:
         self._max_running = settings.max_running
         self._max_queued = settings.max_queued
         self._max_wait_s = settings.max_queue_wait_ms / 1000.0
         self._slots = asyncio.Semaphore(settings.max_running)
         self._waiting = 0
-        self._running_gauge = metrics.pipelines_running
-        self._queued_gauge = metrics.pipelines_queued
-        self._observe_wait = metrics.admission_wait.observe
+        self._running_gauge = metrics.pipelines_running.labels(method)
+        self._queued_gauge = metrics.pipelines_queued.labels(method)
+        self._observe_wait = metrics.admission_wait.labels(method).observe
         shed = metrics.requests_shed
-        self._shed_queue_full = shed.labels("queue_full")
-        self._shed_queue_timeout = shed.labels("queue_timeout")
-        self._shed_deadline = shed.labels("deadline")
+        self._shed_queue_full = shed.labels(method, "queue_full")
+        self._shed_queue_timeout = shed.labels(method, "queue_timeout")
+        self._shed_deadline = shed.labels(method, "deadline")
 
     @property
     def waiting(self) -> int:

@@ -112,6 +112,11 @@ class ServingSettings(BaseModel):
     them has expired."""
     admission: AdmissionSettings = AdmissionSettings()
     """Bound on Recommend pipelines running at once, and the queue in front of it."""
+    events_admission: AdmissionSettings = AdmissionSettings(
+        max_running=8, max_queued=64, max_queue_wait_ms=50.0
+    )
+    """Bound on RecordEvents calls running at once (each holds a store write), and the queue in
+    front of it; separate from `admission`, so event batches never take Recommend's slots."""
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Transport limit of one message; larger ones are refused by gRPC itself."""
     max_recommend_request_bytes: int = Field(64 * 1024, ge=256)

@@ -129,27 +129,31 @@ class Metrics:
             ["type", "result"],
             registry=r,
         )
+        # Admission control, by method: Recommend and RecordEvents have bounds of their own.
         self.pipelines_running = Gauge(
             "recsys_admission_running_requests",
-            "Recommend pipelines running now (admission control).",
+            "Calls running now under admission control, by method.",
+            ["method"],
             registry=r,
         )
         self.pipelines_queued = Gauge(
             "recsys_admission_queued_requests",
-            "Recommend requests waiting for a free pipeline now.",
+            "Calls waiting for a free slot now, by method.",
+            ["method"],
             registry=r,
         )
         self.admission_wait = Histogram(
             "recsys_admission_wait_seconds",
-            "Time a Recommend request waited for a free pipeline (only those that waited).",
+            "Time a call waited for a free slot (only those that waited), by method.",
+            ["method"],
             buckets=STAGE_BUCKETS,
             registry=r,
         )
         self.requests_shed = Counter(
             "recsys_admission_shed_requests",
-            "Recommend requests refused by admission control, by reason "
+            "Calls refused by admission control, by method and reason "
             "(queue_full, queue_timeout, deadline).",
-            ["reason"],
+            ["method", "reason"],
             registry=r,
         )
         self.build = Info("recsys_build", "Build and model versions of this process.", registry=r)

@@ -41,6 +41,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         metrics: Metrics,
         histories: PurchaseHistories | None,
         admission: AdmissionControl,
+        events_admission: AdmissionControl,
         log_sample_ratio: float = 0.0,
     ) -> None:
         self._recommender = recommender
@@ -50,6 +51,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self._metrics = metrics
         self._histories = histories
         self._admission = admission
+        self._events_admission = events_admission
         self._log_sample_ratio = log_sample_ratio
 
     async def Recommend(
@@ -82,11 +84,14 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         request: pb.RecordEventsRequest,
         context: grpc.aio.ServicerContext[pb.RecordEventsRequest, pb.RecordEventsResponse],
     ) -> pb.RecordEventsResponse:
+        budget = Budget.for_request(context.time_remaining(), self._default_deadline_s)
         events = validate_events(request, self._limits, datetime.now(UTC))
-        try:
-            result = await self._store.record_events(events)
-        except FeatureStoreError as exc:
-            raise Unavailable("events could not be stored; retry the batch") from exc
+        # Refused before anything is written: the whole batch can be retried.
+        async with self._events_admission.admit(budget):
+            try:
+                result = await self._store.record_events(events)
+            except FeatureStoreError as exc:
+                raise Unavailable("events could not be stored; retry the batch") from exc
         if self._histories is not None:
             # Purchases feed the ranker's user features from the next request on.
             self._histories.record(events)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.embedded import EmbeddedFeatureStore
+from feature_service.events import Event, RecordResult
 from feature_service.store import UserFeatures
 from gateway.config import Settings
 from tests.conftest import async_stub, metric_samples, running_gateway
@@ -133,10 +135,11 @@ async def test_admission_control_sheds_what_cannot_start_in_time(
     assert all(0.09 <= elapsed < 0.3 for elapsed in timed_out)
 
     shed_total = "recsys_admission_shed_requests_total"
-    assert samples[(shed_total, frozenset({("reason", "queue_full")}))] == 5
-    assert samples[(shed_total, frozenset({("reason", "queue_timeout")}))] == 3
-    assert samples[("recsys_admission_running_requests", frozenset())] == 0
-    assert samples[("recsys_admission_queued_requests", frozenset())] == 0
+    recommend = ("method", "Recommend")
+    assert samples[(shed_total, frozenset({recommend, ("reason", "queue_full")}))] == 5
+    assert samples[(shed_total, frozenset({recommend, ("reason", "queue_timeout")}))] == 3
+    assert samples[("recsys_admission_running_requests", frozenset({recommend}))] == 0
+    assert samples[("recsys_admission_queued_requests", frozenset({recommend}))] == 0
     exhausted = frozenset({("code", "RESOURCE_EXHAUSTED"), ("method", "Recommend")})
     assert samples[("recsys_grpc_requests_total", exhausted)] == 8
 
@@ -191,3 +194,69 @@ async def test_calls_over_max_concurrent_streams_are_refused_by_grpc_unprocessed
         if name == "recsys_grpc_requests_total" and ("method", "Recommend") in labels
     ]
     assert sum(handled) == len(ok) + 1
+
+
+def _view_batch(event_id: str) -> pb.RecordEventsRequest:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(UTC))
+    event = pb.UserEvent(
+        event_id=event_id,
+        type=pb.EVENT_TYPE_PRODUCT_VIEW,
+        user_id="17850",
+        item_id="85123A",
+        timestamp=stamp,
+    )
+    return pb.RecordEventsRequest(events=[event])
+
+
+async def test_a_flood_of_event_batches_is_shed_without_writing_and_spares_recommend(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = EmbeddedFeatureStore.record_events
+
+    async def slow(self: EmbeddedFeatureStore, events: Sequence[Event]) -> RecordResult:
+        await asyncio.sleep(0.3)
+        return await original(self, events)
+
+    monkeypatch.setattr(EmbeddedFeatureStore, "record_events", slow)
+    settings = make_settings(
+        SERVING__DEFAULT_DEADLINE_MS="5000",
+        SERVING__EVENTS_ADMISSION__MAX_RUNNING="1",
+        SERVING__EVENTS_ADMISSION__MAX_QUEUED="1",
+        SERVING__EVENTS_ADMISSION__MAX_QUEUE_WAIT_MS="100",
+    )
+    async with running_gateway(settings) as (server, channel):
+        stub = async_stub(channel)
+
+        async def record(event_id: str) -> tuple[grpc.StatusCode, str]:
+            try:
+                await stub.RecordEvents(_view_batch(event_id), timeout=10)
+                return grpc.StatusCode.OK, event_id
+            except grpc.aio.AioRpcError as error:
+                return error.code(), event_id
+
+        flood = asyncio.gather(*(record(f"flood-{i}") for i in range(4)))
+        await asyncio.sleep(0.05)
+        # Event batches hold every events slot; Recommend has slots of its own.
+        reply = await stub.Recommend(pb.RecommendRequest(user_id="17850"), timeout=5)
+        assert len(reply.recommendations) == 10
+        results = await flood
+        codes = sorted(code.name for code, _ in results)
+        assert codes == ["OK"] + ["RESOURCE_EXHAUSTED"] * 3
+        assert server.http_port is not None
+        samples = await asyncio.to_thread(_scrape, server.http_port)
+        # A refused batch wrote nothing: sent again, every event is new, not a duplicate.
+        for code, event_id in results:
+            ack = await stub.RecordEvents(_view_batch(event_id), timeout=10)
+            expected = (1, 0) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else (0, 1)
+            assert (ack.accepted, ack.duplicates) == expected
+    events = ("method", "RecordEvents")
+    shed_total = "recsys_admission_shed_requests_total"
+    assert samples[(shed_total, frozenset({events, ("reason", "queue_full")}))] == 2
+    assert samples[(shed_total, frozenset({events, ("reason", "queue_timeout")}))] == 1
+    recommend_shed = [
+        value
+        for (name, labels), value in samples.items()
+        if name == shed_total and ("method", "Recommend") in labels
+    ]
+    assert sum(recommend_shed) == 0

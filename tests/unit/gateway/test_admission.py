@@ -25,13 +25,13 @@ def _control(
 
 def _shed(metrics: Metrics, reason: str) -> float:
     value = metrics.registry.get_sample_value(
-        "recsys_admission_shed_requests_total", {"reason": reason}
+        "recsys_admission_shed_requests_total", {"method": "Recommend", "reason": reason}
     )
     return value or 0.0
 
 
 def _gauge(metrics: Metrics, name: str) -> float:
-    value = metrics.registry.get_sample_value(name)
+    value = metrics.registry.get_sample_value(name, {"method": "Recommend"})
     assert value is not None
     return value
 
@@ -57,7 +57,10 @@ async def test_requests_within_the_limit_run_at_once() -> None:
     await asyncio.gather(*tasks)
     assert _gauge(metrics, "recsys_admission_running_requests") == 0
     # Nobody waited, so no wait was recorded.
-    assert metrics.registry.get_sample_value("recsys_admission_wait_seconds_count") == 0
+    wait_count = metrics.registry.get_sample_value(
+        "recsys_admission_wait_seconds_count", {"method": "Recommend"}
+    )
+    assert wait_count == 0
 
 
 async def test_waiting_requests_start_in_arrival_order_when_slots_free() -> None:
@@ -82,7 +85,10 @@ async def test_waiting_requests_start_in_arrival_order_when_slots_free() -> None
     ]
     assert control.waiting == 0
     assert _gauge(metrics, "recsys_admission_queued_requests") == 0
-    assert metrics.registry.get_sample_value("recsys_admission_wait_seconds_count") == 3
+    wait_count = metrics.registry.get_sample_value(
+        "recsys_admission_wait_seconds_count", {"method": "Recommend"}
+    )
+    assert wait_count == 3
 
 
 async def test_a_full_queue_refuses_at_once() -> None:
@@ -149,3 +155,20 @@ async def test_an_error_in_the_pipeline_frees_its_slot() -> None:
     assert _gauge(metrics, "recsys_admission_running_requests") == 0
     async with control.admit(Budget(5.0)):
         assert _gauge(metrics, "recsys_admission_running_requests") == 1
+
+
+async def test_each_method_has_its_own_slots_and_metrics() -> None:
+    metrics = Metrics()
+    settings = AdmissionSettings(max_running=1, max_queued=0, max_queue_wait_ms=1000)
+    recommend = AdmissionControl(settings, metrics, "Recommend")
+    events = AdmissionControl(settings, metrics, "RecordEvents")
+    # Recommend's only slot is taken; an event batch still gets one of its own.
+    async with recommend.admit(Budget(5.0)), events.admit(Budget(5.0)):
+        with pytest.raises(ResourceExhausted):
+            async with events.admit(Budget(5.0)):
+                pass
+    shed = metrics.registry.get_sample_value(
+        "recsys_admission_shed_requests_total", {"method": "RecordEvents", "reason": "queue_full"}
+    )
+    assert shed == 1
+    assert _shed(metrics, "queue_full") == 0
