@@ -215,7 +215,7 @@ async def test_a_flood_of_event_batches_is_shed_without_writing_and_spares_recom
     original = EmbeddedFeatureStore.record_events
 
     async def slow(self: EmbeddedFeatureStore, events: Sequence[Event]) -> RecordResult:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         return await original(self, events)
 
     monkeypatch.setattr(EmbeddedFeatureStore, "record_events", slow)
@@ -223,8 +223,10 @@ async def test_a_flood_of_event_batches_is_shed_without_writing_and_spares_recom
         SERVING__DEFAULT_DEADLINE_MS="5000",
         SERVING__EVENTS_ADMISSION__MAX_RUNNING="1",
         SERVING__EVENTS_ADMISSION__MAX_QUEUED="1",
-        SERVING__EVENTS_ADMISSION__MAX_QUEUE_WAIT_MS="100",
+        SERVING__EVENTS_ADMISSION__MAX_QUEUE_WAIT_MS="300",
     )
+    # One batch runs (600 ms), one waits 300 ms for its slot and is refused, two find the queue
+    # full. The margins leave a loaded machine 300 ms to deliver the four concurrent calls.
     async with running_gateway(settings) as (server, channel):
         stub = async_stub(channel)
 
