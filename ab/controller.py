@@ -95,6 +95,8 @@ class MetricTest:
     treatment_value: float
     control_n: int
     treatment_n: int
+    chance_to_win: float
+    """P(treatment's metric is higher), flat prior; descriptive, not a decision rule."""
 
     @classmethod
     def of(cls, metric: str, variant: str, result: AnalysisResult) -> MetricTest:
@@ -112,6 +114,7 @@ class MetricTest:
             e.treatment_mean,
             e.control_n,
             e.treatment_n,
+            result.chance_to_win,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -128,6 +131,7 @@ class MetricTest:
             "treatment_value": self.treatment_value,
             "control_n": self.control_n,
             "treatment_n": self.treatment_n,
+            "chance_to_win": self.chance_to_win,
         }
 
 

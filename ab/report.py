@@ -90,14 +90,22 @@ def render_report(
         "",
         f"## Effects (relative to {arms[0]}, two-sided {1 - experiment.alpha:.0%} {method} CI)",
         "",
-        "| variant | metric | control | treatment | effect | CI | p-value |",
-        "|---|---|---:|---:|---:|---|---:|",
+        "| variant | metric | control | treatment | effect | CI | p-value | P(higher) |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for t in _tests(experiment, sums):
         lines.append(
             f"| {t.variant} | {t.metric} | {_num(t.control_value)} | {_num(t.treatment_value)} "
-            f"| {_pct(t.effect)} | [{_pct(t.ci[0])}, {_pct(t.ci[1])}] | {t.p_value:.4g} |"
+            f"| {_pct(t.effect)} | [{_pct(t.ci[0])}, {_pct(t.ci[1])}] | {t.p_value:.4g} "
+            f"| {t.chance_to_win:.1%} |"
         )
+    lines += [
+        "",
+        "P(higher): the chance that the variant's metric is above control's (flat prior, the "
+        "same normal approximation as the test). It describes the data; it is not a decision "
+        "rule: watched until it crosses a line, it finds false wins like a peeked p-value. "
+        "Decisions use the CI above.",
+    ]
     observed = [sums[a].users if a in sums else 0 for a in arms]
     lines += ["", "## Sample-ratio mismatch", ""]
     if sum(observed) > 0:

@@ -441,6 +441,17 @@ class AnalysisResult:
         """Whether ``p_value < alpha`` (equivalently, the interval excludes 0)."""
         return self.p_value < self.alpha
 
+    @property
+    def chance_to_win(self) -> float:
+        """Approximate posterior probability that the effect is above 0 (the treatment's
+        metric is higher): flat prior and the estimate's t approximation, so it equals one
+        minus the one-sided fixed-horizon p-value. Descriptive only: watched repeatedly it
+        inflates false wins like a peeked p-value; decisions use ``ci`` and ``p_value``."""
+        effect, se = self.estimate.effect, self.estimate.std_error
+        if se > 0.0:
+            return _t_cdf(effect / se, self.estimate.df)
+        return 1.0 if effect > 0.0 else 0.0 if effect < 0.0 else 0.5
+
 
 def welch_df(var_c: float, n_c: int, var_t: float, n_t: int) -> float:
     """Welch-Satterthwaite degrees of freedom from per-unit variances."""

@@ -248,6 +248,7 @@ def _run_test(data: dict[str, Any]) -> dict[str, Any]:
         "std_error": est.std_error,
         "p_value": result.p_value,
         "significant": result.significant,
+        "chance_to_win": result.chance_to_win,
         "df": est.df if result.method == "fixed" else None,
         "sequential_tuning": result.sequential_tuning,
         "control_n": est.control_n,

@@ -175,6 +175,12 @@ async def test_analyze_writes_a_markdown_report(
     ):
         assert heading in report, heading
     assert "promote" in report or "continue" not in report
+    # The better treatment is probably better: P(higher) of its conversion rate above 50%.
+    effects = report.split("## Effects")[1].split("## Sample-ratio")[0]
+    assert "| P(higher) |" in effects and "not a decision rule" in effects
+    row = next(line for line in effects.splitlines() if "| conversion_rate |" in line)
+    chance = float(row.rstrip(" |").rsplit("|", 1)[1].strip().rstrip("%"))
+    assert 50.0 < chance <= 100.0
 
 
 def _metric(port: int, name: str) -> float | None:

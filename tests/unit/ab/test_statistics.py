@@ -452,3 +452,28 @@ def test_alpha_outside_unit_interval_is_rejected(alpha: float) -> None:
     with pytest.raises(StatisticsError) as info:
         fixed_horizon_test(GB_CONTROL, GB_TREATMENT, alpha=alpha)
     assert info.value.field == "alpha"
+
+
+# ---------------------------------------------------------------- chance to win
+
+
+def test_chance_to_win_is_one_minus_the_one_sided_p_value() -> None:
+    two_sided = fixed_horizon_test(GB_CONTROL, GB_TREATMENT)
+    greater = fixed_horizon_test(GB_CONTROL, GB_TREATMENT, alternative="greater")
+    assert two_sided.chance_to_win == pytest.approx(1.0 - greater.p_value, abs=1e-12)
+    assert greater.chance_to_win == two_sided.chance_to_win  # whatever the alternative
+    reverse = fixed_horizon_test(GB_TREATMENT, GB_CONTROL, difference="absolute")
+    forward = fixed_horizon_test(GB_CONTROL, GB_TREATMENT, difference="absolute")
+    assert reverse.chance_to_win == pytest.approx(1.0 - forward.chance_to_win, abs=1e-12)
+
+
+def test_chance_to_win_matches_beta_posteriors_on_conversions() -> None:
+    # Uniform priors, Beta posteriors, P(p_t > p_c) by simulation: the normal approximation
+    # agrees at these sample sizes.
+    control, treatment = ProportionStats(n=5000, sum=400), ProportionStats(n=5100, sum=445)
+    result = fixed_horizon_test(control, treatment, difference="absolute")
+    rng = np.random.default_rng(3)
+    draws_c = rng.beta(1 + 400, 1 + 5000 - 400, size=400_000)
+    draws_t = rng.beta(1 + 445, 1 + 5100 - 445, size=400_000)
+    assert result.chance_to_win == pytest.approx(float(np.mean(draws_t > draws_c)), abs=0.01)
+    assert 0.5 < result.chance_to_win < 1.0

@@ -58,6 +58,8 @@ def test_mean_test_with_defaults() -> None:
     assert [round(x, 5) for x in result["ci"]] == [-0.03526, 1.44989]
     assert round(result["std_error"], 5) == 0.37879
     assert round(result["p_value"], 5) == 0.06191
+    # Two-sided p 0.06191: one-sided 0.03096, so P(higher) = 0.96904.
+    assert round(result["chance_to_win"], 4) == round(1 - 0.06191 / 2, 4)
     assert result["difference"] == "relative"
     assert result["alternative"] == "two-sided"
     assert result["method"] == "fixed"
