@@ -1,7 +1,9 @@
 """`make run` and `make stack`: the local profiles under honcho (a maintained supervisor).
 
 - `local` (`make run`): Triton (the `tritonserver` binary of the nvidia-pytriton wheel) when a
-  local model repository has been built, then one gateway on `serving.port`.
+  local model repository has been built, then one gateway on `serving.port`. Triton's gRPC
+  port is the one in `model.ranker.triton_grpc_url` (8001), its HTTP port the one below and
+  its metrics port the one above.
 - `stack` (`make stack`, `infra/config/stack.yaml`): nginx on `serving.port` load-balancing
   gRPC over `serving.processes` gateway processes on the following ports (metrics on the
   ports after `monitoring.metrics.port`), Redis and Postgres where `feature_store` points,
@@ -31,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from honcho.manager import Manager
 
 from gateway.config import ConfigError, Settings, load_settings
-from triton_models.tritonserver import DEFAULT_HTTP_PORT, http_ready
+from triton_models.tritonserver import DEFAULT_GRPC_PORT, http_ready
 
 READY_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +49,39 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TritonPorts:
+    """The local Triton's three endpoints."""
+
+    http: int
+    grpc: int
+    metrics: int
+
+
+def triton_ports(settings: Settings) -> TritonPorts:
+    """gRPC where `model.ranker.triton_grpc_url` points, HTTP just below it and metrics just
+    above (8000, 8001, 8002 by default): one setting moves all three, e.g. away from another
+    server on 8000.
+
+    Raises:
+        ConfigError: the URL has no valid port.
+    """
+    url = settings.model.ranker.triton_grpc_url
+    try:
+        port = urlsplit(f"//{url}").port or DEFAULT_GRPC_PORT
+    except ValueError:
+        port = 0
+    if not 1 < port < 65535:
+        raise ConfigError(f"model.ranker.triton_grpc_url: {url!r} has no valid host:port")
+    return TritonPorts(http=port - 1, grpc=port, metrics=port + 1)
+
+
 def _triton(settings: Settings) -> dict[str, ProcessSpec]:
     model = settings.model
     repository = model.repository_dir or model.artifacts_dir / "triton" / "local"
     if not repository.is_dir():
         return {}
+    ports = triton_ports(settings)
     # Poll mode: a new model version dropped into the repository is loaded without a restart,
     # and the gateway's model registry routes to it once Triton reports it READY.
     argv = [
@@ -64,6 +94,12 @@ def _triton(settings: Settings) -> dict[str, ProcessSpec]:
         "poll",
         "--repository-poll-secs",
         "5",
+        "--http-port",
+        str(ports.http),
+        "--grpc-port",
+        str(ports.grpc),
+        "--metrics-port",
+        str(ports.metrics),
     ]
     return {"triton": ProcessSpec(argv)}
 
@@ -335,14 +371,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config, os.environ)
+        if args.profile == "stack":
+            processes = stack_processes(
+                settings, args.config, args.run_dir.resolve(), args.prometheus_port
+            )
+        else:
+            processes = local_processes(settings, args.config)
     except ConfigError as exc:
         sys.exit(f"recsys-run: {exc}")
-    if args.profile == "stack":
-        processes = stack_processes(
-            settings, args.config, args.run_dir.resolve(), args.prometheus_port
-        )
-    else:
-        processes = local_processes(settings, args.config)
     manager = Manager()
     for name, spec in processes.items():
         manager.add_process(name, shlex.join(spec.argv), env={**os.environ, **spec.env})
@@ -356,7 +392,9 @@ def main(argv: list[str] | None = None) -> None:
         else []
     )
     triton_ready_url = (
-        f"http://127.0.0.1:{DEFAULT_HTTP_PORT}/v2/health/ready" if "triton" in processes else None
+        f"http://127.0.0.1:{triton_ports(settings).http}/v2/health/ready"
+        if "triton" in processes
+        else None
     )
     threading.Thread(
         target=_announce, args=(target, backends, triton_ready_url, stopped), daemon=True

@@ -1,5 +1,6 @@
-"""The runner announces SERVING only when nginx's address and every gateway behind it report it
-(nginx answers SERVING as soon as one gateway does)."""
+"""The runner's profiles: it announces SERVING only when nginx's address and every gateway
+behind it report it (nginx answers SERVING as soon as one gateway does), and it places the
+processes on the configured ports."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway import runner
-from gateway.config import load_settings
+from gateway.config import ConfigError, load_settings
 
 
 class _HealthServer:
@@ -87,3 +88,31 @@ def test_stack_gateway_ports_follow_nginx_port() -> None:
     ports = runner.stack_gateway_ports(settings)
     assert len(ports) == settings.serving.processes
     assert ports == list(range(settings.serving.port + 1, settings.serving.port + 1 + len(ports)))
+
+
+def test_triton_ports_follow_the_gateways_triton_url() -> None:
+    local = runner.REPO / "infra" / "config" / "local.yaml"
+    default = runner.triton_ports(load_settings(local, {}))
+    assert (default.http, default.grpc, default.metrics) == (8000, 8001, 8002)
+    moved = load_settings(local, {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": "127.0.0.1:18001"})
+    ports = runner.triton_ports(moved)
+    assert (ports.http, ports.grpc, ports.metrics) == (18000, 18001, 18002)
+    spec = runner._triton(moved)
+    if spec:  # the local repository is built
+        argv = spec["triton"].argv
+        for flag, value in (
+            ("--http-port", 18000),
+            ("--grpc-port", 18001),
+            ("--metrics-port", 18002),
+        ):
+            assert argv[argv.index(flag) + 1] == str(value)
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:notaport", "127.0.0.1:1", "127.0.0.1:65535"])
+def test_a_triton_url_without_room_for_three_ports_is_a_config_error(url: str) -> None:
+    settings = load_settings(
+        runner.REPO / "infra" / "config" / "local.yaml",
+        {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": url},
+    )
+    with pytest.raises(ConfigError, match="triton_grpc_url"):
+        runner.triton_ports(settings)
