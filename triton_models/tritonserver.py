@@ -204,6 +204,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_port_block(size: int, host: str = "127.0.0.1") -> int:
+    """A port p such that p .. p+size-1 were all free a moment ago (for processes that take
+    consecutive ports, started side by side with others).
+
+    Raises:
+        OSError: no such block turned up in 50 tries.
+    """
+    for _ in range(50):
+        first = free_port(host)
+        block = range(first, first + size)
+        if block.stop > 65536:
+            continue
+        with contextlib.ExitStack() as probes:
+            try:
+                for port in block[1:]:
+                    probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).bind(
+                        (host, port)
+                    )
+            except OSError:
+                continue
+        return first
+    raise OSError(f"found no block of {size} free ports")
+
+
 @dataclass(frozen=True)
 class TritonServerOptions:
     """Everything that decides how one ``tritonserver`` runs."""

@@ -33,7 +33,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import load_settings
-from triton_models.tritonserver import TritonServer, TritonServerOptions, free_port
+from triton_models.tritonserver import (
+    TritonServer,
+    TritonServerOptions,
+    free_port,
+    free_port_block,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = REPO / "infra" / "config" / "local.yaml"
@@ -471,7 +476,7 @@ def stack_system(
     """The `make stack` profile (nginx + gateways + Triton when built) on free ports.
 
     The runner puts gateways on the ports after nginx's and metrics on the ports after the
-    metrics port, so both bases are chosen with room above them. Triton keeps the runner's
+    metrics port, so both bases come from one block of free ports. Triton keeps the runner's
     default ports (8000-8002).
     """
     if processes is None:
@@ -480,8 +485,10 @@ def stack_system(
     workdir.chmod(0o755)
     env = _common_env(workdir, {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
-    port = _free_port_block(1 + processes)
-    metrics_port = _free_port_block(1 + processes, avoid=range(port, port + 1 + processes))
+    # One free block: nginx and the gateways, then the metrics base, the gateways' and the
+    # sidecar's metrics ports (the runner puts the sidecar's after the gateways').
+    port = free_port_block((1 + processes) + (2 + processes))
+    metrics_port = port + 1 + processes
     env["RECSYS__SERVING__PORT"] = str(port)
     env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
     env["RECSYS__SERVING__PROCESSES"] = str(processes)
@@ -521,27 +528,6 @@ def stack_system(
         yield system
     finally:
         system.stop()
-
-
-def _free_port_block(size: int, avoid: range = range(0), attempts: int = 50) -> int:
-    """A port p such that p..p+size-1 were all free a moment ago and none is in `avoid`."""
-    import socket
-
-    for _ in range(attempts):
-        base = free_port()
-        if base + size > 65535 or (base < avoid.stop and avoid.start < base + size):
-            continue
-        ok = True
-        for offset in range(1, size):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", base + offset))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise ProcessError(f"found no block of {size} free ports")
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from tests.conftest import LOCAL_CONFIG, REPO
+from triton_models.tritonserver import free_port_block
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +27,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _free_triton_grpc_port() -> int:
-    """A port p with p - 1, p and p + 1 free a moment ago: Triton's HTTP, gRPC and metrics."""
-    for _ in range(50):
-        grpc_port = _free_port()
-        with socket.socket() as below, socket.socket() as above:
-            try:
-                below.bind(("127.0.0.1", grpc_port - 1))
-                above.bind(("127.0.0.1", grpc_port + 1))
-            except OSError:
-                continue
-        return grpc_port
-    raise RuntimeError("no three consecutive free ports")
-
-
 def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> None:
     port = _free_port()
     env = dict(os.environ)
@@ -48,7 +35,8 @@ def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> Non
             "RECSYS__SERVING__PORT": str(port),
             "RECSYS__MONITORING__METRICS__PORT": str(_free_port()),
             # Triton off its default ports 8000-8002, which another server may hold.
-            "RECSYS__MODEL__RANKER__TRITON_GRPC_URL": f"127.0.0.1:{_free_triton_grpc_port()}",
+            # (HTTP, gRPC, metrics on three consecutive ports; gRPC is the middle one).
+            "RECSYS__MODEL__RANKER__TRITON_GRPC_URL": f"127.0.0.1:{free_port_block(3) + 1}",
             "RECSYS__MODEL__ARTIFACTS_DIR": str(build_dir),
             "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(tmp_path / "events.sqlite3"),
             "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(tmp_path / "exposures.sqlite3"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,37 +24,12 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from tests.conftest import REPO
+from triton_models.tritonserver import free_port_block
 
 STACK_CONFIG = REPO / "infra" / "config" / "stack.yaml"
 
 pytestmark = pytest.mark.integration
 GATEWAYS = 3
-
-
-def _free_block(size: int, taken: set[int]) -> int:
-    """A first port such that `size` consecutive ports are free right now and none of them is
-    in `taken` (the blocks handed out before, not yet bound); adds the block to `taken`."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        block = set(range(first, first + size))
-        if first + size >= 65000 or block & taken:
-            continue
-        try:
-            sockets = []
-            for port in range(first, first + size):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            taken |= block
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no block of free ports found")
 
 
 def _gateway_pid(port: int) -> int:
@@ -86,10 +60,12 @@ def _recommend_count(metrics_port: int) -> float:
 
 
 def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_path: Path) -> None:
-    taken: set[int] = set()
-    grpc_port = _free_block(GATEWAYS + 1, taken)
-    metrics_port = _free_block(GATEWAYS + 1, taken)
-    redis_port, postgres_port, prometheus_port = (_free_block(1, taken) for _ in range(3))
+    # One block of free ports: nginx and the gateways; the metrics base, the gateways' and the
+    # sidecar's metrics; Redis, Postgres, Prometheus.
+    grpc_port = free_port_block((GATEWAYS + 1) + (GATEWAYS + 2) + 3)
+    metrics_port = grpc_port + GATEWAYS + 1
+    redis_port = metrics_port + GATEWAYS + 2
+    postgres_port, prometheus_port = redis_port + 1, redis_port + 2
     env = dict(os.environ)
     env.update(
         {

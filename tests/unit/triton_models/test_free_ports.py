@@ -1,0 +1,16 @@
+"""free_port_block: consecutive ports for processes that take several (a stack, Triton)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+from triton_models.tritonserver import free_port_block
+
+
+def test_every_port_of_the_block_can_be_bound() -> None:
+    first = free_port_block(7)
+    assert first + 7 <= 65536
+    with contextlib.ExitStack() as held:
+        for port in range(first, first + 7):
+            held.enter_context(socket.socket()).bind(("127.0.0.1", port))
