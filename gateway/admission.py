@@ -38,6 +38,7 @@ class AdmissionControl:
         self._max_running = settings.max_running
         self._max_queued = settings.max_queued
         self._max_wait_s = settings.max_queue_wait_ms / 1000.0
+        self._method = method
         self._slots = asyncio.Semaphore(settings.max_running)
         self._waiting = 0
         self._running_gauge = metrics.pipelines_running.labels(method)
@@ -55,7 +56,7 @@ class AdmissionControl:
 
     @contextlib.asynccontextmanager
     async def admit(self, budget: Budget) -> AsyncIterator[None]:
-        """Hold one pipeline slot for the body; wait for one when none is free.
+        """Hold one slot for the body; wait for one when none is free.
 
         Raises:
             ResourceExhausted: `max_queued` requests already wait, or no slot was freed within
@@ -78,8 +79,8 @@ class AdmissionControl:
         if self._waiting >= self._max_queued:
             self._shed_queue_full.inc()
             raise ResourceExhausted(
-                f"server overloaded: {self._max_running} requests running and {self._waiting} "
-                "waiting; retry with backoff or on another replica"
+                f"server overloaded: {self._max_running} {self._method} calls running and "
+                f"{self._waiting} waiting; retry with backoff or on another replica"
             )
         remaining = budget.remaining()
         limit = min(self._max_wait_s, remaining)
@@ -92,12 +93,13 @@ class AdmissionControl:
             if limit < self._max_wait_s:
                 self._shed_deadline.inc()
                 raise DeadlineExceeded(
-                    "deadline exceeded while waiting for a free pipeline slot (server overloaded)"
+                    f"deadline exceeded while waiting for a free {self._method} slot "
+                    "(server overloaded)"
                 ) from None
             self._shed_queue_timeout.inc()
             raise ResourceExhausted(
-                f"server overloaded: no pipeline slot freed within {self._max_wait_s * 1000:g} ms; "
-                "retry with backoff or on another replica"
+                f"server overloaded: no {self._method} slot freed within "
+                f"{self._max_wait_s * 1000:g} ms; retry with backoff or on another replica"
             ) from None
         finally:
             self._waiting -= 1

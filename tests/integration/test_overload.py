@@ -128,7 +128,9 @@ async def test_admission_control_sheds_what_cannot_start_in_time(
     assert len(by_code[grpc.StatusCode.OK]) == 2
     shed = by_code[grpc.StatusCode.RESOURCE_EXHAUSTED]
     assert len(shed) == 8
-    full = [elapsed for details, elapsed in shed if "2 requests running and 3 waiting" in details]
+    full = [
+        elapsed for details, elapsed in shed if "2 Recommend calls running and 3 waiting" in details
+    ]
     timed_out = [elapsed for details, elapsed in shed if "within 100 ms" in details]
     assert len(full) == 5 and len(timed_out) == 3
     assert max(full) < 0.25

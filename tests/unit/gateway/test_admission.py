@@ -100,7 +100,7 @@ async def test_a_full_queue_refuses_at_once() -> None:
     await asyncio.sleep(0.01)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(ResourceExhausted, match="1 requests running and 1 waiting"):
+    with pytest.raises(ResourceExhausted, match="1 Recommend calls running and 1 waiting"):
         async with control.admit(Budget(5.0)):
             pytest.fail("admitted past a full queue")
     assert loop.time() - started < 0.05
@@ -117,7 +117,7 @@ async def test_a_request_waits_at_most_the_queue_limit() -> None:
     await asyncio.sleep(0.01)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(ResourceExhausted, match="no pipeline slot freed within 30 ms"):
+    with pytest.raises(ResourceExhausted, match="no Recommend slot freed within 30 ms"):
         async with control.admit(Budget(5.0)):
             pytest.fail("admitted while the slot was held")
     assert 0.025 <= loop.time() - started < 0.5
@@ -137,7 +137,7 @@ async def test_the_request_deadline_caps_the_wait() -> None:
     await asyncio.sleep(0.01)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(DeadlineExceeded, match="waiting for a free pipeline slot"):
+    with pytest.raises(DeadlineExceeded, match="waiting for a free Recommend slot"):
         async with control.admit(Budget(0.03)):
             pytest.fail("admitted while the slot was held")
     assert loop.time() - started < 0.5
@@ -164,7 +164,8 @@ async def test_each_method_has_its_own_slots_and_metrics() -> None:
     events = AdmissionControl(settings, metrics, "RecordEvents")
     # Recommend's only slot is taken; an event batch still gets one of its own.
     async with recommend.admit(Budget(5.0)), events.admit(Budget(5.0)):
-        with pytest.raises(ResourceExhausted):
+        # The refusal names the method whose slots are full.
+        with pytest.raises(ResourceExhausted, match="1 RecordEvents calls running and 0 waiting"):
             async with events.admit(Budget(5.0)):
                 pass
     shed = metrics.registry.get_sample_value(
