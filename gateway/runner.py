@@ -6,8 +6,8 @@
   its metrics port the one above.
 - `stack` (`make stack`, `infra/config/stack.yaml`): nginx on `serving.port` load-balancing
   gRPC over `serving.processes` gateway processes on the following ports (metrics on the
-  ports after `monitoring.metrics.port`), Redis and Postgres where `feature_store` points,
-  Prometheus, and Triton when built.
+  ports after `monitoring.metrics.port`, then the experiment sidecar's), Redis and Postgres
+  where `feature_store` points, Prometheus (scraping those ports) and Triton when built.
 
 Both wait until gRPC health reports SERVING on `serving.port` (in `stack`, first on every
 gateway behind nginx), print how to call the service, and stop everything cleanly on Ctrl-C
@@ -26,9 +26,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from honcho.manager import Manager
 
@@ -38,6 +40,7 @@ from triton_models.tritonserver import DEFAULT_GRPC_PORT, http_ready
 READY_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[1]
 NGINX_RENDER = REPO / "infra" / "nginx" / "render-config"
+PROMETHEUS_CONFIG = REPO / "infra" / "prometheus" / "prometheus.yml"
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -161,6 +164,46 @@ def stack_gateway_ports(settings: Settings) -> list[int]:
     return [settings.serving.port + 1 + i for i in range(settings.serving.processes)]
 
 
+def stack_metrics_ports(settings: Settings) -> list[int]:
+    """The stack's gateway metrics ports, the ones after `monitoring.metrics.port`; the
+    experiment sidecar's is the next one."""
+    base = settings.monitoring.metrics.port
+    return [base + 1 + i for i in range(settings.serving.processes)]
+
+
+def stack_prometheus_config(settings: Settings, prometheus_port: int) -> dict[str, Any]:
+    """Prometheus' configuration for this stack: the rules and alerting of
+    infra/prometheus/prometheus.yml, with scrape targets on the ports this stack really uses
+    (gateways, the sidecar, Triton when built), so moved ports or more processes are still
+    scraped."""
+    static = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    gateway_metrics = stack_metrics_ports(settings)
+    jobs: dict[str, list[int]] = {"recsys-gateway": gateway_metrics}
+    if settings.feature_store.backend == "redis_postgres":
+        jobs["recsys-ab-sidecar"] = [gateway_metrics[-1] + 1]
+    if _triton(settings):
+        jobs["triton"] = [triton_ports(settings).metrics]
+    jobs["prometheus"] = [prometheus_port]
+    return {
+        "global": static["global"],
+        # Absolute, since the generated file lives in the run folder.
+        "rule_files": [str(PROMETHEUS_CONFIG.parent / pattern) for pattern in static["rule_files"]],
+        "alerting": static["alerting"],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{port}" for port in ports],
+                        "labels": {"profile": "stack"},
+                    }
+                ],
+            }
+            for job, ports in jobs.items()
+        ],
+    }
+
+
 def stack_processes(
     settings: Settings, config: Path, run_dir: Path, prometheus_port: int = 9090
 ) -> dict[str, ProcessSpec]:
@@ -242,11 +285,16 @@ def stack_processes(
             f"until {POSTGRES_BIN / 'pg_isready'} -q -h 127.0.0.1 -p {pg_port};"
             " do sleep 0.5; done; exec "
         )
-    metrics_base = settings.monitoring.metrics.port
+    metrics_ports = stack_metrics_ports(settings)
+    prometheus_config = run_dir / "prometheus.yml"
+    prometheus_config.write_text(
+        yaml.safe_dump(stack_prometheus_config(settings, prometheus_port), sort_keys=False),
+        encoding="utf-8",
+    )
     processes["prometheus"] = ProcessSpec(
         [
             "prometheus",
-            f"--config.file={REPO / 'infra' / 'prometheus' / 'prometheus.yml'}",
+            f"--config.file={prometheus_config}",
             f"--storage.tsdb.path={run_dir / 'prometheus'}",
             f"--web.listen-address=127.0.0.1:{prometheus_port}",
         ]
@@ -258,9 +306,7 @@ def stack_processes(
             ["sh", "-c", wait_for_postgres + sidecar],
             {
                 "RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST": "127.0.0.1",
-                "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(
-                    metrics_base + 1 + serving.processes
-                ),
+                "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(metrics_ports[-1] + 1),
             },
         )
     for i, port in enumerate(gateway_ports):
@@ -270,7 +316,7 @@ def stack_processes(
             {
                 "RECSYS__SERVING__HOST": "127.0.0.1",
                 "RECSYS__SERVING__PORT": str(port),
-                "RECSYS__MONITORING__METRICS__PORT": str(metrics_base + 1 + i),
+                "RECSYS__MONITORING__METRICS__PORT": str(metrics_ports[i]),
                 "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(run_dir / "events.sqlite3"),
                 "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(run_dir / f"exposures{i + 1}.sqlite3"),
                 # One spool per process: each replays only its own file.

@@ -4,6 +4,7 @@ request."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -57,6 +58,22 @@ def _recommend_count(metrics_port: int) -> float:
         for s in family.samples
         if s.name == "recsys_grpc_requests_total" and s.labels.get("method") == "Recommend"
     )
+
+
+def _prometheus_targets(port: int) -> set[str]:
+    """The scrape URLs of Prometheus' active targets, once it answers (it starts alongside)."""
+    url = f"http://127.0.0.1:{port}/api/v1/targets?state=active"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                targets = json.load(reply)["data"]["activeTargets"]
+            if targets:
+                return {t["scrapeUrl"] for t in targets}
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"Prometheus did not answer on {port}"
+        time.sleep(0.5)
 
 
 def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_path: Path) -> None:
@@ -116,6 +133,13 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
         while not any("is SERVING" in line for line in output):
             assert time.monotonic() < deadline and runner.poll() is None, "".join(output)
             time.sleep(0.2)
+
+        # The stack's Prometheus scrapes this stack's ports, not the defaults.
+        expected = {
+            *(f"http://127.0.0.1:{metrics_port + 1 + i}/metrics" for i in range(GATEWAYS + 1)),
+            f"http://127.0.0.1:{prometheus_port}/metrics",
+        }
+        assert _prometheus_targets(prometheus_port) == expected
 
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = pb_grpc.RecommendationServiceStub(channel)

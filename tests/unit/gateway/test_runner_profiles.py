@@ -4,13 +4,18 @@ processes on the configured ports."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway import runner
@@ -116,3 +121,50 @@ def test_a_triton_url_without_room_for_three_ports_is_a_config_error(url: str) -
     )
     with pytest.raises(ConfigError, match="triton_grpc_url"):
         runner.triton_ports(settings)
+
+
+def _scrape_targets(config: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        job["job_name"]: [t for group in job["static_configs"] for t in group["targets"]]
+        for job in config["scrape_configs"]
+    }
+
+
+def test_stack_prometheus_scrapes_the_ports_the_stack_uses(tmp_path: Path) -> None:
+    settings = load_settings(
+        runner.REPO / "infra" / "config" / "stack.yaml",
+        {
+            "RECSYS__SERVING__PROCESSES": "3",
+            "RECSYS__MONITORING__METRICS__PORT": "19464",
+            "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no-models"),
+        },
+    )
+    config = runner.stack_prometheus_config(settings, 19090)
+    assert _scrape_targets(config) == {
+        "recsys-gateway": ["127.0.0.1:19465", "127.0.0.1:19466", "127.0.0.1:19467"],
+        "recsys-ab-sidecar": ["127.0.0.1:19468"],
+        "prometheus": ["127.0.0.1:19090"],
+    }
+    # Prometheus itself accepts it, rules included (absolute paths, from any folder).
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    result = subprocess.run(
+        [promtool, "check", "config", str(path)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rule files found" in result.stdout
+
+
+def test_stack_prometheus_scrapes_triton_where_it_listens(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    repository.mkdir()
+    settings = load_settings(
+        runner.REPO / "infra" / "config" / "stack.yaml",
+        {
+            "RECSYS__MODEL__REPOSITORY_DIR": str(repository),
+            "RECSYS__MODEL__RANKER__TRITON_GRPC_URL": "127.0.0.1:18001",
+        },
+    )
+    targets = _scrape_targets(runner.stack_prometheus_config(settings, 9090))
+    assert targets["triton"] == ["127.0.0.1:18002"]
