@@ -68,6 +68,8 @@ _NOT_CACHED, _ROW, _NO_SUCH_ITEM = 0, 1, 2
 # remembered this long so a load that started before it does not refill L1 with old data.
 _INVALIDATION_MEMORY_S = 60.0
 _MAX_STALE_USERS = 100_000
+# Longest the last spool replay may hold up closing (inside the pod's termination grace).
+_FINAL_REPLAY_TIMEOUT_S = 5.0
 
 Clock = Callable[[], float]
 _T = TypeVar("_T")
@@ -162,6 +164,7 @@ class LayeredFeatureStore:
         self._item_loads: SingleFlight[str, bytes] = SingleFlight()
         self._listener: asyncio.Task[None] | None = None
         self._spool = EventSpool(settings.spool_path)
+        metrics.spool_pending.set_function(self._spool.pending_events)
         self._replayer: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -217,8 +220,11 @@ class LayeredFeatureStore:
 
     async def close(self) -> None:
         """Stops the invalidation listener and in-flight loads, then closes Redis and Postgres
-        (reverse order of opening)."""
+        (reverse order of opening). Events still in the spool get one last replay; what stays
+        there is logged as an error, since it is only stored once a process starts again with
+        the same spool path."""
         await self._stop_replayer()
+        await self._final_replay()
         await self._stop_listener()
         await self._item_loads.close()
         await self._user_loads.close()
@@ -231,6 +237,23 @@ class LayeredFeatureStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
             self._replayer = None
+
+    async def _final_replay(self) -> None:
+        if not self._spool.pending():
+            return
+        try:
+            async with asyncio.timeout(_FINAL_REPLAY_TIMEOUT_S):
+                stored = await self._spool.replay(self._store_events)
+            _log.info("replayed the event spool before closing: %d events newly stored", stored)
+        except (FeatureStoreError, TimeoutError) as exc:
+            _log.error(
+                "closing with %d acknowledged events still in the spool %s (%s): they are "
+                "stored when a process starts with this spool path; deleting the file or its "
+                "volume loses them",
+                self._spool.pending_events(),
+                self._spool.path,
+                exc or "timed out",
+            )
 
     async def _replay_spool(self, interval_s: float) -> None:
         while True:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 Level = Literal["l1", "l2", "l3"]
 Entity = Literal["user", "item"]
@@ -61,6 +61,12 @@ class FeatureStoreMetrics:
         self.spooled = Counter(
             "recsys_events_spooled",
             "Events acknowledged from the local spool because Postgres was down.",
+            registry=self.registry,
+        )
+        self.spool_pending = Gauge(
+            "recsys_event_spool_pending_events",
+            "Events acknowledged from the local spool and not yet stored in Postgres (lost if "
+            "the spool's volume is deleted before they are replayed).",
             registry=self.registry,
         )
         # Bound children: the L1 hit path must not pay for label lookups.

@@ -125,7 +125,9 @@ def metric_names(expr: str) -> set[str]:
 
 
 def gateway_metric_names() -> set[str]:
-    """Exposition names of every metric gateway/metrics.py declares."""
+    """Exposition names of every metric gateway/metrics.py and the feature store (served on
+    the gateway's /metrics) declare."""
+    from feature_service.metrics import FeatureStoreMetrics
     from gateway.metrics import Metrics
 
     suffixes = {
@@ -136,8 +138,9 @@ def gateway_metric_names() -> set[str]:
         "summary": ("", "_count", "_sum", "_created"),
     }
     names: set[str] = set()
-    for family in Metrics().registry.collect():
-        names.update(family.name + suffix for suffix in suffixes[family.type])
+    for registry in (Metrics().registry, FeatureStoreMetrics().registry):
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
 
 

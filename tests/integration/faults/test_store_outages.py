@@ -100,9 +100,10 @@ async def test_postgres_outage_reads_from_redis_and_spools_events(
     redis, postgres = servers_up
     warm = real_user_ids[:10]
     async with in_process_gateway(_settings(make_settings, redis, postgres, tmp_path)) as (
-        _,
+        resources,
         stub,
     ):
+        registry: CollectorRegistry = resources.metrics.registry
         for user_id in warm:  # read-through fills Redis
             await _recommend(stub, user_id)
         postgres.stop_process()
@@ -116,6 +117,8 @@ async def test_postgres_outage_reads_from_redis_and_spools_events(
             assert FEATURES_UNAVAILABLE in reply.degraded_reasons
             spooled = await stub.RecordEvents(_batch("pg-down", warm[0]), timeout=10)
             assert (spooled.accepted, spooled.duplicates) == (5, 0)
+            # The gateway's /metrics shows what waits in the spool.
+            assert registry.get_sample_value("recsys_event_spool_pending_events") == 5
         finally:
             postgres.restart()
         restarted = time.monotonic()
@@ -123,6 +126,10 @@ async def test_postgres_outage_reads_from_redis_and_spools_events(
             assert time.monotonic() - restarted < REPLAY_BUDGET_S, "spool not replayed"
             await asyncio.sleep(0.2)
         replay_s = time.monotonic() - restarted
+        # The file is emptied just after the last batch is stored.
+        while registry.get_sample_value("recsys_event_spool_pending_events") != 0:
+            assert time.monotonic() - restarted < REPLAY_BUDGET_S, "spool not emptied"
+            await asyncio.sleep(0.05)
         again = await stub.RecordEvents(_batch("pg-down", warm[0]), timeout=10)
         assert (again.accepted, again.duplicates) == (0, 5)  # stored once, then idempotent
         fresh = await stub.RecordEvents(_batch("pg-up", warm[1]), timeout=10)

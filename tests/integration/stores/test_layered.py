@@ -4,8 +4,10 @@ next read (also in a second process's store), replays, and outages of either ser
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,6 +281,61 @@ async def test_postgres_outage_serves_cached_features_and_spools_writes(
     assert (again.accepted, again.duplicates) == (0, 1)
     store.clear_local()
     assert (await store.user_features(USER, now)).recent_viewed.tolist() == [9, 10]
+
+
+def _spool_pending(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value("recsys_event_spool_pending_events")
+
+
+async def test_closing_replays_the_spool_or_reports_what_stays(
+    open_store: OpenStore,
+    catalogue: ItemCatalogue,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spool gauge counts what waits; closing tries one last replay and logs at error level
+    what it could not store; the next process with the same spool path stores it, once."""
+    spool = tmp_path / "shared-spool.jsonl"
+    now = datetime.now(UTC)
+    first_batch = views(USER, items(catalogue, 11), now, prefix="close-down")
+    second_batch = views(USER, items(catalogue, 12), now, prefix="close-up")
+    # An hour between replays: only opening and closing replay here.
+    registry = CollectorRegistry()
+    store = await open_store(registry, spool_path=spool, spool_replay_interval_s=3600)
+    assert _spool_pending(registry) == 0
+    postgres_server.stop_process()
+    try:
+        assert (await store.record_events(first_batch)).accepted == 1
+        assert _spool_pending(registry) == 1
+        with caplog.at_level(logging.ERROR, logger="feature_service.layered"):
+            await store.close()  # Postgres still down: the event stays, and says so
+        assert f"closing with 1 acknowledged events still in the spool {spool}" in caplog.text
+        assert spool.read_text(encoding="utf-8").count("\n") == 1
+    finally:
+        postgres_server.restart()
+
+    # The next store on the same path stores it when it opens.
+    registry = CollectorRegistry()
+    store = await open_store(registry, spool_path=spool, spool_replay_interval_s=3600)
+    deadline = time.monotonic() + 15
+    while _spool_pending(registry):
+        assert time.monotonic() < deadline, "spool not replayed on opening"
+        await asyncio.sleep(0.1)
+    # Spooled during an outage that ends before closing: the last replay stores it.
+    postgres_server.stop_process()
+    try:
+        assert (await store.record_events(second_batch)).accepted == 1
+        assert _spool_pending(registry) == 1
+    finally:
+        postgres_server.restart()
+    await store.close()
+    assert not spool.exists()
+
+    # Both are in Postgres exactly once.
+    store = await open_store(CollectorRegistry())
+    again = await store.record_events([*first_batch, *second_batch])
+    assert (again.accepted, again.duplicates) == (0, 2)
 
 
 async def test_a_caller_that_gives_up_leaves_the_load_to_fill_the_caches(

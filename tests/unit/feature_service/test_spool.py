@@ -45,6 +45,23 @@ async def test_round_trip_and_replay(tmp_path: Path) -> None:
     assert not spool.pending()
 
 
+async def test_pending_events_are_counted_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "spool.jsonl"
+    spool = EventSpool(path)
+    assert spool.pending_events() == 0
+    await spool.append([_event(1), _event(2)])
+    await spool.append([_event(3)])
+    assert spool.pending_events() == 3
+    # What a crashed process left is counted by the next one.
+    assert EventSpool(path).pending_events() == 3
+
+    async def store(batch: Sequence[Event]) -> RecordResult:
+        return RecordResult(accepted=len(batch), duplicates=0)
+
+    await spool.replay(store)
+    assert spool.pending_events() == 0
+
+
 async def test_failed_replay_keeps_the_file(tmp_path: Path) -> None:
     spool = EventSpool(tmp_path / "spool.jsonl")
     await spool.append([_event(1)])
