@@ -252,7 +252,7 @@ class LayeredFeatureStore:
                 "volume loses them",
                 self._spool.pending_events(),
                 self._spool.path,
-                exc or "timed out",
+                str(exc) or "timed out",
             )
 
     async def _replay_spool(self, interval_s: float) -> None:
