@@ -165,10 +165,14 @@ def stack_gateway_ports(settings: Settings) -> list[int]:
 
 
 def stack_metrics_ports(settings: Settings) -> list[int]:
-    """The stack's gateway metrics ports, the ones after `monitoring.metrics.port`; the
-    experiment sidecar's is the next one."""
+    """The stack's gateway metrics ports, the ones after `monitoring.metrics.port`."""
     base = settings.monitoring.metrics.port
     return [base + 1 + i for i in range(settings.serving.processes)]
+
+
+def stack_sidecar_metrics_port(settings: Settings) -> int:
+    """The experiment sidecar's metrics port, the one after the last gateway's."""
+    return settings.monitoring.metrics.port + 1 + settings.serving.processes
 
 
 def stack_prometheus_config(settings: Settings, prometheus_port: int) -> dict[str, Any]:
@@ -177,10 +181,9 @@ def stack_prometheus_config(settings: Settings, prometheus_port: int) -> dict[st
     (gateways, the sidecar, Triton when built), so moved ports or more processes are still
     scraped."""
     static = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
-    gateway_metrics = stack_metrics_ports(settings)
-    jobs: dict[str, list[int]] = {"recsys-gateway": gateway_metrics}
+    jobs: dict[str, list[int]] = {"recsys-gateway": stack_metrics_ports(settings)}
     if settings.feature_store.backend == "redis_postgres":
-        jobs["recsys-ab-sidecar"] = [gateway_metrics[-1] + 1]
+        jobs["recsys-ab-sidecar"] = [stack_sidecar_metrics_port(settings)]
     if _triton(settings):
         jobs["triton"] = [triton_ports(settings).metrics]
     jobs["prometheus"] = [prometheus_port]
@@ -285,7 +288,6 @@ def stack_processes(
             f"until {POSTGRES_BIN / 'pg_isready'} -q -h 127.0.0.1 -p {pg_port};"
             " do sleep 0.5; done; exec "
         )
-    metrics_ports = stack_metrics_ports(settings)
     prometheus_config = run_dir / "prometheus.yml"
     prometheus_config.write_text(
         yaml.safe_dump(stack_prometheus_config(settings, prometheus_port), sort_keys=False),
@@ -306,17 +308,20 @@ def stack_processes(
             ["sh", "-c", wait_for_postgres + sidecar],
             {
                 "RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST": "127.0.0.1",
-                "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(metrics_ports[-1] + 1),
+                "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(
+                    stack_sidecar_metrics_port(settings)
+                ),
             },
         )
-    for i, port in enumerate(gateway_ports):
+    metrics_ports = stack_metrics_ports(settings)
+    for i, (port, metrics_port) in enumerate(zip(gateway_ports, metrics_ports, strict=True)):
         gateway = shlex.join(_gateway(config))
         processes[f"gateway{i + 1}"] = ProcessSpec(
             ["sh", "-c", wait_for_postgres + gateway],
             {
                 "RECSYS__SERVING__HOST": "127.0.0.1",
                 "RECSYS__SERVING__PORT": str(port),
-                "RECSYS__MONITORING__METRICS__PORT": str(metrics_ports[i]),
+                "RECSYS__MONITORING__METRICS__PORT": str(metrics_port),
                 "RECSYS__FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH": str(run_dir / "events.sqlite3"),
                 "RECSYS__AB_TESTING__EXPOSURE_LOG_PATH": str(run_dir / f"exposures{i + 1}.sqlite3"),
                 # One spool per process: each replays only its own file.

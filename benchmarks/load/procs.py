@@ -32,6 +32,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway import runner
 from gateway.config import load_settings
 from triton_models.tritonserver import (
     TritonServer,
@@ -476,8 +477,8 @@ def stack_system(
     """The `make stack` profile (nginx + gateways + Triton when built) on free ports.
 
     The runner puts gateways on the ports after nginx's and metrics on the ports after the
-    metrics port, so both bases come from one block of free ports. Triton keeps the runner's
-    default ports (8000-8002).
+    metrics port, so both bases come from one block of free ports. Triton keeps the ports the
+    config gives it (8000-8002 by default).
     """
     if processes is None:
         processes = load_settings(config, {}).serving.processes
@@ -492,15 +493,19 @@ def stack_system(
     env["RECSYS__SERVING__PORT"] = str(port)
     env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
     env["RECSYS__SERVING__PROCESSES"] = str(processes)
+    # The runner's own settings, so its port layout is read from it, not repeated here.
+    settings = load_settings(config, {**os.environ, **env})
     system = System(
         kind="stack",
         target=f"127.0.0.1:{port}",
         workdir=workdir,
-        # The runner's gateway i serves metrics on metrics_port + 1 + i.
-        metrics_urls=[f"http://127.0.0.1:{metrics_port + 1 + i}/metrics" for i in range(processes)],
+        metrics_urls=[
+            f"http://127.0.0.1:{metrics}/metrics"
+            for metrics in runner.stack_metrics_ports(settings)
+        ],
     )
     try:
-        runner = start_process(
+        stack = start_process(
             "stack",
             [
                 sys.executable,
@@ -517,14 +522,14 @@ def stack_system(
             env,
             stop_signal=signal.SIGINT,  # honcho forwards it to every process
         )
-        system.roots.append(runner)
+        system.roots.append(stack)
         if TRITON_REPOSITORY.is_dir():
-            system.triton_grpc_url = "127.0.0.1:8001"
+            system.triton_grpc_url = f"127.0.0.1:{runner.triton_ports(settings).grpc}"
             system.ranker_model = _ranker_ensemble(TRITON_REPOSITORY)
         # nginx reports SERVING once one gateway does: wait for every gateway behind it too.
-        for i in range(processes):
-            wait_for_health(f"127.0.0.1:{port + 1 + i}", startup_timeout_s, alive=runner)
-        wait_for_health(system.target, startup_timeout_s, alive=runner)
+        for gateway_port in runner.stack_gateway_ports(settings):
+            wait_for_health(f"127.0.0.1:{gateway_port}", startup_timeout_s, alive=stack)
+        wait_for_health(system.target, startup_timeout_s, alive=stack)
         yield system
     finally:
         system.stop()
