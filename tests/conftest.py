@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
 import pyarrow.parquet as pq
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.parser import text_string_to_metric_families
+from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from gateway.config import Settings, load_settings
@@ -106,3 +109,25 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """`moment` as a protobuf Timestamp."""
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def user_event(
+    event_id: str, kind: int = pb.EVENT_TYPE_PRODUCT_VIEW, **fields: object
+) -> pb.UserEvent:
+    """A valid event of user 17850 on item 85123A now; `fields` override any of it."""
+    values: dict[str, object] = {
+        "event_id": event_id,
+        "type": kind,
+        "user_id": "17850",
+        "item_id": "85123A",
+        "timestamp": timestamp(datetime.now(UTC)),
+    }
+    values.update(fields)
+    return pb.UserEvent(**values)  # type: ignore[arg-type]

@@ -25,29 +25,18 @@ from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.store import UserFeatures
 from gateway.config import Settings
 from gateway.server import RunningServer
-from tests.conftest import LOCAL_CONFIG, REPO, async_stub, running_gateway
+from tests.conftest import (
+    LOCAL_CONFIG,
+    REPO,
+    async_stub,
+    running_gateway,
+    timestamp,
+    user_event,
+)
 
 pytestmark = pytest.mark.integration
 
 Gateway = tuple[RunningServer, grpc.aio.Channel]
-
-
-def _ts(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def _event(event_id: str, kind: int = pb.EVENT_TYPE_PRODUCT_VIEW, **fields: object) -> pb.UserEvent:
-    values: dict[str, object] = {
-        "event_id": event_id,
-        "type": kind,
-        "user_id": "17850",
-        "item_id": "85123A",
-        "timestamp": _ts(datetime.now(UTC)),
-    }
-    values.update(fields)
-    return pb.UserEvent(**values)  # type: ignore[arg-type]
 
 
 async def _recommend_error(
@@ -117,7 +106,7 @@ async def test_excluded_and_recently_viewed_items_are_filtered(gateway: Gateway)
     ack = await stub.RecordEvents(
         pb.RecordEventsRequest(
             events=[
-                _event("view-1", user_id="12347", item_id=viewed),
+                user_event("view-1", user_id="12347", item_id=viewed),
             ]
         ),
         timeout=5,
@@ -133,10 +122,10 @@ async def test_record_events_is_idempotent(gateway: Gateway) -> None:
     stub = async_stub(channel)
     batch = pb.RecordEventsRequest(
         events=[
-            _event("e-1", pb.EVENT_TYPE_IMPRESSION, request_id="r1", position=0),
-            _event("e-2", pb.EVENT_TYPE_CLICK, request_id="r1", position=0),
-            _event("e-3", pb.EVENT_TYPE_PURCHASE, quantity=2, revenue=5.9, currency="GBP"),
-            _event("e-3", pb.EVENT_TYPE_PURCHASE, quantity=2, revenue=5.9, currency="GBP"),
+            user_event("e-1", pb.EVENT_TYPE_IMPRESSION, request_id="r1", position=0),
+            user_event("e-2", pb.EVENT_TYPE_CLICK, request_id="r1", position=0),
+            user_event("e-3", pb.EVENT_TYPE_PURCHASE, quantity=2, revenue=5.9, currency="GBP"),
+            user_event("e-3", pb.EVENT_TYPE_PURCHASE, quantity=2, revenue=5.9, currency="GBP"),
         ]
     )
     first = await stub.RecordEvents(batch, timeout=5)
@@ -151,10 +140,12 @@ async def test_bad_event_in_batch_stores_nothing(
     settings = make_settings()
     async with running_gateway(settings) as (_, channel):
         stub = async_stub(channel)
-        bad = pb.RecordEventsRequest(events=[_event("ok-1"), _event("bad", revenue=-1.0)])
+        bad = pb.RecordEventsRequest(events=[user_event("ok-1"), user_event("bad", revenue=-1.0)])
         error = await _events_error(channel, bad)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        good = await stub.RecordEvents(pb.RecordEventsRequest(events=[_event("ok-1")]), timeout=5)
+        good = await stub.RecordEvents(
+            pb.RecordEventsRequest(events=[user_event("ok-1")]), timeout=5
+        )
         assert good.accepted == 1  # "ok-1" was not written by the rejected batch
 
 
@@ -193,7 +184,7 @@ LONG = "1" * 129
             {
                 "user_id": "17850",
                 "context": pb.RequestContext(
-                    client_time=_ts(datetime.now(UTC) + timedelta(days=3))
+                    client_time=timestamp(datetime.now(UTC) + timedelta(days=3))
                 ),
             },
             "context.client_time: is more than one day away",
@@ -254,54 +245,54 @@ NOW = datetime.now(UTC)
     ("events", "field"),
     [
         ([], "events: must hold 1 to 1000 events, got 0"),
-        ([_event(str(i)) for i in range(1001)], "events: must hold 1 to 1000 events, got 1001"),
-        ([_event("")], "events[0].event_id: is required"),
-        ([_event("a"), _event("b", type=0)], "events[1].type: unknown or unspecified"),
-        ([_event("a", type=17)], "events[0].type: unknown or unspecified EventType 17"),
-        ([_event("a", user_id="")], "events[0].user_id: is required"),
-        ([_event("a", user_id="u\x01")], "events[0].user_id: contains the control"),
-        ([_event("a", item_id="")], "events[0].item_id: is required"),
+        ([user_event(str(i)) for i in range(1001)], "events: must hold 1 to 1000 events, got 1001"),
+        ([user_event("")], "events[0].event_id: is required"),
+        ([user_event("a"), user_event("b", type=0)], "events[1].type: unknown or unspecified"),
+        ([user_event("a", type=17)], "events[0].type: unknown or unspecified EventType 17"),
+        ([user_event("a", user_id="")], "events[0].user_id: is required"),
+        ([user_event("a", user_id="u\x01")], "events[0].user_id: contains the control"),
+        ([user_event("a", item_id="")], "events[0].item_id: is required"),
         (
             [pb.UserEvent(event_id="a", type=pb.EVENT_TYPE_CLICK, user_id="1", item_id="2")],
             "events[0].timestamp: is required",
         ),
         (
-            [_event("a", timestamp=_ts(NOW + timedelta(days=400)))],
+            [user_event("a", timestamp=timestamp(NOW + timedelta(days=400)))],
             "events[0].timestamp: lies in the future",
         ),
         (
-            [_event("a", timestamp=_ts(datetime(1990, 1, 1, tzinfo=UTC)))],
+            [user_event("a", timestamp=timestamp(datetime(1990, 1, 1, tzinfo=UTC)))],
             "events[0].timestamp: is before 2000-01-01",
         ),
         (
-            [_event("a", timestamp=Timestamp(seconds=1, nanos=-5))],
+            [user_event("a", timestamp=Timestamp(seconds=1, nanos=-5))],
             "events[0].timestamp: is not a valid timestamp",
         ),
         (
-            [_event("a", pb.EVENT_TYPE_PURCHASE, revenue=float("nan"), currency="GBP")],
+            [user_event("a", pb.EVENT_TYPE_PURCHASE, revenue=float("nan"), currency="GBP")],
             "events[0].revenue: must be a finite amount >= 0",
         ),
         (
-            [_event("a", pb.EVENT_TYPE_PURCHASE, revenue=-2.0, currency="GBP")],
+            [user_event("a", pb.EVENT_TYPE_PURCHASE, revenue=-2.0, currency="GBP")],
             "events[0].revenue: must be a finite amount >= 0",
         ),
         (
-            [_event("a", pb.EVENT_TYPE_PURCHASE, revenue=float("inf"), currency="GBP")],
+            [user_event("a", pb.EVENT_TYPE_PURCHASE, revenue=float("inf"), currency="GBP")],
             "events[0].revenue: must be a finite amount >= 0",
         ),
         (
-            [_event("a", pb.EVENT_TYPE_PURCHASE, revenue=3.0, currency="pounds")],
+            [user_event("a", pb.EVENT_TYPE_PURCHASE, revenue=3.0, currency="pounds")],
             "events[0].currency: must be an ISO 4217 code",
         ),
         (
-            [_event("a", pb.EVENT_TYPE_PURCHASE, revenue=3.0, currency="GBP", quantity=-1)],
+            [user_event("a", pb.EVENT_TYPE_PURCHASE, revenue=3.0, currency="GBP", quantity=-1)],
             "events[0].quantity: must be between 1 and",
         ),
         (
-            [_event("a", pb.EVENT_TYPE_CLICK, revenue=3.0)],
+            [user_event("a", pb.EVENT_TYPE_CLICK, revenue=3.0)],
             "events[0].revenue: quantity, revenue and currency are only allowed on purchases",
         ),
-        ([_event("a", position=-1)], "events[0].position: must be between 0 and 10000"),
+        ([user_event("a", position=-1)], "events[0].position: must be between 0 and 10000"),
     ],
 )
 async def test_record_events_validation(
@@ -323,7 +314,7 @@ async def test_limits_come_from_configuration(make_settings: Callable[..., Setti
             "exclude_item_ids: has 3 ids, at most 2 are accepted",
         )
         error = await _events_error(
-            channel, pb.RecordEventsRequest(events=[_event("a"), _event("b")])
+            channel, pb.RecordEventsRequest(events=[user_event("a"), user_event("b")])
         )
         assert error.details() == "events: must hold 1 to 1 events, got 2"
 

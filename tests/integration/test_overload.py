@@ -7,19 +7,18 @@ import asyncio
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.events import Event, RecordResult
 from feature_service.store import UserFeatures
 from gateway.config import Settings
-from tests.conftest import async_stub, metric_samples, running_gateway
+from tests.conftest import async_stub, metric_samples, running_gateway, user_event
 
 pytestmark = pytest.mark.integration
 
@@ -198,19 +197,6 @@ async def test_calls_over_max_concurrent_streams_are_refused_by_grpc_unprocessed
     assert sum(handled) == len(ok) + 1
 
 
-def _view_batch(event_id: str) -> pb.RecordEventsRequest:
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.now(UTC))
-    event = pb.UserEvent(
-        event_id=event_id,
-        type=pb.EVENT_TYPE_PRODUCT_VIEW,
-        user_id="17850",
-        item_id="85123A",
-        timestamp=stamp,
-    )
-    return pb.RecordEventsRequest(events=[event])
-
-
 async def test_a_flood_of_event_batches_is_shed_without_writing_and_spares_recommend(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,7 +220,9 @@ async def test_a_flood_of_event_batches_is_shed_without_writing_and_spares_recom
 
         async def record(event_id: str) -> tuple[grpc.StatusCode, str]:
             try:
-                await stub.RecordEvents(_view_batch(event_id), timeout=10)
+                await stub.RecordEvents(
+                    pb.RecordEventsRequest(events=[user_event(event_id)]), timeout=10
+                )
                 return grpc.StatusCode.OK, event_id
             except grpc.aio.AioRpcError as error:
                 return error.code(), event_id
@@ -251,7 +239,9 @@ async def test_a_flood_of_event_batches_is_shed_without_writing_and_spares_recom
         samples = await asyncio.to_thread(_scrape, server.http_port)
         # A refused batch wrote nothing: sent again, every event is new, not a duplicate.
         for code, event_id in results:
-            ack = await stub.RecordEvents(_view_batch(event_id), timeout=10)
+            ack = await stub.RecordEvents(
+                pb.RecordEventsRequest(events=[user_event(event_id)]), timeout=10
+            )
             expected = (1, 0) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else (0, 1)
             assert (ack.accepted, ack.duplicates) == expected
     events = ("method", "RecordEvents")

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.v1 import recommendation_pb2 as pb
 
 from gateway.config import ConfigError, Settings
 from gateway.resources import open_resources
 from gateway.server import start_server
-from tests.conftest import async_stub, running_gateway
+from tests.conftest import async_stub, running_gateway, user_event
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token-for-tests"
 
 
 def _events() -> pb.RecordEventsRequest:
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.now(UTC))
-    return pb.RecordEventsRequest(
-        events=[
-            pb.UserEvent(
-                event_id="auth-1",
-                type=pb.EVENT_TYPE_CLICK,
-                user_id="17850",
-                item_id="85123A",
-                timestamp=stamp,
-            )
-        ]
-    )
+    return pb.RecordEventsRequest(events=[user_event("auth-1", pb.EVENT_TYPE_CLICK)])
 
 
 async def test_record_events_needs_the_token(make_settings: Callable[..., Settings]) -> None:

@@ -14,17 +14,15 @@ import tempfile
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-from tests.conftest import REPO
+from tests.conftest import REPO, user_event
 from triton_models.tritonserver import free_port_block
 
 STACK_CONFIG = REPO / "infra" / "config" / "stack.yaml"
@@ -155,22 +153,8 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             # A view recorded through one gateway is filtered by all of them (shared Redis).
             top = stub.Recommend(pb.RecommendRequest(user_id="12347", num_items=5), timeout=5)
             viewed = top.recommendations[0].item_id
-            stamp = Timestamp()
-            stamp.FromDatetime(datetime.now(UTC))
-            ack = stub.RecordEvents(
-                pb.RecordEventsRequest(
-                    events=[
-                        pb.UserEvent(
-                            event_id="stack-view-1",
-                            type=pb.EVENT_TYPE_PRODUCT_VIEW,
-                            user_id="12347",
-                            item_id=viewed,
-                            timestamp=stamp,
-                        )
-                    ]
-                ),
-                timeout=5,
-            )
+            view = user_event("stack-view-1", user_id="12347", item_id=viewed)
+            ack = stub.RecordEvents(pb.RecordEventsRequest(events=[view]), timeout=5)
             assert ack.accepted == 1
             time.sleep(2.0)  # other processes' L1 entries expire or are invalidated
             for _ in range(2 * GATEWAYS):
