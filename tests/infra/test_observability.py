@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.infra.tooling import CHART, INFRA, REPO_ROOT, Manifest, find, one, render, run
+from tests.infra.tooling import (
+    CHART,
+    INFRA,
+    REPO_ROOT,
+    Manifest,
+    find,
+    one,
+    render,
+    run,
+    system_tool,
+)
 
 PROMETHEUS = INFRA / "prometheus"
 RULES_DIR = PROMETHEUS / "rules"
@@ -74,14 +83,6 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def system_tool(name: str) -> Path:
-    """A tool from a Debian package (`make system`): PATH first, then /usr/bin; fail if absent."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/bin")
-    if found is None:
-        pytest.fail(f"{name} not found on PATH or in /usr/bin: run `make system`", pytrace=False)
-    return Path(found)
 
 
 def load_yaml(path: Path) -> Any:

@@ -38,6 +38,14 @@ def require_tool(name: str) -> Path:
     return Path(found)
 
 
+def system_tool(name: str) -> Path:
+    """A tool from a Debian package (`make system`): PATH first, then /usr/bin; fail if absent."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/bin")
+    if found is None:
+        pytest.fail(f"{name} not found on PATH or in /usr/bin: run `make system`", pytrace=False)
+    return Path(found)
+
+
 def run(
     cmd: Sequence[str | Path],
     *,

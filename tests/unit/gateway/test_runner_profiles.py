@@ -4,8 +4,6 @@ processes on the configured ports."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway import runner
 from gateway.config import ConfigError, load_settings
+from tests.infra.tooling import run, system_tool
 
 
 class _HealthServer:
@@ -148,10 +147,7 @@ def test_stack_prometheus_scrapes_the_ports_the_stack_uses(tmp_path: Path) -> No
     # Prometheus itself accepts it, rules included (absolute paths, from any folder).
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    result = subprocess.run(
-        [promtool, "check", "config", str(path)], capture_output=True, text=True, cwd=tmp_path
-    )
+    result = run([system_tool("promtool"), "check", "config", path], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rule files found" in result.stdout
 
