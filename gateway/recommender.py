@@ -111,7 +111,7 @@ class Recommender:
     ) -> pb.RecommendResponse:
         stage = self._stage
         request_span = trace.get_current_span()
-        reasons: list[str] = []
+        reasons: list[str] = ["CLIENT_CLOCK_SKEW"] if query.context.client_clock_skewed else []
         assignment = routed.assignment if routed is not None else None
         if assignment is not None:
             request_span.set_attribute("recsys.experiment_id", assignment.experiment_id)

@@ -26,7 +26,9 @@ class RequestContext:
     """ISO 3166-1 alpha-2, or empty."""
     session_id: str
     time: datetime
-    """Client time when given, else server time (UTC)."""
+    """Client time when given and within a day of the server's clock, else server time (UTC)."""
+    client_clock_skewed: bool = False
+    """The client sent a time more than a day from the server's clock; `time` is the server's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,13 +98,15 @@ def _validate_context(context: pb.RequestContext, now: datetime) -> RequestConte
         raise InvalidArgument("context.locale", "must be a BCP 47 tag such as en-GB")
     if context.country and not _COUNTRY.match(context.country):
         raise InvalidArgument("context.country", "must be an ISO 3166-1 alpha-2 code such as GB")
-    time = now
+    time, clock_skewed = now, False
     if context.HasField("client_time"):
-        time = check_timestamp("context.client_time", context.client_time)
-        if abs(time - now) > MAX_CLIENT_TIME_SKEW:
-            raise InvalidArgument(
-                "context.client_time", "is more than one day away from the server's clock"
-            )
+        client_time = check_timestamp("context.client_time", context.client_time)
+        # A device clock set wrong is the shopper's phone, not a bad request: answer with the
+        # server's time and say so (DEGRADED_REASON_CLIENT_CLOCK_SKEW) instead of failing.
+        if abs(client_time - now) <= MAX_CLIENT_TIME_SKEW:
+            time = client_time
+        else:
+            clock_skewed = True
     return RequestContext(
         device=context.device,
         page=context.page,
@@ -112,6 +114,7 @@ def _validate_context(context: pb.RequestContext, now: datetime) -> RequestConte
         country=context.country,
         session_id=check_id("context.session_id", context.session_id, MAX_ID, required=False),
         time=time,
+        client_clock_skewed=clock_skewed,
     )
 
 

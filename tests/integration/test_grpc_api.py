@@ -181,13 +181,8 @@ LONG = "1" * 129
             "context.locale: must be a BCP 47 tag",
         ),
         (
-            {
-                "user_id": "17850",
-                "context": pb.RequestContext(
-                    client_time=timestamp(datetime.now(UTC) + timedelta(days=3))
-                ),
-            },
-            "context.client_time: is more than one day away",
+            {"user_id": "17850", "context": pb.RequestContext(client_time=Timestamp(nanos=-1))},
+            "context.client_time: is not a valid timestamp",
         ),
         (
             {"user_id": "17850", "context": pb.RequestContext(session_id="s\x07")},
@@ -214,6 +209,28 @@ async def test_recommend_validation(
     error = await _recommend_error(gateway[1], pb.RecommendRequest(**request_fields))  # type: ignore[arg-type]
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (error.details() or "")
+
+
+@pytest.mark.parametrize("offset", [timedelta(days=3), -timedelta(days=400)])
+async def test_client_clock_far_off_is_answered_with_server_time(
+    gateway: Gateway, offset: timedelta
+) -> None:
+    # A phone whose clock is days off still gets recommendations; the reply says the server's
+    # clock was used.
+    _, channel = gateway
+    context = pb.RequestContext(client_time=timestamp(datetime.now(UTC) + offset))
+    reply = await async_stub(channel).Recommend(
+        pb.RecommendRequest(user_id="17850", num_items=5, context=context), timeout=5
+    )
+    assert len(reply.recommendations) == 5
+    assert reply.degraded
+    assert pb.DEGRADED_REASON_CLIENT_CLOCK_SKEW in reply.degraded_reasons
+    # Within a day of the server's clock, the client's time is used and nothing is flagged.
+    context = pb.RequestContext(client_time=timestamp(datetime.now(UTC) - timedelta(hours=20)))
+    reply = await async_stub(channel).Recommend(
+        pb.RecommendRequest(user_id="17850", num_items=5, context=context), timeout=5
+    )
+    assert pb.DEGRADED_REASON_CLIENT_CLOCK_SKEW not in reply.degraded_reasons
 
 
 async def test_oversize_request_is_invalid_argument(gateway: Gateway) -> None:

@@ -28,7 +28,9 @@ from triton_models.tritonserver import TritonServer
 pytestmark = pytest.mark.integration
 StartTriton = Callable[..., TritonServer]
 USER = "17850"
-CLIENT_TIME = datetime(2026, 11, 26, 15, 30, tzinfo=UTC)
+# Today at 15:30 UTC by the clock the gateway reads (datetime.now(UTC)): always within the day of
+# skew it accepts from a client, whatever the date the suite runs on.
+CLIENT_TIME = datetime.now(UTC).replace(hour=15, minute=30, second=0, microsecond=0)
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,10 @@ class _DegradedReasonEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper.
     """User or item features could not be read; defaults were used."""
     DEGRADED_REASON_SHORT_RESPONSE: _DegradedReason.ValueType  # 5
     """Fewer items than requested survived filtering."""
+    DEGRADED_REASON_CLIENT_CLOCK_SKEW: _DegradedReason.ValueType  # 6
+    """`context.client_time` was more than a day from the server's clock (a device clock set
+    wrong); the server's time was used for the time-of-day and day-of-week features instead.
+    """
 
 class DegradedReason(_DegradedReason, metaclass=_DegradedReasonEnumTypeWrapper):
     """Why a fallback path answered instead of the primary one."""
@@ -104,6 +108,10 @@ DEGRADED_REASON_FEATURES_UNAVAILABLE: DegradedReason.ValueType  # 4
 """User or item features could not be read; defaults were used."""
 DEGRADED_REASON_SHORT_RESPONSE: DegradedReason.ValueType  # 5
 """Fewer items than requested survived filtering."""
+DEGRADED_REASON_CLIENT_CLOCK_SKEW: DegradedReason.ValueType  # 6
+"""`context.client_time` was more than a day from the server's clock (a device clock set
+wrong); the server's time was used for the time-of-day and day-of-week features instead.
+"""
 global___DegradedReason = DegradedReason
 
 class _EventType:
@@ -159,7 +167,10 @@ class RequestContext(google.protobuf.message.Message):
     """Opaque session id chosen by the client. Optional, at most 128 characters."""
     @property
     def client_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
-        """When the client rendered the page; the server's clock is used when absent."""
+        """When the client rendered the page; the server's clock is used when absent, and also when
+        this lies more than a day from the server's clock (the response then carries
+        DEGRADED_REASON_CLIENT_CLOCK_SKEW).
+        """
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.catalogue import CURRENCY, ItemCatalogue
 from gateway.deadline import Budget
-from gateway.errors import DeadlineExceeded
+from gateway.errors import DeadlineExceeded, InvalidArgument
 from gateway.recommender import sorted_median
 from gateway.stages.candidates import candidate_count
 from gateway.stages.filter import filter_candidates
@@ -18,6 +19,15 @@ from gateway.stages.rank import FallbackRanker, PredictionCache
 from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.respond import ResponseBuilder
 from gateway.stages.types import Candidates
+from gateway.stages.validate import Limits, validate_recommend
+
+LIMITS = Limits(
+    max_recommend_request_bytes=65_536,
+    max_events_request_bytes=1_048_576,
+    max_exclude_items=500,
+    max_events_per_batch=500,
+    max_event_future_skew=timedelta(minutes=5),
+)
 
 
 def _candidates(*positions: int) -> Candidates:
@@ -159,3 +169,36 @@ def test_sorted_median_equals_numpy_median(size: int) -> None:
     expected = float(np.median(scores))
     for order in (np.argsort(-scores, kind="stable"), np.argsort(scores)):
         assert sorted_median(scores, order) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("offset", "skewed"),
+    [
+        (timedelta(0), False),
+        (timedelta(hours=23), False),
+        (-timedelta(hours=23), False),
+        (timedelta(days=1, seconds=1), True),
+        (-timedelta(days=2), True),
+        (-timedelta(days=3650), True),
+    ],
+)
+def test_client_time_is_used_within_a_day_of_the_server_clock(
+    offset: timedelta, skewed: bool
+) -> None:
+    # "now" is injected: the rule is about the distance between two clocks, not the calendar.
+    now = datetime(2031, 7, 4, 9, 15, tzinfo=UTC)
+    request = pb.RecommendRequest(user_id="17850")
+    request.context.client_time.FromDatetime(now + offset)
+    context = validate_recommend(request, LIMITS, now).context
+    assert context.client_clock_skewed is skewed
+    assert context.time == (now if skewed else now + offset)
+
+
+def test_missing_client_time_is_the_server_clock_and_invalid_one_is_refused() -> None:
+    now = datetime(2031, 7, 4, 9, 15, tzinfo=UTC)
+    context = validate_recommend(pb.RecommendRequest(user_id="17850"), LIMITS, now).context
+    assert (context.time, context.client_clock_skewed) == (now, False)
+    request = pb.RecommendRequest(user_id="17850")
+    request.context.client_time.nanos = -1
+    with pytest.raises(InvalidArgument, match="client_time: is not a valid timestamp"):
+        validate_recommend(request, LIMITS, now)
