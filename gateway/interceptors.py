@@ -8,6 +8,11 @@
 Being the one place that sees every outcome, it also counts requests and their latency per
 method and status code, and opens the request's span, continuing the caller's trace context
 (W3C `traceparent` in the gRPC metadata).
+
+It runs on every call, so it does the least it can: the metric children of each status code
+are looked up once, only the metadata keys a guard or the propagator reads are kept, and with
+tracing off a call that brings no trace context gets no span at all (an unsampled span still
+cost ~5 us to open, attach and end, for a trace id nothing would ever export).
 """
 
 from __future__ import annotations
@@ -42,11 +47,18 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary-unary handler so that no exception escapes unmapped."""
 
     def __init__(
-        self, metrics: Metrics, tracer: trace.Tracer, guards: Sequence[Guard] = ()
+        self,
+        metrics: Metrics,
+        tracer: trace.Tracer,
+        guards: Sequence[Guard] = (),
+        trace_new_calls: bool = True,
     ) -> None:
+        """`trace_new_calls`: False when tracing is off, so only calls continuing a caller's
+        trace get a span."""
         self._metrics = metrics
         self._tracer = tracer
         self._guards = tuple(guards)
+        self._trace_new_calls = trace_new_calls
         # Wrapped handlers by method path: handlers are fixed once the server starts, so each
         # is wrapped once instead of on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -78,9 +90,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics
         tracer = self._tracer
         guards = self._guards
+        trace_new_calls = self._trace_new_calls
         # Headers the configured propagator reads: without any of them there is nothing to
         # extract (most calls), and extraction is skipped.
         trace_headers = frozenset(propagate.get_global_textmap().fields)
+        # The metadata anything here reads: the propagator's headers and the guards' (the token).
+        wanted = trace_headers | {"authorization"}
         recorders: dict[grpc.StatusCode, tuple[Callable[[], None], Callable[[float], None]]] = {}
 
         def record(code: grpc.StatusCode, seconds: float) -> None:
@@ -105,10 +120,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             carrier = {
                 key: value
                 for key, value in context.invocation_metadata() or ()
-                if isinstance(value, str)
+                if key in wanted and isinstance(value, str)
             }
-            # A new trace (an empty parent context) unless the caller sent one.
-            parent = Context() if trace_headers.isdisjoint(carrier) else propagate.extract(carrier)
+            if trace_headers.isdisjoint(carrier):
+                if not trace_new_calls:
+                    return await _handle(request, context, trace.INVALID_SPAN, carrier)
+                parent = Context()  # a new trace
+            else:
+                parent = propagate.extract(carrier)
             span = tracer.start_span(method_name, context=parent, kind=trace.SpanKind.SERVER)
             with trace.use_span(
                 span, end_on_exit=True, record_exception=False, set_status_on_exception=False

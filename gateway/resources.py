@@ -61,6 +61,9 @@ class Resources:
     """Purchase histories the ranker reads (None without a ranker); RecordEvents appends."""
     experiment_state: StateStore
     """Where experiment decisions live (Postgres, or the JSON state file when embedded)."""
+    traces_new_calls: bool = True
+    """Whether a call without a caller's trace context may be sampled (tracing enabled, or a
+    tracer provider handed in); when not, the interceptor opens no span for it."""
 
 
 @contextlib.asynccontextmanager
@@ -90,6 +93,7 @@ async def open_resources(
         # already; a second BLAS thread waits for a core that Triton or another request holds
         # (exact search took 1.0 ms instead of 0.17 ms with the other core busy).
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        traces_new_calls = tracer_provider is not None or settings.monitoring.tracing.enabled
         if tracer_provider is None:
             tracer_provider = build_tracer_provider(settings.monitoring)
             stack.callback(tracer_provider.shutdown)  # runs last: flushes the final spans
@@ -174,7 +178,16 @@ async def open_resources(
         )
         histories = ranker.features.histories if ranker is not None else None
         yield Resources(
-            catalogue, store, recommender, metrics, health, http, tracer, histories, state_source
+            catalogue,
+            store,
+            recommender,
+            metrics,
+            health,
+            http,
+            tracer,
+            histories,
+            state_source,
+            traces_new_calls,
         )
 
 

@@ -67,7 +67,11 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     if serving.rate_limit is not None:
         guards.append(RateLimitGuard(serving.rate_limit))
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(resources.metrics, resources.tracer, guards)],
+        interceptors=[
+            ErrorMappingInterceptor(
+                resources.metrics, resources.tracer, guards, resources.traces_new_calls
+            )
+        ],
         maximum_concurrent_rpcs=serving.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", serving.max_message_bytes),

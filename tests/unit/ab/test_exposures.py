@@ -47,6 +47,21 @@ async def test_batches_and_flushes_on_exit() -> None:
     assert (recorder.written, recorder.dropped) == (25, 0)
 
 
+async def test_a_full_batch_is_written_at_once_a_partial_one_after_the_interval() -> None:
+    sink = _Sink()
+    async with ExposureRecorder(sink, batch_size=4, flush_interval_s=0.3) as recorder:
+        for i in range(4):
+            recorder.record(_exposure(i))
+            await asyncio.sleep(0)  # the writer takes the first one as they arrive
+        await asyncio.sleep(0.05)
+        assert sink.batches == [["r0", "r1", "r2", "r3"]]  # full: not held for the interval
+        recorder.record(_exposure(4))
+        await asyncio.sleep(0.1)
+        assert len(sink.batches) == 1  # partial: waits for company
+        await asyncio.sleep(0.4)
+        assert sink.batches[1] == ["r4"]
+
+
 async def test_full_queue_drops_and_counts_without_blocking() -> None:
     sink = _Sink(delay_s=0.2)
     async with ExposureRecorder(sink, capacity=5, batch_size=5, flush_interval_s=0.01) as rec:
