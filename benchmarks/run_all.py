@@ -1,4 +1,6 @@
-"""`make bench`: every load scenario with default durations, then where the reports went.
+"""`make bench`: every load scenario with default durations, then the serving-cost figures
+(benchmarks/serving_cost.py: CPU per call by process against the echo server, 1 and 2 gateway
+processes), then where the reports went.
 
 Defaults keep the whole run under about 30 minutes on a 2-core machine (sweep 5 x 15 s,
 rate steps up to 7 x 15 s, spike 75 s, soak 10 minutes, ceilings, the batching study with 8
@@ -15,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from benchmarks import ghz_scenarios
+from benchmarks import ghz_scenarios, serving_cost
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,11 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(args)
     started = time.monotonic()
     json_path, md_path = ghz_scenarios.run(options)
-    minutes = (time.monotonic() - started) / 60
     print(md_path.read_text(encoding="utf-8"))
+    cost_args = ["--seconds", "3", "--warmup", "1"] if options.quick else []
+    cost_json, cost_md = serving_cost.run(serving_cost.build_parser().parse_args(cost_args))
+    print(cost_md.read_text(encoding="utf-8"))
+    minutes = (time.monotonic() - started) / 60
     print(f"benchmarks finished in {minutes:.1f} min")
     print(f"  report:  {json_path}")
     print(f"  summary: {md_path}")
+    print(f"  serving cost: {cost_md} ({cost_json.name})")
     print("  README table: python -m benchmarks.render_readme_table --readme README.md")
     return 0
 

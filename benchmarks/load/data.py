@@ -73,6 +73,7 @@ def build_requests(
     count: int,
     num_items: int = 10,
     seed: int = 20261126,
+    sample: bool = True,
 ) -> list[dict[str, Any]]:
     """`count` Recommend requests (ghz's protobuf JSON form) for users drawn with replacement.
 
@@ -81,14 +82,18 @@ def build_requests(
         count: how many requests the array holds (ghz cycles through them).
         num_items: `num_items` of every request.
         seed: random seed of the draws.
+        sample: False sends the first `count` users in their given order (the caller drew
+            them), one request each.
     """
     pool: Sequence[tuple[str, str | None]] = list(users)
     if not pool:
         raise ValueError("no users to draw requests from")
+    if not sample and count > len(pool):
+        raise ValueError(f"{count} requests asked of {len(pool)} users")
     rng = random.Random(seed)
     requests = []
-    for _ in range(count):
-        user_id, country = pool[rng.randrange(len(pool))]
+    for i in range(count):
+        user_id, country = pool[rng.randrange(len(pool)) if sample else i]
         context: dict[str, Any] = {"device": rng.choice(DEVICES), "page": rng.choice(PAGES)}
         code = country_code(country)
         if code is not None:
