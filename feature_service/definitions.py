@@ -15,6 +15,12 @@ there is no training/serving skew by construction. The serving contract is:
    sent to Triton as the ``features`` input, columns in :data:`FEATURE_NAMES` order (stored in
    every model version's ``metadata.json``; the gateway must refuse a model whose list differs).
 
+The per-candidate loops (features, the exact retrieval top-k, the candidate merge) run as
+compiled kernels (:mod:`feature_service.kernels`) called from the functions here, so training
+and serving share them too; :func:`assemble_features` lists each column's formula, and the
+kernel computes it in the same float32/float64 steps as the NumPy code it replaced (tests
+compare the two bit for bit).
+
 Times are seconds since the epoch, UTC; a naive ``datetime`` is read as UTC (the data set's
 local times are treated the same way offline). Device and page are the API enum numbers; the
 historical data has neither, so training rows carry ``UNSPECIFIED`` (0) and the model cannot
@@ -31,6 +37,7 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
+from feature_service import kernels
 from feature_service.catalogue import ItemCatalogue
 from triton_models.categories import top_categories
 
@@ -175,6 +182,8 @@ class UserState:
     """Items bought, sorted ascending (unique)."""
     item_counts: npt.NDArray[np.float32]
     """Orders that contained each item (aligned with ``item_positions``)."""
+    item_log_counts: npt.NDArray[np.float32]
+    """``log1p(item_counts)``, the ``cross_user_item_log_count`` value of each item."""
     item_last_purchase: npt.NDArray[np.float64]
     """Time (epoch s) each item was last bought."""
     category_affinity: npt.NDArray[np.float32]
@@ -201,6 +210,7 @@ def build_user_state(
         return UserState(
             item_positions=np.empty(0, np.int32),
             item_counts=np.empty(0, np.float32),
+            item_log_counts=np.empty(0, np.float32),
             item_last_purchase=np.empty(0, np.float64),
             category_affinity=np.zeros(len(CATEGORY_NAMES), np.float32),
             mean_log_price=0.0,
@@ -217,9 +227,11 @@ def build_user_state(
     affinity = np.bincount(categories, minlength=len(CATEGORY_NAMES)).astype(np.float32)
     affinity /= affinity.sum()
     prices = history.unit_prices[keep].astype(np.float64)
+    item_counts = counts.astype(np.float32)
     return UserState(
         item_positions=unique_items.astype(np.int32),
-        item_counts=counts.astype(np.float32),
+        item_counts=item_counts,
+        item_log_counts=np.log1p(item_counts),
         item_last_purchase=last,
         category_affinity=affinity,
         mean_log_price=float(np.log1p(prices).mean()),
@@ -300,35 +312,36 @@ def assemble_features(
     if len(retrieval_scores) != n:
         raise ValueError(f"{n} candidates but {len(retrieval_scores)} retrieval scores")
     out = np.empty((n, NUM_FEATURES), dtype=np.float32)
-    out[:] = _shared_row(state, context)
-    if n == 0:
-        return out
-    category = items.category[candidates].astype(np.intp)
-    log_price = items.log_price[candidates]
-    out[:, _ITEM_START] = log_price
-    out[:, _ITEM_START + 1] = items.log_popularity[candidates]
-    out[:, _ITEM_START + 2] = items.available[candidates]
-    out[np.arange(n), _CATEGORY_START + category] = 1.0
-
-    owned = state.item_positions
-    if len(owned):
-        index = np.minimum(np.searchsorted(owned, candidates), len(owned) - 1)
-        bought = owned[index] == candidates
-        count = np.where(bought, state.item_counts[index], 0.0)
-        last = np.where(bought, state.item_last_purchase[index], -np.inf)
-        price_gap = log_price - np.float32(state.mean_log_price)
-    else:
-        bought = np.zeros(n, dtype=bool)
-        count = np.zeros(n, dtype=np.float32)
-        last = np.full(n, -np.inf)
-        price_gap = np.zeros(n, dtype=np.float32)
-    c = _CROSS_START
-    out[:, c] = state.category_affinity[category]
-    out[:, c + 1] = price_gap
-    out[:, c + 2] = np.log1p(count)
-    out[:, c + 3] = bought
-    out[:, c + 4] = _days(epoch_seconds(context.time), last)
-    out[:, c + 5] = retrieval_scores
+    # Per candidate (kernels.fill_features, in these steps and precisions):
+    #   user and context columns: the shared row;
+    #   item_*: log_price, log_popularity, available and the category one-hot of the item;
+    #   cross_user_category_affinity: category_affinity[item category];
+    #   cross_price_vs_user: log_price - float32(mean_log_price), 0 for a new user;
+    #   cross_user_item_log_count: item_log_counts of a bought item, else 0 (= log1p(0));
+    #   cross_user_item_bought: 1 for an item in item_positions, else 0;
+    #   cross_user_item_days_since: _days(now, last purchase of the item, -inf if never);
+    #   cross_retrieval_score: the retrieval score.
+    kernels.fill_features(
+        out,
+        _shared_row(state, context),
+        items.log_price,
+        items.log_popularity,
+        items.available,
+        items.category,
+        np.asarray(candidates, dtype=np.int32),
+        state.item_positions,
+        state.item_log_counts,
+        state.item_last_purchase,
+        state.category_affinity,
+        np.float32(state.mean_log_price),
+        epoch_seconds(context.time),
+        np.asarray(retrieval_scores, dtype=np.float32),
+        _ITEM_START,
+        _CATEGORY_START,
+        _CROSS_START,
+        SECONDS_PER_DAY,
+        MAX_DAYS,
+    )
     return out
 
 
@@ -342,8 +355,7 @@ def merge_candidates(*sources: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
     if not sources:
         return np.empty(0, np.int32)
     stacked = np.concatenate([np.asarray(s, dtype=np.int32) for s in sources])
-    _, first = np.unique(stacked, return_index=True)
-    merged: npt.NDArray[np.int32] = stacked[np.sort(first)]
+    merged: npt.NDArray[np.int32] = kernels.first_occurrences(stacked)
     return merged
 
 
@@ -357,12 +369,22 @@ def top_k_exact(
 
     The retrieval source of the ranker's training candidates; the gateway searches the same way
     when the catalogue is small enough (`model.candidate_generator.exact_search_max_items`).
+    Equal scores are ordered by item position; excluded items come last (scored -inf) only
+    when fewer than ``k`` others remain.
     """
-    scores = user_vectors @ item_vectors.T
-    if exclude is not None:
-        for row, positions in enumerate(exclude):
-            scores[row, positions] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int32)
+    scores = np.asarray(user_vectors @ item_vectors.T)
+    if scores.dtype != np.float64:
+        scores = scores.astype(np.float32, copy=False)
+    rows = scores.shape[0]
+    if exclude is None:
+        flat = np.empty(0, np.int32)
+        offsets = np.zeros(rows + 1, np.int64)
+    else:
+        if len(exclude) != rows:
+            raise ValueError(f"{rows} users but {len(exclude)} exclusion lists")
+        parts = [np.asarray(positions, dtype=np.int32) for positions in exclude]
+        flat = np.concatenate(parts) if parts else np.empty(0, np.int32)
+        offsets = np.zeros(rows + 1, np.int64)
+        np.cumsum([len(p) for p in parts], out=offsets[1:])
+    top: npt.NDArray[np.int32] = kernels.top_k_rows(scores, k, flat, offsets)
+    return top

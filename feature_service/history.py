@@ -5,6 +5,11 @@ purchase lines. The snapshot (`build/data/events.parquet`) is held as columns so
 so one user's history is a slice; purchases recorded through RecordEvents are appended to a
 small per-user overlay.
 
+What derives from a user's lines alone (the merged arrays, the distinct items newest first) is
+computed once and kept (`UserPurchases`, an LRU of `cache_size` users) until that user's next
+recorded purchase replaces it, so a Recommend call reads it instead of rebuilding it. `record`
+may be called from any thread.
+
 Replaying a historical data set: with `time_offset_s` > 0 every time is moved back by that
 many seconds before it enters a feature, so the data's last day reads as "today" (the offset is
 whole weeks, keeping hour of day and weekday). Production serves live data with offset 0.
@@ -13,13 +18,16 @@ whole weeks, keeping hour of day and weekday). Production serves live data with 
 from __future__ import annotations
 
 import math
+import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
+from cachetools import LRUCache
 
 from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import PurchaseHistory
@@ -37,6 +45,20 @@ def replay_offset(data_end: datetime, now: datetime) -> timedelta:
     return WEEK * math.ceil((now - data_end) / WEEK)
 
 
+@dataclass(frozen=True, slots=True)
+class UserPurchases:
+    """A user's purchase lines and what derives from them alone."""
+
+    history: PurchaseHistory
+    """Every known line, snapshot then recorded."""
+    recent_items: npt.NDArray[np.int32]
+    """Distinct items bought, most recently bought first (`PurchaseHistories.recent_items`)."""
+
+
+NO_PURCHASES = UserPurchases(PurchaseHistory.empty(), np.empty(0, np.int32))
+"""A user without purchase lines."""
+
+
 class PurchaseHistories:
     """Per-user purchase lines: snapshot columns plus a recorded overlay."""
 
@@ -51,6 +73,7 @@ class PurchaseHistories:
         countries: dict[str, str],
         catalogue: ItemCatalogue,
         time_offset_s: float,
+        cache_size: int = 100_000,
     ) -> None:
         self._row = {user: i for i, user in enumerate(user_ids.tolist())}
         self._offsets = offsets
@@ -64,6 +87,9 @@ class PurchaseHistories:
         """Seconds subtracted from live times before they meet the data's timeline."""
         self._recorded: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
         self._recorded_ids: set[str] = set()
+        self._purchases: LRUCache[str, UserPurchases] = LRUCache(maxsize=cache_size)
+        # Guards the overlay and the cache: `record` may run on another thread than Recommend.
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -107,10 +133,21 @@ class PurchaseHistories:
 
     def history(self, user_id: str) -> PurchaseHistory:
         """All known purchase lines of the user, oldest first."""
+        return self.purchases(user_id).history
+
+    def purchases(self, user_id: str) -> UserPurchases:
+        """The user's lines and distinct recent items, computed once per recorded purchase."""
+        with self._lock:
+            cached = self._purchases.get(user_id)
+            if cached is None:
+                cached = self._purchases[user_id] = self._compute(user_id)
+            return cached
+
+    def _compute(self, user_id: str) -> UserPurchases:
         row = self._row.get(user_id)
         recorded = self._recorded.get(user_id)
         if row is None and not recorded:
-            return PurchaseHistory.empty()
+            return NO_PURCHASES
         if row is None:
             parts = PurchaseHistory.empty()
         else:
@@ -121,15 +158,15 @@ class PurchaseHistories:
                 self._quantities[a:b],
                 self._unit_prices[a:b],
             )
-        if not recorded:
-            return parts
-        extra = np.asarray(recorded, dtype=np.float64)
-        return PurchaseHistory(
-            np.concatenate([parts.positions, extra[:, 0].astype(np.int32)]),
-            np.concatenate([parts.timestamps, extra[:, 1]]),
-            np.concatenate([parts.quantities, extra[:, 2].astype(np.float32)]),
-            np.concatenate([parts.unit_prices, extra[:, 3].astype(np.float32)]),
-        )
+        if recorded:
+            extra = np.asarray(recorded, dtype=np.float64)
+            parts = PurchaseHistory(
+                np.concatenate([parts.positions, extra[:, 0].astype(np.int32)]),
+                np.concatenate([parts.timestamps, extra[:, 1]]),
+                np.concatenate([parts.quantities, extra[:, 2].astype(np.float32)]),
+                np.concatenate([parts.unit_prices, extra[:, 3].astype(np.float32)]),
+            )
+        return UserPurchases(parts, self.recent_items(parts, len(parts.positions)))
 
     @staticmethod
     def recent_items(history: PurchaseHistory, limit: int) -> npt.NDArray[np.int32]:
@@ -143,20 +180,23 @@ class PurchaseHistories:
 
     def record(self, events: list[Event]) -> None:
         """Adds recorded purchases once each by event id (a replayed batch adds nothing; items
-        outside the catalogue are skipped)."""
-        for event in events:
-            if event.type is not EventType.PURCHASE or event.event_id in self._recorded_ids:
-                continue
-            self._recorded_ids.add(event.event_id)
-            position = self._catalogue.position.get(event.item_id)
-            if position is None:
-                continue
-            quantity = max(event.quantity, 1)
-            self._recorded[event.user_id].append(
-                (
-                    position,
-                    event.timestamp.timestamp() - self.time_offset_s,
-                    float(quantity),
-                    event.revenue / quantity,
+        outside the catalogue are skipped); the users' derived state is recomputed on their
+        next read."""
+        with self._lock:
+            for event in events:
+                if event.type is not EventType.PURCHASE or event.event_id in self._recorded_ids:
+                    continue
+                self._recorded_ids.add(event.event_id)
+                position = self._catalogue.position.get(event.item_id)
+                if position is None:
+                    continue
+                quantity = max(event.quantity, 1)
+                self._recorded[event.user_id].append(
+                    (
+                        position,
+                        event.timestamp.timestamp() - self.time_offset_s,
+                        float(quantity),
+                        event.revenue / quantity,
+                    )
                 )
-            )
+                self._purchases.pop(event.user_id, None)

@@ -18,6 +18,8 @@ from ab.exposures import Exposure, ExposureRecorder
 from ab.routing import RoutedAssignment, RoutingTable
 from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import PurchaseHistory
+from feature_service.history import NO_PURCHASES
+from feature_service.kernels import order_by_score
 from feature_service.store import FeatureStore
 from gateway.deadline import Budget
 from gateway.errors import ServiceError
@@ -124,11 +126,13 @@ class Recommender:
                 query.context.time,
                 budget.remaining() * FEATURES_BUDGET_SHARE,
             )
-            history = (
-                self.ranker.features.histories.history(query.user_id)
+            # Kept per user and replaced when their purchases are recorded, not rebuilt here.
+            purchases = (
+                self.ranker.features.histories.purchases(query.user_id)
                 if self.ranker is not None
-                else PurchaseHistory.empty()
+                else NO_PURCHASES
             )
+            history = purchases.history
         if not complete:
             reasons.append("FEATURES_UNAVAILABLE")
 
@@ -144,11 +148,7 @@ class Recommender:
             count = candidate_count(
                 self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
             )
-            past_items = (
-                self.ranker.features.histories.recent_items(history, HISTORY_CANDIDATES)
-                if self.ranker is not None
-                else np.empty(0, np.int32)
-            )
+            past_items = purchases.recent_items[:HISTORY_CANDIDATES]
             candidates = self.candidates.retrieve(query.user_id, past_items, count)
 
         with stage("filter"):
@@ -252,7 +252,7 @@ class Recommender:
                 self.metrics.triton_duration.labels(model).observe(time.perf_counter() - started)
             scores = scored.scores
             ranker.cache.put(key, scores)
-        order = np.argsort(-scores, kind="stable")
+        order = order_by_score(scores)
         if fresh and len(order):
             self.metrics.ranker_score.labels(model).observe(sorted_median(scores, order))
         return Ranking(

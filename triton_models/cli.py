@@ -122,7 +122,7 @@ def run_pipeline(
     timings["ingest"] = time.perf_counter() - started
     table_files = [tables / n for n in ("events.parquet", "items.parquet", "ingest_report.json")]
     shared = ["triton_models/retrieval.py", "triton_models/dataset.py", "triton_models/pipeline.py"]
-    features = "feature_service/definitions.py"
+    features = ("feature_service/definitions.py", "feature_service/kernels.py")
     steps: list[tuple[str, Path, Callable[[], list[Path]], Callable[[], Any]]] = [
         (
             "retrieval",
@@ -133,7 +133,7 @@ def run_pipeline(
         (
             "datasets",
             folders["datasets"],
-            lambda: [*table_files, raw, *_code(*shared, features, "triton_models/ingest.py")],
+            lambda: [*table_files, raw, *_code(*shared, *features, "triton_models/ingest.py")],
             lambda: pipeline.run_datasets(tables, data_dir, folders["datasets"], opts),
         ),
         (

@@ -46,8 +46,11 @@ class RankingFeatures:
     """Builds the ranker's input for one request with the shared feature definitions
     (`feature_service.definitions`), exactly as the offline pipeline built training rows.
 
-    User states are cached by user and history length: a new purchase changes the length, so
-    a cached state is never stale.
+    User states are cached by user and history length: a user's state changes only when a
+    purchase of theirs is recorded, which changes the length, so a cached state is never stale
+    and a Recommend call rebuilds nothing (the history itself comes cached from
+    `PurchaseHistories.purchases`). The matrix is filled by the compiled kernel behind
+    `assemble_features`, the function the offline training-set builder calls.
     """
 
     def __init__(

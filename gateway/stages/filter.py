@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from feature_service.kernels import keep_allowed
 from gateway.stages.types import Candidates, Positions
+
+_NO_STOCK_RULE = np.empty(0, dtype=np.bool_)
 
 
 def filter_candidates(
@@ -20,7 +23,10 @@ def filter_candidates(
         blocked: catalogue positions never to return (recently viewed, excluded, ...).
         available: per-catalogue-position availability, or None to skip the stock filter.
     """
-    keep = ~np.isin(candidates.positions, blocked)
-    if available is not None:
-        keep &= available[candidates.positions]
+    keep = keep_allowed(
+        candidates.positions,
+        np.asarray(blocked, dtype=np.int32),
+        _NO_STOCK_RULE if available is None else available,
+        available is not None,
+    )
     return candidates.take(keep)

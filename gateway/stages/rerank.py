@@ -15,9 +15,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from feature_service.kernels import first_per_category, greedy_mmr
 from gateway.stages.types import Candidates
 
 POOL_FACTOR = 5
+_NO_SIMILARITY = np.empty((0, 0), np.float32)
+_NO_CATEGORIES = np.empty(0, np.int16)
 
 
 def diversify(
@@ -40,29 +43,17 @@ def diversify(
     """
     if weight <= 0.0 or len(items) <= 1:
         return items
-    items = items.take(np.arange(min(len(items), max(POOL_FACTOR * count, count + 10))))
-    n = len(items)
-    scores = items.scores.astype(np.float64)
-    spread = scores.max() - scores.min()
-    relevance = (scores - scores.min()) / spread if spread > 0 else np.ones(n)
+    pool = min(len(items), max(POOL_FACTOR * count, count + 10))
+    items = Candidates(items.positions[:pool], items.scores[:pool])
     if embeddings is not None:
+        # The pool's pairwise cosines in one BLAS call; the greedy picks run compiled.
         vectors = embeddings[items.positions]
+        similarity = vectors @ vectors.T
+        picks = greedy_mmr(items.scores, similarity, _NO_CATEGORIES, True, weight, count)
     else:
         cats = category[items.positions]
-        vectors = (cats[:, None] == np.unique(cats)[None, :]).astype(np.float32)
-    # gain_i = base_i - weight * max(0, max over picked j of sim_ij)
-    #        = min(base_i, min over picked j of (base_i - weight * sim_ij)),
-    # so with every pair's term computed at once each pick is one argmax and one minimum.
-    base = (1.0 - weight) * relevance
-    penalised = base[None, :] - weight * (vectors @ vectors.T).astype(np.float64)
-    gain = base.copy()
-    order: list[int] = []
-    for _ in range(min(count, n)):
-        best = int(np.argmax(gain))
-        order.append(best)
-        np.minimum(gain, penalised[best], out=gain)
-        gain[best] = -np.inf
-    return items.take(np.asarray(order, dtype=np.intp))
+        picks = greedy_mmr(items.scores, _NO_SIMILARITY, cats, False, weight, count)
+    return items.take(picks)
 
 
 def cap_per_category(
@@ -71,17 +62,9 @@ def cap_per_category(
     """Drops items beyond the first `max_per_category` of each category, keeping order."""
     if max_per_category <= 0 or len(items) == 0:
         return items
-    cats = category[items.positions]
-    # Rank of each item within its category, in list order: 0 for the first of a category.
-    order = np.argsort(cats, kind="stable")
-    sorted_cats = cats[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_cats)) + 1]
-    within = np.arange(len(cats)) - np.repeat(starts, np.diff(np.r_[starts, len(cats)]))
-    rank_in_category = np.empty_like(within)
-    rank_in_category[order] = within
-    return items.take(rank_in_category < max_per_category)
+    return items.take(first_per_category(category[items.positions], max_per_category))
 
 
 def truncate(items: Candidates, num_items: int) -> Candidates:
     """The first `num_items` items."""
-    return items.take(np.arange(min(num_items, len(items))))
+    return Candidates(items.positions[:num_items], items.scores[:num_items])

@@ -1,0 +1,191 @@
+"""The compiled pipeline (feature_service/kernels.py behind the stages and the shared feature
+definitions) against the NumPy implementations it replaced (tests/numpy_reference.py), on the
+real catalogue, embeddings and purchase histories: same candidates, filter, features, order and
+re-rank, bit for bit, for hundreds of real customers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feature_service import kernels
+from feature_service.catalogue import ItemCatalogue
+from feature_service.definitions import (
+    Context,
+    ItemArrays,
+    build_user_state,
+    merge_candidates,
+    top_k_exact,
+)
+from feature_service.history import PurchaseHistories
+from gateway.stages.candidates import (
+    HISTORY_CANDIDATES,
+    CandidateRetriever,
+    PopularCandidates,
+    RetrievalIndex,
+)
+from gateway.stages.features import RankingFeatures
+from gateway.stages.filter import filter_candidates
+from gateway.stages.rerank import cap_per_category, diversify, truncate
+from gateway.stages.types import Candidates, RequestContext
+from tests import numpy_reference as reference
+
+pytestmark = pytest.mark.integration
+POPULAR = 50
+WHEN = datetime(2011, 12, 1, 15, 30, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def world(models: Path) -> tuple[ItemCatalogue, PurchaseHistories, RetrievalIndex]:
+    build = models.parents[1]
+    catalogue = ItemCatalogue.load(build / "data")
+    histories = PurchaseHistories.load(build / "data", catalogue, time_offset_s=0.0)
+    index = RetrievalIndex.load(build / "retrieval", catalogue, -1, 50_000)
+    return catalogue, histories, index
+
+
+def _users(index: RetrievalIndex, count: int) -> list[str]:
+    known = list(index.user_row)
+    return [*known[:: max(1, len(known) // count)][:count], "no-such-customer"]
+
+
+def test_retrieval_and_training_top_k_match_numpy(
+    world: tuple[ItemCatalogue, PurchaseHistories, RetrievalIndex],
+) -> None:
+    _, histories, index = world
+    users = _users(index, 400)[:-1]
+    rows = np.asarray([index.user_row[u] for u in users])
+    owned = [histories.purchases(u).recent_items for u in users]
+    # The training builder's batch call: every user, own items excluded.
+    np.testing.assert_array_equal(
+        top_k_exact(index.user_vectors[rows], index.item_vectors, 200, exclude=owned),
+        reference.top_k_exact(index.user_vectors[rows], index.item_vectors, 200, exclude=owned),
+    )
+    # The evaluation's call without exclusions, and k beyond the catalogue.
+    np.testing.assert_array_equal(
+        top_k_exact(index.user_vectors[rows[:20]], index.item_vectors, 10_000),
+        reference.top_k_exact(index.user_vectors[rows[:20]], index.item_vectors, 10_000),
+    )
+
+
+def test_serving_pipeline_matches_numpy_stage_by_stage(
+    world: tuple[ItemCatalogue, PurchaseHistories, RetrievalIndex],
+) -> None:
+    catalogue, histories, index = world
+    items = ItemArrays.from_catalogue(catalogue)
+    popular = PopularCandidates(catalogue)
+    retriever = CandidateRetriever(popular, index, POPULAR)
+    features = RankingFeatures(histories, items)
+    rng = np.random.default_rng(7)
+    context = RequestContext(
+        device=1, page=1, locale="en-GB", country="GB", session_id="", time=WHEN
+    )
+    compiled_before = {name: len(getattr(kernels, name).signatures) for name in _KERNELS}
+    bought_candidates = 0
+    for user in _users(index, 300):
+        purchases = histories.purchases(user)
+        history = purchases.history
+        past = purchases.recent_items[:HISTORY_CANDIDATES]
+        np.testing.assert_array_equal(past, reference.recent_items(history, HISTORY_CANDIDATES))
+
+        # candidates
+        got = retriever.retrieve(user, past, 500)
+        row = index.user_row.get(user)
+        if row is None:
+            nearest = np.empty(0, np.int32)
+            vector = np.zeros(index.user_vectors.shape[1], np.float32)
+        else:
+            nearest = reference.nearest(index.user_vectors, index.item_vectors, row, 500, past)
+            vector = index.user_vectors[row]
+        want = reference.retrieve(
+            nearest, past, popular.positions[:POPULAR], index.item_vectors, vector
+        )
+        _assert_same(got, want)
+
+        # filter: recently viewed items (some of them candidates) and the stock rule
+        viewed = np.unique(
+            np.concatenate([rng.choice(got.positions, 20), rng.choice(len(catalogue), 20)])
+        ).astype(np.int32)
+        kept = filter_candidates(got, viewed, catalogue.available)
+        _assert_same(kept, reference.filter_candidates(got, viewed, catalogue.available))
+        _assert_same(
+            filter_candidates(got, viewed, None), reference.filter_candidates(got, viewed, None)
+        )
+
+        # ranking features: the gateway's against the NumPy assembly of the same state
+        x = features.build(user, history, kept, context)
+        state = build_user_state(history, items, float("inf"), histories.country(user))
+        want_x = reference.assemble_features(
+            state,
+            items,
+            kept.positions,
+            Context(time=WHEN, device=1, page=1, country="GB"),
+            kept.scores,
+        )
+        np.testing.assert_array_equal(x, want_x)
+        bought_candidates += int(np.isin(kept.positions, state.item_positions).sum())
+
+        # order by the ranker's scores (rounded so that ties occur), then the re-rank rules
+        scores = np.round(rng.random(len(kept)), 2).astype(np.float32)
+        by_score = kernels.order_by_score(scores)
+        ranked = Candidates(kept.positions[by_score], scores[by_score])
+        _assert_same(ranked, reference.order(kept, scores))
+        for embeddings in (index.unit_item_vectors, None):
+            for weight, count, cap in ((0.3, 30, 4), (0.7, 10, 0), (0.0, 30, 2)):
+                got_items = truncate(
+                    cap_per_category(
+                        diversify(ranked, catalogue.category, weight, count, embeddings),
+                        catalogue.category,
+                        cap,
+                    ),
+                    10,
+                )
+                want_items = reference.truncate(
+                    reference.cap_per_category(
+                        reference.diversify(ranked, catalogue.category, weight, count, embeddings),
+                        catalogue.category,
+                        cap,
+                    ),
+                    10,
+                )
+                _assert_same(got_items, want_items)
+    assert bought_candidates > 1000  # the cross features were exercised, not only defaults
+    # The serving path used only the signatures compiled at import: no compile on a request.
+    assert {name: len(getattr(kernels, name).signatures) for name in _KERNELS} == compiled_before
+
+
+def test_merge_matches_numpy_on_real_sources(
+    world: tuple[ItemCatalogue, PurchaseHistories, RetrievalIndex],
+) -> None:
+    _, histories, index = world
+    popular = np.arange(0, 3000, 7, dtype=np.int32)
+    for user in _users(index, 100)[:-1]:
+        past = histories.purchases(user).recent_items
+        nearest = top_k_exact(
+            index.user_vectors[index.user_row[user]][None, :], index.item_vectors, 300
+        )[0]
+        np.testing.assert_array_equal(
+            merge_candidates(nearest, past, popular),
+            reference.merge_candidates(nearest, past, popular),
+        )
+
+
+_KERNELS = (
+    "top_k_rows",
+    "first_occurrences",
+    "keep_allowed",
+    "fill_features",
+    "order_by_score",
+    "greedy_mmr",
+    "first_per_category",
+)
+
+
+def _assert_same(got: Candidates, want: Candidates) -> None:
+    np.testing.assert_array_equal(got.positions, want.positions)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.positions.dtype == want.positions.dtype
+    assert got.scores.dtype == want.scores.dtype
