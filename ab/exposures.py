@@ -174,7 +174,9 @@ class SqliteExposureSink:
 
         def insert(connection: sqlite3.Connection) -> None:
             with connection:
-                connection.execute("BEGIN")
+                # The write lock up front: sibling gateway processes share the file, and a
+                # writer waits its turn (busy timeout) rather than failing mid-transaction.
+                connection.execute("BEGIN IMMEDIATE")
                 connection.executemany(
                     "INSERT OR IGNORE INTO exposures VALUES (?,?,?,?,?,?,?,?)", rows
                 )

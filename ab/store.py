@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -312,11 +313,16 @@ class PostgresStateStore:
 class JsonStateStore:
     """`StateStore` in a JSON file (embedded profile): `{experiment: {status, weights,
     updated_at}}`, replaced atomically (write to a temporary file, then rename) so a reader
-    sees the old file or the new one; the audit log goes to `<file>.decisions.jsonl`."""
+    sees the old file or the new one; the audit log goes to `<file>.decisions.jsonl`.
+
+    Several gateway processes of one machine share the file (an admin call lands in any of
+    them): a decision is read, numbered and written under an exclusive lock on
+    `<file>.lock` (flock), so two processes deciding at once never lose one another's write."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.audit_path = path.with_name(path.name + ".decisions.jsonl")
+        self.lock_path = path.with_name(path.name + ".lock")
         self._lock = asyncio.Lock()
 
     def _read(self) -> dict[str, ExperimentState]:
@@ -370,37 +376,48 @@ class JsonStateStore:
         reason: str,
         evidence: Mapping[str, Any],
     ) -> DecisionRecord:
+        def decide() -> DecisionRecord:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.lock_path.open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                previous = self._decisions(state.experiment)
+                record = DecisionRecord(
+                    len(previous) + 1,
+                    state.experiment,
+                    decision,
+                    reason,
+                    evidence,
+                    state.updated_at,
+                )
+                self._write(state, record)
+            return record
+
         async with self._lock:
-            previous = await self.decisions(state.experiment)
-            record = DecisionRecord(
-                len(previous) + 1, state.experiment, decision, reason, evidence, state.updated_at
-            )
-            await asyncio.to_thread(self._write, state, record)
-        return record
+            return await asyncio.to_thread(decide)
 
     async def decisions(self, experiment: str) -> list[DecisionRecord]:
-        def read() -> list[DecisionRecord]:
-            try:
-                lines = self.audit_path.read_text(encoding="utf-8").splitlines()
-            except FileNotFoundError:
-                return []
-            out = []
-            for line in lines:
-                raw = json.loads(line)
-                if raw["experiment"] == experiment:
-                    out.append(
-                        DecisionRecord(
-                            int(raw["id"]),
-                            raw["experiment"],
-                            raw["decision"],
-                            raw["reason"],
-                            raw["evidence"],
-                            datetime.fromisoformat(raw["decided_at"]),
-                        )
-                    )
-            return out
+        return await asyncio.to_thread(self._decisions, experiment)
 
-        return await asyncio.to_thread(read)
+    def _decisions(self, experiment: str) -> list[DecisionRecord]:
+        try:
+            lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            raw = json.loads(line)
+            if raw["experiment"] == experiment:
+                out.append(
+                    DecisionRecord(
+                        int(raw["id"]),
+                        raw["experiment"],
+                        raw["decision"],
+                        raw["reason"],
+                        raw["evidence"],
+                        datetime.fromisoformat(raw["decided_at"]),
+                    )
+                )
+        return out
 
 
 def _record_json(record: DecisionRecord) -> dict[str, Any]:

@@ -61,7 +61,12 @@ class EmbeddedSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     event_log_path: Path = Path(".run/events.sqlite3")
-    """SQLite file holding every recorded event (created on first start)."""
+    """SQLite file holding every recorded event (created on first start); the gateway
+    processes of one machine share it."""
+    tail_interval_s: float = Field(0.1, gt=0, le=60)
+    """How often a gateway reads the events its sibling processes stored in the shared log (see
+    feature_service/event_tail.py): the longest a view or purchase recorded through one process
+    waits before the others' recommendations reflect it."""
 
 
 class FeatureStoreSettings(BaseModel):

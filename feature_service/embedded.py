@@ -3,7 +3,8 @@
 The single-node default (`feature_store.backend: embedded`): no servers, no root. Real-time
 features (recent views and purchases) live in memory, are rebuilt from the event log on start,
 and are updated as soon as a batch is durable, so a view recorded by RecordEvents is visible to
-the very next Recommend call of the same process.
+the very next Recommend call of the same process. Events that sibling processes store in the
+same log reach these features through `apply_stored`, fed by `feature_service.event_tail`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class EmbeddedFeatureStore:
         self._recent_window = recent_window
         self._views: dict[str, deque[_Activity]] = {}
         self._purchases: dict[str, deque[_Activity]] = {}
+        self.replayed_through = 0
+        """The event log's feed sequence the start-up replay covered: a tail of the log
+        starting here misses nothing and repeats nothing."""
 
     @classmethod
     async def open(
@@ -59,7 +63,10 @@ class EmbeddedFeatureStore:
         """Loads the known users and replays the recent part of the event log."""
         users = pq.read_table(data_dir / USERS_FILE, columns=["user_id"]).column("user_id")
         store = cls(catalogue, frozenset(users.to_pylist()), event_log, recent_items, recent_window)
-        store._apply(await event_log.recent(now - recent_window, per_user=recent_items * 4))
+        events, store.replayed_through = await event_log.recent(
+            now - recent_window, per_user=recent_items * 4
+        )
+        store._apply(events)
         return store
 
     async def user_features(self, user_id: str, now: datetime) -> UserFeatures:
@@ -76,6 +83,10 @@ class EmbeddedFeatureStore:
         result = await self._event_log.append(events)
         self._apply(events)
         return result
+
+    def apply_stored(self, events: Sequence[Event]) -> None:
+        """Takes in events another process stored in the shared event log (already durable)."""
+        self._apply(events)
 
     def _apply(self, events: Sequence[Event]) -> None:
         for event in events:

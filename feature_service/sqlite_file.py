@@ -1,5 +1,9 @@
 """One SQLite connection driven from one dedicated thread, so the event loop never blocks on
-disk. Used by the embedded profile's event log and exposure log."""
+disk. Used by the embedded profile's event log and exposure log.
+
+Several gateway processes may open the same file (`make run` with `serving.processes` > 1):
+WAL lets readers go on while one process writes, and a writer that finds the file locked waits
+up to `BUSY_TIMEOUT_S` for its turn instead of failing at once."""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 5.0
+"""Longest a statement waits for another process's write lock (SQLite's busy timeout); a
+write holds it for one batch, milliseconds."""
 
 
 class SqliteFile:
@@ -32,7 +40,9 @@ class SqliteFile:
 
         def connect() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            connection = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
+            )
             connection.execute("PRAGMA journal_mode=WAL")
             if durable:
                 connection.execute("PRAGMA synchronous=FULL")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +30,8 @@ from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import ItemArrays
 from feature_service.embedded import EmbeddedFeatureStore
 from feature_service.event_log import SqliteEventLog
+from feature_service.event_tail import EventTail
+from feature_service.events import Event
 from feature_service.history import PurchaseHistories, replay_offset
 from feature_service.layered import LayeredFeatureStore
 from feature_service.store import FeatureStore
@@ -105,6 +107,7 @@ async def open_resources(
             stack.callback(http.close)
 
         store: FeatureStore
+        embedded: tuple[EmbeddedFeatureStore, SqliteEventLog] | None = None
         if store_settings.backend == "redis_postgres":
             layered = await LayeredFeatureStore.open(
                 store_settings, catalogue, data_dir, metrics.registry
@@ -114,7 +117,7 @@ async def open_resources(
         else:
             event_log = await SqliteEventLog.open(store_settings.embedded.event_log_path)
             stack.push_async_callback(event_log.close)
-            store = await EmbeddedFeatureStore.open(
+            local_store = await EmbeddedFeatureStore.open(
                 catalogue,
                 data_dir,
                 event_log,
@@ -122,6 +125,8 @@ async def open_resources(
                 timedelta(seconds=store_settings.recent_window_s),
                 datetime.now(UTC),
             )
+            embedded = (local_store, event_log)
+            store = local_store
 
         ab = settings.ab_testing
         exposure_sink: ExposureSink
@@ -177,6 +182,18 @@ async def open_resources(
             exposures=exposures,
         )
         histories = ranker.features.histories if ranker is not None else None
+        if embedded is not None:
+            # Sibling gateway processes share the event log: what they store reaches this
+            # process's in-memory features too (feature_service/event_tail.py).
+            embedded_store, event_log = embedded
+            await stack.enter_async_context(
+                EventTail(
+                    event_log,
+                    _apply_stored_events(embedded_store, histories),
+                    after=embedded_store.replayed_through,
+                    interval_s=store_settings.embedded.tail_interval_s,
+                )
+            )
         yield Resources(
             catalogue,
             store,
@@ -189,6 +206,20 @@ async def open_resources(
             state_source,
             traces_new_calls,
         )
+
+
+def _apply_stored_events(
+    store: EmbeddedFeatureStore, histories: PurchaseHistories | None
+) -> Callable[[list[Event]], None]:
+    """What RecordEvents does in memory once a batch is stored (servicer.RecordEvents), for
+    batches another process stored: recent views and purchases, then purchase histories."""
+
+    def apply(events: list[Event]) -> None:
+        store.apply_stored(events)
+        if histories is not None:
+            histories.record(events)
+
+    return apply
 
 
 async def _open_ranker(
