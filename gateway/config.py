@@ -8,6 +8,8 @@ values are converted to the field's type by validation (`RECSYS__SERVING__PORT=5
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,9 +29,32 @@ from feature_service.config import FeatureStoreSettings
 from feature_service.config_file import ConfigFileError, describe, read_config
 from triton_models.config import ModelSettings
 
+_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+MAX_PROCESSES = 64
+"""Most gateway processes on one machine (each holds its own copy of the catalogue and
+features)."""
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names every bad key."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (`taskset`, cpusets), capped by a
+    cgroup v2 CPU quota (a container's `--cpus`), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = _CPU_MAX.read_text(encoding="ascii").split()
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return max(cores, 1)
 
 
 class AuthSettings(BaseModel):
@@ -95,8 +120,17 @@ class ServingSettings(BaseModel):
     """Address the gRPC server binds to."""
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port; 0 picks a free one (tests). In `make stack`, nginx's port."""
-    processes: int = Field(2, ge=1, le=64)
-    """Gateway processes `make stack` runs behind nginx, on the ports after `port`."""
+    processes: int = Field(
+        default_factory=lambda: min(available_cores(), MAX_PROCESSES), ge=1, le=MAX_PROCESSES
+    )
+    """Gateway processes the runner starts (default: one per core this machine gives us).
+    `make run` binds them all to `port` (`reuse_port`); `make stack` runs them behind nginx on
+    the ports after `port`. With several, their metrics are on the ports after
+    `monitoring.metrics.port`."""
+    reuse_port: bool = False
+    """Bind `port` with SO_REUSEPORT, so that several gateway processes share it and the kernel
+    spreads connections over them. The runner turns it on for `make run` with several
+    processes; off, a port another process holds stops start-up ("cannot bind")."""
     default_deadline_ms: float = Field(100.0, gt=0)
     """Time budget of a request whose client sent no deadline; a client deadline may shorten it."""
     grace_period_s: float = Field(10.0, ge=0)
@@ -135,7 +169,8 @@ class ServingSettings(BaseModel):
     """TLS settings; plaintext when no certificate is configured."""
     rate_limit: str | None = "5000/second"
     """Per-client request limit in `limits` notation (`100/second`, `10000/minute`); clients
-    are told apart by peer address. None or empty disables it."""
+    are told apart by peer address. Each process counts its own connections. None or empty
+    disables it."""
 
     @field_validator("rate_limit")
     @classmethod
@@ -200,8 +235,8 @@ class Settings(BaseModel):
     """Models, retrieval, ranking and re-ranking."""
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     """Feature store and event log."""
-    serving: ServingSettings = ServingSettings()
-    """The gRPC server."""
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    """The gRPC server (built at load time: its process count follows the machine)."""
     ab_testing: ABTestingSettings = ABTestingSettings()
     """Experiments."""
     monitoring: MonitoringSettings = MonitoringSettings()

@@ -1,17 +1,22 @@
 """`make run` and `make stack`: the local profiles under honcho (a maintained supervisor).
 
 - `local` (`make run`): Triton (the `tritonserver` binary of the nvidia-pytriton wheel) when a
-  local model repository has been built, then one gateway on `serving.port`. Triton's gRPC
-  port is the one in `model.ranker.triton_grpc_url` (8001), its HTTP port the one below and
-  its metrics port the one above.
+  local model repository has been built, then `serving.processes` gateways (one per core by
+  default), all on `serving.port`: they bind it with SO_REUSEPORT and the kernel spreads
+  connections over them, no proxy in between. With several, their metrics and health
+  endpoints are on the ports after `monitoring.metrics.port`; they share the event log and
+  the exposure log, and each follows the events the others store
+  (feature_service/event_tail.py). Triton's gRPC port is the one in
+  `model.ranker.triton_grpc_url` (8001), its HTTP port the one below and its metrics port the
+  one above.
 - `stack` (`make stack`, `infra/config/stack.yaml`): nginx on `serving.port` load-balancing
   gRPC over `serving.processes` gateway processes on the following ports (metrics on the
   ports after `monitoring.metrics.port`, then the experiment sidecar's), Redis and Postgres
   where `feature_store` points, Prometheus (scraping those ports) and Triton when built.
 
-Both wait until gRPC health reports SERVING on `serving.port` (in `stack`, first on every
-gateway behind nginx), print how to call the service, and stop everything cleanly on Ctrl-C
-(honcho forwards the signal to every process).
+Both wait until gRPC health reports SERVING on `serving.port` (first on every gateway: behind
+nginx in `stack`, through its HTTP /health in `local`), print how to call the service, and stop
+everything cleanly on Ctrl-C or SIGTERM (honcho forwards the signal to every process).
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import argparse
 import os
 import pwd
 import shlex
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +119,59 @@ def _gateway(config: Path) -> list[str]:
 
 
 def local_processes(settings: Settings, config: Path) -> dict[str, ProcessSpec]:
-    """The `make run` profile: Triton (when built) and one gateway."""
-    return {**_triton(settings), "gateway": ProcessSpec(_gateway(config))}
+    """The `make run` profile: Triton (when built) and `serving.processes` gateways sharing
+    `serving.port` (SO_REUSEPORT when more than one), each with its own metrics port.
+
+    Raises:
+        ConfigError: several processes but no fixed `serving.port` to share.
+    """
+    processes = dict(_triton(settings))
+    count = settings.serving.processes
+    if count == 1:
+        processes["gateway"] = ProcessSpec(_gateway(config))
+        return processes
+    if settings.serving.port == 0:
+        raise ConfigError(
+            f"serving.port: 0 (a free port each) cannot be shared by serving.processes={count}"
+            " gateways; set a port, or serving.processes: 1"
+        )
+    for i, metrics_port in enumerate(local_metrics_ports(settings)):
+        processes[f"gateway{i + 1}"] = ProcessSpec(
+            _gateway(config),
+            {
+                "RECSYS__SERVING__REUSE_PORT": "true",
+                "RECSYS__MONITORING__METRICS__PORT": str(metrics_port),
+            },
+        )
+    return processes
+
+
+def local_metrics_ports(settings: Settings) -> list[int]:
+    """`make run`'s gateway metrics ports: `monitoring.metrics.port` for a single gateway;
+    for several, the stack's layout (the ports after it), or a free port each when it is 0."""
+    base = settings.monitoring.metrics.port
+    if settings.serving.processes == 1:
+        return [base]
+    if base == 0:
+        return [0] * settings.serving.processes
+    return stack_metrics_ports(settings)
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Fails when something already listens on `host:port`, e.g. gateways of an earlier
+    `make run`: gateways that bind with SO_REUSEPORT would otherwise join them silently and
+    share the connections with stale processes.
+
+    Raises:
+        OSError: the port is taken.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        # Lets connections of a stopped server in TIME_WAIT pass; a listener still fails.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
 
 
 def _as_postgres_user(argv: list[str]) -> list[str]:
@@ -165,7 +223,8 @@ def stack_gateway_ports(settings: Settings) -> list[int]:
 
 
 def stack_metrics_ports(settings: Settings) -> list[int]:
-    """The stack's gateway metrics ports, the ones after `monitoring.metrics.port`."""
+    """The gateway metrics ports, the ones after `monitoring.metrics.port`: the stack's, and
+    `make run`'s when it runs several gateways."""
     base = settings.monitoring.metrics.port
     return [base + 1 + i for i in range(settings.serving.processes)]
 
@@ -347,8 +406,9 @@ def wait_until_serving(target: str, timeout_s: float, stopped: threading.Event) 
     return False
 
 
-def wait_until_triton_ready(url: str, timeout_s: float, stopped: threading.Event) -> bool:
-    """Polls Triton's /v2/health/ready (every model loaded) until it answers 200."""
+def wait_until_http_ok(url: str, timeout_s: float, stopped: threading.Event) -> bool:
+    """Polls `url` until a GET answers 200 (Triton's /v2/health/ready once every model is
+    loaded, a gateway's /health once it serves); False on timeout or stop."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stopped.is_set():
         if http_ready(url, timeout_s=1.0):  # false while not listening or still loading (400)
@@ -358,10 +418,25 @@ def wait_until_triton_ready(url: str, timeout_s: float, stopped: threading.Event
 
 
 def _announce(
-    target: str, backends: list[str], triton_ready_url: str | None, stopped: threading.Event
+    target: str,
+    backends: list[str],
+    triton_ready_url: str | None,
+    stopped: threading.Event,
+    health_urls: Sequence[str] = (),
 ) -> None:
-    """Announces SERVING once every gateway in `backends` and then `target` report it."""
+    """Announces SERVING once every gateway reports it: on its HTTP /health in `health_urls`
+    (gateways sharing `target`'s port), on its gRPC address in `backends` (gateways behind
+    nginx), then `target` itself."""
     deadline = time.monotonic() + READY_TIMEOUT_S
+    for url in health_urls:
+        if not wait_until_http_ok(url, max(deadline - time.monotonic(), 0.0), stopped):
+            if not stopped.is_set():
+                print(
+                    f"\n  a gateway did not report SERVING on {url} within "
+                    f"{READY_TIMEOUT_S:.0f} s; see the log above.\n",
+                    flush=True,
+                )
+            return
     for address in [*backends, target]:
         if not wait_until_serving(address, max(deadline - time.monotonic(), 0.0), stopped):
             if not stopped.is_set():
@@ -371,7 +446,7 @@ def _announce(
                     flush=True,
                 )
             return
-    triton_ready = triton_ready_url is not None and wait_until_triton_ready(
+    triton_ready = triton_ready_url is not None and wait_until_http_ok(
         triton_ready_url, 1.0, stopped
     )
     if triton_ready_url is None:
@@ -394,7 +469,7 @@ def _announce(
     )
     if triton_ready_url is None or triton_ready:
         return
-    if wait_until_triton_ready(triton_ready_url, READY_TIMEOUT_S, stopped):
+    if wait_until_http_ok(triton_ready_url, READY_TIMEOUT_S, stopped):
         print("\n  Triton is ready: answers are ranked by the trained models.\n", flush=True)
     elif not stopped.is_set():
         print(
@@ -430,6 +505,16 @@ def main(argv: list[str] | None = None) -> None:
             processes = local_processes(settings, args.config)
     except ConfigError as exc:
         sys.exit(f"recsys-run: {exc}")
+    serving = settings.serving
+    if args.profile == "local" and serving.port != 0:
+        try:
+            ensure_port_free(serving.host, serving.port)
+        except OSError as exc:
+            sys.exit(
+                f"recsys-run: {serving.host}:{serving.port} is taken ({exc.strerror}); is an "
+                "earlier `make run` still running? Stop it, or set serving.port "
+                "(RECSYS__SERVING__PORT)."
+            )
     manager = Manager()
     for name, spec in processes.items():
         manager.add_process(name, shlex.join(spec.argv), env={**os.environ, **spec.env})
@@ -442,13 +527,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile == "stack"
         else []
     )
+    # Gateways sharing the port: a health check reaches one of them, so each is asked on its
+    # own HTTP port (when it has a known one).
+    metrics = settings.monitoring.metrics
+    health_urls = (
+        [f"http://{metrics.host}:{port}/health" for port in local_metrics_ports(settings)]
+        if args.profile == "local" and serving.processes > 1 and metrics.enabled and metrics.port
+        else []
+    )
     triton_ready_url = (
         f"http://127.0.0.1:{triton_ports(settings).http}/v2/health/ready"
         if "triton" in processes
         else None
     )
     threading.Thread(
-        target=_announce, args=(target, backends, triton_ready_url, stopped), daemon=True
+        target=_announce,
+        args=(target, backends, triton_ready_url, stopped, health_urls),
+        daemon=True,
     ).start()
     try:
         manager.loop()

@@ -29,6 +29,7 @@ from gateway.stages.validate import Limits
 _log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ExperimentAdminService"].full_name
+_BIND_HINT = "another process listens on the port (an earlier gateway?), or the host is not local"
 
 
 class RunningServer:
@@ -76,7 +77,9 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
         options=[
             ("grpc.max_receive_message_length", serving.max_message_bytes),
             ("grpc.max_send_message_length", serving.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless several gateways share the port (the runner's `make run`): then the
+            # kernel spreads connections over them. Off, a held port fails the bind.
+            ("grpc.so_reuseport", 1 if serving.reuse_port else 0),
             # Calls beyond this wait in the client or are refused unprocessed (REFUSED_STREAM)
             # instead of queueing unseen inside gRPC until they have expired.
             ("grpc.max_concurrent_streams", serving.max_concurrent_streams),
@@ -120,12 +123,15 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     )
     address = f"{serving.host}:{serving.port}"
     credentials = server_credentials(serving.tls)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # how grpcio reports a failed bind (older versions returned 0)
+        raise OSError(f"cannot bind {address}: {_BIND_HINT}") from exc
     if port == 0:
-        raise OSError(f"cannot bind {serving.host}:{serving.port}")
+        raise OSError(f"cannot bind {address}: {_BIND_HINT}")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

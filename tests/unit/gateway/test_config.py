@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from gateway import config
 from gateway.config import ConfigError, load_settings
 from tests.conftest import REPO
 
@@ -87,3 +89,24 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_settings(bad, {})
+
+
+def test_processes_default_to_the_cores_we_may_use_and_an_explicit_count_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_quota = tmp_path / "no-cgroup" / "cpu.max"
+    monkeypatch.setattr(config, "_CPU_MAX", no_quota)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert config.available_cores() == 4
+    assert load_settings(None, {}).serving.processes == 4
+    assert load_settings(None, {"RECSYS__SERVING__PROCESSES": "1"}).serving.processes == 1
+    # A container's CPU quota (cgroup v2 cpu.max: 1.5 CPUs) caps it, rounded up.
+    no_quota.parent.mkdir()
+    no_quota.write_text("150000 100000\n")
+    assert config.available_cores() == 2
+    no_quota.write_text("max 100000\n")
+    assert config.available_cores() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(200)))
+    assert load_settings(None, {}).serving.processes == config.MAX_PROCESSES
+    with pytest.raises(ConfigError, match="serving.processes"):
+        load_settings(None, {"RECSYS__SERVING__PROCESSES": "0"})

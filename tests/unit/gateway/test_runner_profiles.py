@@ -4,6 +4,7 @@ processes on the configured ports."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway import runner
-from gateway.config import ConfigError, load_settings
+from gateway.config import MAX_PROCESSES, ConfigError, available_cores, load_settings
 from tests.infra.tooling import run, system_tool
 
 
@@ -164,3 +165,82 @@ def test_stack_prometheus_scrapes_triton_where_it_listens(tmp_path: Path) -> Non
     )
     targets = _scrape_targets(runner.stack_prometheus_config(settings, 9090))
     assert targets["triton"] == ["127.0.0.1:18002"]
+
+
+LOCAL = runner.REPO / "infra" / "config" / "local.yaml"
+
+
+def test_make_run_starts_one_gateway_per_core_by_default(tmp_path: Path) -> None:
+    settings = load_settings(LOCAL, {"RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "none")})
+    assert settings.serving.processes == min(available_cores(), MAX_PROCESSES)
+    gateways = [n for n in runner.local_processes(settings, LOCAL) if n.startswith("gateway")]
+    assert len(gateways) == settings.serving.processes
+
+
+def test_make_run_gateways_share_the_port_with_metrics_after_the_metrics_port(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        LOCAL,
+        {
+            "RECSYS__SERVING__PROCESSES": "3",
+            "RECSYS__MONITORING__METRICS__PORT": "19464",
+            "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "none"),
+        },
+    )
+    processes = runner.local_processes(settings, LOCAL)
+    assert list(processes) == ["gateway1", "gateway2", "gateway3"]
+    assert [p.env for p in processes.values()] == [
+        {"RECSYS__SERVING__REUSE_PORT": "true", "RECSYS__MONITORING__METRICS__PORT": str(port)}
+        for port in (19465, 19466, 19467)
+    ]
+    # The gRPC port is not overridden: all bind `serving.port`; the layout is the stack's.
+    assert runner.local_metrics_ports(settings) == runner.stack_metrics_ports(settings)
+    free = load_settings(
+        LOCAL, {"RECSYS__SERVING__PROCESSES": "2", "RECSYS__MONITORING__METRICS__PORT": "0"}
+    )
+    assert runner.local_metrics_ports(free) == [0, 0]  # a free port each
+
+
+def test_a_single_make_run_gateway_keeps_its_ports_and_an_exclusive_bind(tmp_path: Path) -> None:
+    settings = load_settings(
+        LOCAL,
+        {"RECSYS__SERVING__PROCESSES": "1", "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no")},
+    )
+    assert runner.local_processes(settings, LOCAL) == {
+        "gateway": runner.ProcessSpec(runner._gateway(LOCAL))
+    }
+    assert runner.local_metrics_ports(settings) == [settings.monitoring.metrics.port]
+    assert not settings.serving.reuse_port
+
+
+def test_several_make_run_gateways_need_a_fixed_port() -> None:
+    settings = load_settings(
+        LOCAL, {"RECSYS__SERVING__PROCESSES": "2", "RECSYS__SERVING__PORT": "0"}
+    )
+    with pytest.raises(ConfigError, match="serving.port"):
+        runner.local_processes(settings, LOCAL)
+
+
+def _listener(reuse_port: bool) -> socket.socket:
+    sock = socket.socket()
+    if reuse_port:  # as a gateway of an earlier multi-process `make run` binds
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_make_run_refuses_a_port_that_is_still_held(
+    reuse_port: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _listener(reuse_port) as held:
+        port = held.getsockname()[1]
+        with pytest.raises(OSError, match="in use"):
+            runner.ensure_port_free("127.0.0.1", port)
+        monkeypatch.setenv("RECSYS__SERVING__PORT", str(port))
+        monkeypatch.setenv("RECSYS__SERVING__PROCESSES", "2")
+        with pytest.raises(SystemExit, match=f"127.0.0.1:{port} is taken"):
+            runner.main(["--config", str(LOCAL)])
+    runner.ensure_port_free("127.0.0.1", port)  # released: free again
