@@ -118,7 +118,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 @contextlib.contextmanager
 def _gateway(workdir: Path, processes: int, prediction_cache: bool) -> Iterator[System]:
-    with local_system(workdir, prediction_cache=prediction_cache) as system:
+    with local_system(workdir, prediction_cache=prediction_cache, processes=processes) as system:
         yield system
 
 
@@ -129,8 +129,10 @@ def measure_processes(
     requests: Mapping[str, Path],
     health: tuple[Path, Path],
     profile: bool,
+    connections: int,
 ) -> dict[str, Any]:
-    """Health, Recommend cache off (and a py-spy profile), then Recommend cache on."""
+    """Health, Recommend cache off (and a py-spy profile), then Recommend cache on, over
+    `connections` connections (the kernel spreads connections over the processes)."""
     seconds = bench.durations.ceiling
     c = bench.ceiling_concurrency
     out: dict[str, Any] = {"processes": processes}
@@ -142,12 +144,19 @@ def measure_processes(
             data_file=health_data,
             duration_s=seconds,
             concurrency=c,
+            connections=connections,
             call=HEALTH_CALL,
             protoset=protoset,
             name=f"health-p{processes}",
         )
         out["health"] = _figure(sc.measure(bench, system, run)[1])
-        run = bench.ghz_run(system, f"recommend-p{processes}-cache-off", seconds, concurrency=c)
+        run = bench.ghz_run(
+            system,
+            f"recommend-p{processes}-cache-off",
+            seconds,
+            concurrency=c,
+            connections=connections,
+        )
         out["recommend_cache_off"] = _figure(sc.measure(bench, system, run)[1])
         if profile:
             out["profile"] = _profile(bench, system, workdir / f"p{processes}")
@@ -176,7 +185,13 @@ def measure_processes(
             log=bench.log,
         )
         sc.warm_up(bench_on, system)
-        run = bench_on.ghz_run(system, f"recommend-p{processes}-cache-on", seconds, concurrency=c)
+        run = bench_on.ghz_run(
+            system,
+            f"recommend-p{processes}-cache-on",
+            seconds,
+            concurrency=c,
+            connections=connections,
+        )
         out["recommend_cache_on"] = _figure(sc.measure(bench_on, system, run)[1])
     return out
 
@@ -220,7 +235,8 @@ def render(result: Mapping[str, Any]) -> str:
         f"Machine: {machine['cpu_count']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_mb']} MB, load average at start {machine['load_average_at_start']}. "
         f"ghz {result['settings']['ghz']} on the same machine, closed loop, "
-        f"{result['settings']['concurrency']} concurrent calls on one connection, "
+        f"{result['settings']['concurrency']} concurrent calls on "
+        f"{result['settings'].get('connections', 1)} connections, "
         f"{result['settings']['seconds']:g} s per figure; {result['settings']['users']} distinct "
         "real customers (cache off); the cache-on mix draws customers by their order count.",
         "",
@@ -301,6 +317,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
             {"distinct": distinct, "repeat": repeat},
             health,
             args.profile and i == 0,
+            args.connections,
         )
         for i, processes in enumerate(args.processes)
     ]
@@ -316,6 +333,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         "settings": {
             "seconds": args.seconds,
             "concurrency": args.concurrency,
+            "connections": args.connections,
             "users": args.users,
             "ghz": ghz_version(ghz),
             "config": "infra/config/local.yaml (make run), rate limit off (one ghz client)",
@@ -339,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each figure")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="gRPC connections ghz spreads its workers over (every target alike)",
+    )
     parser.add_argument("--users", type=int, default=2000, help="distinct customers")
     parser.add_argument(
         "--processes", type=int, nargs="+", default=[1, 2], help="gateway processes to measure"

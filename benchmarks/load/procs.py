@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,27 @@ def wait_for_health(target: str, timeout_s: float, *, alive: Process | None = No
             time.sleep(0.25)
     tail = alive.log_tail() if alive is not None else ""
     raise ProcessError(f"{target} did not report SERVING within {timeout_s:.0f} s\n{tail}")
+
+
+def wait_for_http_health(url: str, timeout_s: float, *, alive: Process) -> None:
+    """Poll a gateway's HTTP `/health` until 200: it reaches one process even when several
+    share the gRPC port.
+
+    Raises:
+        ProcessError: timeout, or `alive` exited first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive.running():
+            raise ProcessError(f"{alive.name} exited before SERVING:\n{alive.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise ProcessError(f"{url} did not answer 200 within {timeout_s:.0f} s\n{alive.log_tail()}")
 
 
 @dataclass
@@ -363,7 +385,7 @@ class System:
         """ERROR / CRITICAL lines of the gateways' logs, summarised (see summarise_errors)."""
         found: list[str] = []
         for log in sorted((self.workdir / "logs").glob("*.log")):
-            if log.stem not in ("gateway", "stack"):
+            if not (log.stem == "stack" or log.stem.startswith("gateway")):
                 continue
             with log.open(encoding="utf-8", errors="replace") as handle:
                 for line in handle:
@@ -425,23 +447,29 @@ def local_system(
     extra_env: Mapping[str, str] | None = None,
     prediction_cache: bool = False,
     startup_timeout_s: float = 180.0,
+    processes: int = 1,
 ) -> Iterator[System]:
-    """The `make run` profile: Triton (when built) and one gateway, on free ports.
+    """The `make run` profile: Triton (when built) and `processes` gateways, on free ports.
 
-    `rate_limit` overrides `serving.rate_limit`; empty disables the per-client limit, which
-    would otherwise throttle ghz (one client address) in the spike. The prediction cache is
-    off unless `prediction_cache`, so every request reaches Triton.
+    Several gateways share one port as `make run` starts them (`serving.reuse_port`, each
+    with its own metrics port); the kernel spreads connections, not calls, over them, so a
+    load generator needs several connections to reach them all. `rate_limit` overrides
+    `serving.rate_limit`; empty disables the per-client limit, which would otherwise throttle
+    ghz (one client address) in the spike. The prediction cache is off unless
+    `prediction_cache`, so every request reaches Triton.
     """
     env = _common_env(workdir, extra_env or {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
-    port, metrics_port = free_port(), free_port()
+    port = free_port()
+    metrics_ports = [free_port() for _ in range(processes)]
     env["RECSYS__SERVING__PORT"] = str(port)
-    env["RECSYS__MONITORING__METRICS__PORT"] = str(metrics_port)
+    if processes > 1:
+        env["RECSYS__SERVING__REUSE_PORT"] = "true"
     system = System(
         kind="local",
         target=f"127.0.0.1:{port}",
         workdir=workdir,
-        metrics_urls=[f"http://127.0.0.1:{metrics_port}/metrics"],
+        metrics_urls=[f"http://127.0.0.1:{m}/metrics" for m in metrics_ports],
     )
     try:
         if triton_repository.is_dir():
@@ -451,14 +479,18 @@ def local_system(
             system.triton_grpc_url = system.triton.grpc_url
             system.ranker_model = _ranker_ensemble(triton_repository)
             env["RECSYS__MODEL__RANKER__TRITON_GRPC_URL"] = system.triton.grpc_url
-        gateway = start_process(
-            "gateway",
-            [sys.executable, "-m", "gateway.main", "--config", str(config)],
-            workdir / "logs",
-            env,
-        )
-        system.roots.append(gateway)
-        wait_for_health(system.target, startup_timeout_s, alive=gateway)
+        for i, metrics_port in enumerate(metrics_ports):
+            gateway = start_process(
+                "gateway" if processes == 1 else f"gateway{i + 1}",
+                [sys.executable, "-m", "gateway.main", "--config", str(config)],
+                workdir / "logs",
+                {**env, "RECSYS__MONITORING__METRICS__PORT": str(metrics_port)},
+            )
+            system.roots.append(gateway)
+            wait_for_http_health(
+                f"http://127.0.0.1:{metrics_port}/health", startup_timeout_s, alive=gateway
+            )
+        wait_for_health(system.target, startup_timeout_s, alive=system.roots[0])
         yield system
     finally:
         system.stop()
