@@ -13,14 +13,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
-import tritonclient.grpc.aio as triton_grpc
 from cachetools import TTLCache
-from circuitbreaker import CircuitBreaker, CircuitBreakerError
+from circuitbreaker import CircuitBreaker
+from google.protobuf import json_format
 from opentelemetry import propagate
-from tritonclient.grpc import InferResult
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.stages.types import Candidates, Ranking
 
@@ -113,8 +113,93 @@ class Scored:
     """`<model>/<version>`, e.g. `ranker_v2/1`."""
 
 
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+"""Triton's unary inference RPC (grpc_service.proto, shipped compiled in tritonclient)."""
+_CHANNEL_OPTIONS = (
+    # What tritonclient's InferenceServerClient sets: Triton's own message limit (INT32_MAX)
+    # and gRPC keepalive defaults that never ping an idle connection.
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", False),
+    ("grpc.http2.max_pings_without_data", 2),
+)
+_CONTROL_TIMEOUT_S = 5.0
+_MAX_ENCODERS = 64
+
+
+def _length_delimited(field: Any, length: int) -> bytes:
+    """The wire-format key and length of a length-delimited (wire type 2) protobuf field."""
+    header = bytearray((field.number << 3 | 2,))  # all field numbers here are below 16
+    while length >= 0x80:
+        header.append(length & 0x7F | 0x80)
+        length >>= 7
+    header.append(length)
+    return bytes(header)
+
+
+_INPUTS_FIELD = service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"]
+_RAW_INPUT_FIELD = service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"]
+
+
+class InferRequestEncoder:
+    """Serialized `ModelInferRequest`s for one model and version, with the least work per call.
+
+    Everything but the row count and the rows is fixed per model and version, so it is built
+    with protobuf and serialized once (`prefix`). A call adds the input tensor's description
+    (built and serialized by protobuf, a few fields) and the rows as `raw_input_contents`,
+    appended as one length-delimited field straight from the array's buffer. Protobuf's wire
+    format defines a concatenation of serialized fields as the message holding all of them,
+    so Triton parses exactly the message `ModelInferRequest(..., raw_input_contents=
+    [rows.tobytes()])` would be, without a message object, a `tobytes()` copy or a second copy
+    during serialization (`benchmarks/triton_client_bench.py` measures the difference).
+    """
+
+    def __init__(self, model: str, version: int) -> None:
+        request = service_pb2.ModelInferRequest(
+            model_name=model,
+            model_version=str(version) if version else "",
+            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)],
+        )
+        self.prefix: bytes = request.SerializeToString()
+        """The serialized fields every request to this model and version carries."""
+
+    def encode(self, rows: npt.NDArray[np.float32]) -> bytes:
+        """The serialized request scoring `rows` (C-contiguous FP32 `[n, F]`)."""
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(
+            name=INPUT_NAME, datatype="FP32", shape=rows.shape
+        ).SerializeToString()
+        return b"".join(
+            (
+                self.prefix,
+                _length_delimited(_INPUTS_FIELD, len(tensor)),
+                tensor,
+                _length_delimited(_RAW_INPUT_FIELD, rows.nbytes),
+                rows.data,  # the array's own buffer: copied once, into the request
+            )
+        )
+
+
+def read_scores(reply: Any, rows: int) -> npt.NDArray[np.float32] | None:
+    """The `score` vector of a `ModelInferResponse` to a `rows`-row request, or None when the
+    reply does not hold exactly one FP32 output of `rows` values."""
+    if len(reply.raw_output_contents) != 1 or len(reply.outputs) != 1:
+        return None
+    output = reply.outputs[0]
+    if output.name != OUTPUT_NAME or output.datatype != "FP32":
+        return None
+    scores = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)
+    return scores if scores.shape[0] == rows else None
+
+
 class TritonRanker:
     """Scores feature matrices with a Triton model over one long-lived gRPC channel.
+
+    Requests go to Triton's `GRPCInferenceService` through the stub that tritonclient ships
+    (`service_pb2_grpc`); `ModelInfer` is sent pre-serialized by an `InferRequestEncoder` and
+    its reply read with `np.frombuffer`. tritonclient's `InferInput` / `InferResult` objects
+    cost about ten times the Python work per call (`benchmarks/triton_client_bench.py`).
 
     A circuit breaker (the maintained `circuitbreaker` library) opens after
     `failure_threshold` consecutive failures: while open, calls fail at once (microseconds,
@@ -141,7 +226,17 @@ class TritonRanker:
         max_abandoned_calls: int = 32,
         call_deadline_s: float = 30.0,
     ) -> None:
-        self._client = triton_grpc.InferenceServerClient(url)
+        self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # ModelInfer without a request serializer: the encoder hands over finished bytes.
+        self._model_infer: grpc.aio.UnaryUnaryMultiCallable[bytes, Any] = self._channel.unary_unary(
+            MODEL_INFER_METHOD,
+            request_serializer=None,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+            # as the generated stub registers its methods (types-grpcio lacks the flag)
+            _registered_method=True,  # type: ignore[call-arg]
+        )
+        self._encoders: dict[tuple[str, int], InferRequestEncoder] = {}
         self._breaker = CircuitBreaker(
             failure_threshold=failure_threshold,
             recovery_timeout=recovery_timeout_s,
@@ -150,7 +245,7 @@ class TritonRanker:
         )
         self._max_abandoned_calls = max_abandoned_calls
         self._call_deadline_s = call_deadline_s
-        self._abandoned: set[asyncio.Future[InferResult]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     @property
     def breaker_open(self) -> bool:
@@ -162,14 +257,22 @@ class TritonRanker:
         """Calls the gateway stopped waiting for that Triton has not answered yet."""
         return len(self._abandoned)
 
-    def _abandon(self, call: asyncio.Future[InferResult]) -> None:
+    def _abandon(self, call: asyncio.Future[Any]) -> None:
         self._abandoned.add(call)
         call.add_done_callback(self._forget)
 
-    def _forget(self, call: asyncio.Future[InferResult]) -> None:
+    def _forget(self, call: asyncio.Future[Any]) -> None:
         self._abandoned.discard(call)
         if not call.cancelled():
             call.exception()  # nobody awaits it any more: retrieved, so asyncio does not log it
+
+    def _encoder(self, model: str, version: int) -> InferRequestEncoder:
+        encoder = self._encoders.get((model, version))
+        if encoder is None:
+            if len(self._encoders) >= _MAX_ENCODERS:  # versions retired by many rollouts
+                self._encoders.clear()
+            encoder = self._encoders[(model, version)] = InferRequestEncoder(model, version)
+        return encoder
 
     async def score(
         self, model: str, version: int, features: npt.NDArray[np.float32], timeout_s: float
@@ -181,22 +284,20 @@ class TritonRanker:
         """
         if timeout_s <= 0:
             raise RankerFailure("RANKER_TIMEOUT", "no time left for the ranker")
-        try:
-            result: Scored = await self._breaker.call_async(
-                self._infer, model, version, features, timeout_s
-            )
-        except CircuitBreakerError as exc:
-            raise RankerFailure(
-                "RANKER_UNAVAILABLE", "circuit open after repeated failures"
-            ) from exc
+        # `call_async` only counts outcomes; refusing while open is the caller's part (the
+        # library's decorator does it, `call_async` does not).
+        if self._breaker.opened:
+            raise RankerFailure("RANKER_UNAVAILABLE", "circuit open after repeated failures")
+        result: Scored = await self._breaker.call_async(
+            self._infer, model, version, features, timeout_s
+        )
         return result
 
     async def _infer(
         self, model: str, version: int, features: npt.NDArray[np.float32], timeout_s: float
     ) -> Scored:
         rows = np.ascontiguousarray(features, dtype=np.float32)
-        request = triton_grpc.InferInput(INPUT_NAME, list(rows.shape), "FP32")
-        request.set_data_from_numpy(rows)
+        request = self._encoder(model, version).encode(rows)
         if len(self._abandoned) >= self._max_abandoned_calls:
             raise RankerFailure(
                 "RANKER_UNAVAILABLE",
@@ -205,19 +306,16 @@ class TritonRanker:
         headers: dict[str, str] = {}
         propagate.inject(headers)  # the caller's trace continues into Triton
         call = asyncio.ensure_future(
-            self._client.infer(
-                model,
-                [request],
-                model_version=str(version) if version else "",
-                outputs=[triton_grpc.InferRequestedOutput(OUTPUT_NAME)],
-                client_timeout=self._call_deadline_s,
-                headers=headers,
+            self._model_infer(
+                request,
+                timeout=self._call_deadline_s,
+                metadata=tuple(headers.items()) if headers else None,
             )
         )
         try:
             async with asyncio.timeout(timeout_s):
                 # shield: neither our timeout nor a cancelled caller cancels the gRPC call
-                result = await asyncio.shield(call)
+                reply = await asyncio.shield(call)
         except TimeoutError:
             self._abandon(call)
             raise RankerFailure(
@@ -226,28 +324,33 @@ class TritonRanker:
         except asyncio.CancelledError:
             self._abandon(call)
             raise
-        except InferenceServerException as exc:
-            timed_out = "DEADLINE_EXCEEDED" in str(exc.status())
+        except grpc.aio.AioRpcError as exc:
+            timed_out = exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             raise RankerFailure(
-                "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE", str(exc.message())
+                "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE",
+                f"{exc.code().name}: {exc.details()}",
             ) from exc
-        scores = result.as_numpy(OUTPUT_NAME)
-        if scores is None or scores.shape[0] != rows.shape[0]:
+        scores = read_scores(reply, rows.shape[0])
+        if scores is None:
             raise RankerFailure("RANKER_UNAVAILABLE", f"{model} returned no or misshapen scores")
-        served = result.get_response().model_version
-        return Scored(scores.reshape(-1).astype(np.float32, copy=False), f"{model}/{served}")
+        return Scored(scores, f"{model}/{reply.model_version}")
 
     async def model_config(self, model: str) -> dict[str, Any]:
-        """Triton's configuration of `model` as JSON.
+        """Triton's configuration of `model` as JSON (protobuf's JSON mapping, field names as
+        in model_config.proto).
 
         Raises:
             RankerFailure: Triton is unreachable or does not serve `model`.
         """
         try:
-            reply = await self._client.get_model_config(model, as_json=True, client_timeout=5.0)
-        except InferenceServerException as exc:
-            raise RankerFailure("RANKER_UNAVAILABLE", str(exc.message())) from exc
-        config: dict[str, Any] = reply["config"]
+            reply = await self._stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=model), timeout=_CONTROL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise RankerFailure("RANKER_UNAVAILABLE", str(exc.details())) from exc
+        config: dict[str, Any] = json_format.MessageToDict(
+            reply.config, preserving_proto_field_name=True
+        )
         return config
 
     async def ready_versions(self) -> dict[str, list[str]]:
@@ -257,13 +360,15 @@ class TritonRanker:
             RankerFailure: Triton is unreachable.
         """
         try:
-            index = await self._client.get_model_repository_index(as_json=True, client_timeout=5.0)
-        except InferenceServerException as exc:
-            raise RankerFailure("RANKER_UNAVAILABLE", str(exc.message())) from exc
+            index = await self._stub.RepositoryIndex(
+                service_pb2.RepositoryIndexRequest(), timeout=_CONTROL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise RankerFailure("RANKER_UNAVAILABLE", str(exc.details())) from exc
         ready: dict[str, list[str]] = {}
-        for entry in index.get("models", []):
-            if entry.get("state") == "READY":
-                ready.setdefault(entry["name"], []).append(str(entry.get("version", "")))
+        for entry in index.models:
+            if entry.state == "READY":
+                ready.setdefault(entry.name, []).append(entry.version)
         return ready
 
     async def drain(self, timeout_s: float) -> int:
@@ -277,4 +382,4 @@ class TritonRanker:
         """Closes the channel, after Triton has answered the abandoned calls (closing cancels
         whatever is still in flight)."""
         await self.drain(drain_timeout_s)
-        await self._client.close()
+        await self._channel.close()

@@ -258,6 +258,36 @@ async def test_ensemble_scores_match_onnxruntime(
     np.testing.assert_allclose(scores, _reference_scores(ranker_onnx, features), rtol=0, atol=1e-5)
 
 
+async def test_the_gateways_ranker_scores_what_onnxruntime_scores(
+    triton: TritonServer, ranker_onnx: bytes
+) -> None:
+    # The ranker encodes its requests itself (InferRequestEncoder): Triton must read them as
+    # it reads tritonclient's, in rows of odd sizes too.
+    rng = np.random.default_rng(4)
+    ranker = TritonRanker(triton.grpc_url)
+    try:
+        scored = [
+            (features, await ranker.score(ENSEMBLE, version, features, 5.0))
+            for rows, version in ((550, 0), (1, 1), (MAX_BATCH, 1))
+            for features in [rng.normal(size=(rows, FEATURES)).astype(np.float32)]
+        ]
+        config = await ranker.model_config(ENSEMBLE)
+        ready = await ranker.ready_versions()
+    finally:
+        await ranker.close()
+
+    for features, result in scored:
+        assert result.scores.shape == (len(features),)
+        assert result.model_version == f"{ENSEMBLE}/1"
+        expected = _reference_scores(ranker_onnx, features).reshape(-1)
+        np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-5)
+    assert config["name"] == ENSEMBLE
+    assert config["platform"] == "ensemble"
+    assert config["ensemble_scheduling"]["step"][0]["model_name"] == MODEL
+    assert ready[ENSEMBLE] == ["1"]
+    assert ready[MODEL] == ["1"]
+
+
 async def test_dynamic_batching_merges_concurrent_requests(
     client: grpcclient.InferenceServerClient,
     ranker_onnx: bytes,
