@@ -37,6 +37,7 @@ import numpy.typing as npt
 from benchmarks.bench_stats import latency_summary
 from benchmarks.load.report import machine_description, package_version
 from benchmarks.load.triton_driver import BatchStats, parse_statistics
+from triton_models import repository as repo
 from triton_models.dataset import RankingSet
 from triton_models.tritonserver import TritonServer, TritonServerOptions
 
@@ -180,6 +181,19 @@ async def measure(
     return {"server_metadata": metadata, "results": results, "outputs_identical": True}
 
 
+def serving_description(model_dir: Path) -> str:
+    """Instances and batching of the composing model, read from its config.pbtxt."""
+    config = repo.read_config(model_dir)
+    threads = config.parameters[repo.INTRA_OP_THREADS_PARAMETER].string_value or "1"
+    batching = config.dynamic_batching
+    preferred = "/".join(str(size) for size in batching.preferred_batch_size) or "none"
+    return (
+        f"backend {config.backend}; {sum(group.count for group in config.instance_group)} "
+        f"CPU instance(s), {threads} intra-op thread(s) each, dynamic batching (preferred "
+        f"{preferred}, max queue delay {batching.max_queue_delay_microseconds} us)"
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Starts the server, measures, stops it; returns the report."""
     machine = machine_description()
@@ -237,9 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "repository": str(args.repository),
             "ensemble": args.ensemble,
             "single": args.single,
-            "serving": "local flavour: Python backend running onnxruntime (the wheel's "
-            "tritonserver has no onnxruntime backend); 2 CPU instances, 1 intra-op thread "
-            "each, dynamic batching (preferred 500/1000/2000, max queue delay 1 ms)",
+            "serving": serving_description(args.repository / args.single),
             "model_control_mode": "explicit",
             "rows_per_request": args.rows,
             "features": int(batches[0].shape[1]),

@@ -210,14 +210,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="ranker epochs (at most)")
     parser.add_argument(
         "--preferred-batch-sizes",
-        type=lambda text: tuple(int(v) for v in text.split(",")),
+        type=batch_sizes,
         default=None,
-        help="Triton dynamic batching preferred sizes, comma-separated (default 500,1000,2000)",
+        help="Triton dynamic batching preferred sizes, comma-separated, or 'none' "
+        "(default none: merge whatever has queued)",
     )
     parser.add_argument(
-        "--max-queue-delay-us", type=int, default=None, help="Triton dynamic batching delay"
+        "--max-queue-delay-us",
+        type=int,
+        default=None,
+        help="Triton dynamic batching delay in microseconds (default 2000)",
     )
-    parser.add_argument("--instances", type=int, default=None, help="Triton instances per model")
+    parser.add_argument(
+        "--instances", type=int, default=None, help="Triton instances per model (default 2)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -236,6 +242,23 @@ def main(argv: list[str] | None = None) -> None:
         time.perf_counter() - started,
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """``--preferred-batch-sizes``: ``"600,1200"`` -> (600, 1200); ``"none"`` or ``""`` -> ().
+
+    Raises:
+        argparse.ArgumentTypeError: a size is not a positive integer.
+    """
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
+    return sizes
 
 
 def build_options(args: argparse.Namespace) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from triton_models.cli import build_options, run_step
+from triton_models.cli import batch_sizes, build_options, run_step
 from triton_models.pipeline import PipelineOptions
 from triton_models.triton_repo import ServingOptions
 
@@ -68,3 +68,11 @@ def test_serving_options_change_only_the_triton_steps_hash() -> None:
     assert tuned.as_json() != base.as_json()
     assert tuned.as_json(without=("serving",)) == base.as_json(without=("serving",))
     assert '"serving"' not in base.as_json(without=("serving",))
+
+
+def test_preferred_batch_sizes_argument() -> None:
+    assert batch_sizes("600,1200") == (600, 1200)
+    assert batch_sizes("none") == batch_sizes("") == ()
+    for bad in ("600,x", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            batch_sizes(bad)

@@ -95,3 +95,34 @@ def test_warmup_of_unbatched_and_variable_inputs() -> None:
 def test_git_sha_is_a_hash_or_none() -> None:
     sha = git_sha()
     assert sha is None or (len(sha) == 40 and int(sha, 16) >= 0)
+
+
+def test_default_serving_options_merge_whatever_has_queued(tmp_path: Path) -> None:
+    # Requests carry 500-600 rows, so no preferred size; a 2 ms window to merge them
+    # (benchmarks/triton_serving_bench.py chose it).
+    model_dir, _ = write_ranker(
+        tmp_path,
+        "ranker_v2",
+        _onnx(tmp_path / "model.onnx"),
+        F,
+        {},
+        ServingOptions(),
+        repo.Flavour.LOCAL,
+    )
+
+    config = repo.read_config(model_dir)
+    assert config.HasField("dynamic_batching")
+    assert not config.dynamic_batching.preferred_batch_size
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.instance_group[0].count == 2
+
+
+def test_dynamic_batching_with_every_field_at_its_default_is_still_on() -> None:
+    features = repo.TensorSpec("features", np.float32, (F,))
+    score = repo.TensorSpec("score", np.float32, (1,))
+    spec = repo.OnnxModelSpec("m", (features,), (score,), 64, repo.DynamicBatching())
+
+    config = repo.parse_config(repo.config_text(repo.onnx_model_config(spec, repo.Flavour.LOCAL)))
+
+    assert config.HasField("dynamic_batching")
+    assert "dynamic_batching {" in repo.config_text(config)
