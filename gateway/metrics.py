@@ -9,6 +9,7 @@ use a fresh one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 # Latency buckets (seconds) around the 100 ms p99 objective.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -167,6 +170,7 @@ class Metrics:
         self.prediction_cache_hits = self.prediction_cache.labels("hit")
         self.prediction_cache_misses = self.prediction_cache.labels("miss")
         self._stage_observers: dict[str, Callable[[float], None]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
 
     def stage_observer(self, name: str) -> Callable[[float], None]:
         """Records one duration (seconds) of pipeline stage `name`; the labelled child is
@@ -175,3 +179,13 @@ class Metrics:
         if observe is None:
             observe = self._stage_observers[name] = self.stage_duration.labels(name).observe
         return observe
+
+    def child(self, metric: _Metric, *labels: str) -> _Metric:
+        """`metric.labels(*labels)`, looked up once per label set and kept: the label sets
+        are small and fixed (arms, models, reasons), and a lookup costs ~2.5 us against
+        ~0.4 us from here, several times per request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]  # stored as the metric's own type

@@ -101,8 +101,9 @@ class Recommender:
             code = "INTERNAL"
             raise
         finally:
-            self.metrics.arm_requests.labels(*arm, code).inc()
-            self.metrics.arm_duration.labels(*arm).observe(time.perf_counter() - started)
+            metrics = self.metrics
+            metrics.child(metrics.arm_requests, *arm, code).inc()
+            metrics.child(metrics.arm_duration, *arm).observe(time.perf_counter() - started)
 
     async def _recommend(
         self,
@@ -186,11 +187,12 @@ class Recommender:
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")
         for reason in reasons:
-            self.metrics.degraded.labels(reason).inc()
+            self.metrics.child(self.metrics.degraded, reason).inc()
         if reasons:
             request_span.set_attribute("recsys.degraded_reasons", reasons)
         if assignment is not None:
-            self.metrics.exposures.labels(assignment.experiment, assignment.variant).inc()
+            metrics = self.metrics
+            metrics.child(metrics.exposures, assignment.experiment, assignment.variant).inc()
         with stage("respond"):
             response = self.responses.build(
                 items,
@@ -249,12 +251,14 @@ class Recommender:
                 self.metrics.ranker_failures.labels(model, exc.reason).inc()
                 return self.fallback.rank(candidates, exc.reason)
             finally:
-                self.metrics.triton_duration.labels(model).observe(time.perf_counter() - started)
+                duration = self.metrics.child(self.metrics.triton_duration, model)
+                duration.observe(time.perf_counter() - started)
             scores = scored.scores
             ranker.cache.put(key, scores)
         order = order_by_score(scores)
         if fresh and len(order):
-            self.metrics.ranker_score.labels(model).observe(sorted_median(scores, order))
+            score = self.metrics.child(self.metrics.ranker_score, model)
+            score.observe(sorted_median(scores, order))
         return Ranking(
             Candidates(candidates.positions[order], scores[order]), f"{model}/{version}", ()
         )
