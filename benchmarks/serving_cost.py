@@ -280,8 +280,8 @@ def render(result: Mapping[str, Any]) -> str:
     profile = result["gateway"][0].get("profile")
     if profile and "self" in profile:
         lines += ["", "py-spy, one gateway process, Recommend cache off (self time):", ""]
-        for name, share in list(profile["self"].items())[:12]:
-            lines.append(f"- {share:.1%} {name}")
+        for entry in profile["self"][:12]:
+            lines.append(f"- {entry['share']:.1%} {entry['function']}")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ definition (the stub tritonclient ships), served by grpc.aio on a free port.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +33,15 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
 
     status: grpc.StatusCode | None = None
     answer: Callable[[Any], Any] | None = None
+    delay_s: float = 0.0
     requests: list[Any] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self.requests.append(request)
         self.metadata.append({k: str(v) for k, v in context.invocation_metadata() or ()})
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.status is not None:
             await context.abort(self.status, "told to fail")
         if self.answer is not None:
@@ -182,6 +186,30 @@ async def test_repeated_failures_open_the_circuit(fake: tuple[FakeTriton, str]) 
     assert ranker.breaker_open
     assert "circuit open" in str(failure.value)
     assert len(servicer.requests) == 2  # the third call never reached Triton
+
+
+async def test_late_answers_under_load_do_not_open_the_circuit(
+    fake: tuple[FakeTriton, str],
+) -> None:
+    # Triton is healthy but slower than the budget (a burst of load): each call is answered
+    # by the fallback, but every next call still tries Triton, and on time it is used again.
+    servicer, url = fake
+    servicer.delay_s = 0.05
+    ranker = TritonRanker(url, failure_threshold=2, recovery_timeout_s=60.0)
+    try:
+        for _ in range(4):
+            with pytest.raises(RankerFailure) as failure:
+                await ranker.score("ranker_v2", 1, FEATURES, 0.005)
+            assert failure.value.reason == "RANKER_TIMEOUT"
+        assert not ranker.breaker_open
+        await ranker.drain(5.0)
+        servicer.delay_s = 0.0
+        scored = await ranker.score("ranker_v2", 1, FEATURES, 2.0)
+    finally:
+        await ranker.close()
+
+    assert len(servicer.requests) == 5  # every call reached Triton
+    assert scored.scores.shape == (len(FEATURES),)
 
 
 async def test_model_config_and_ready_versions(fake: tuple[FakeTriton, str]) -> None:

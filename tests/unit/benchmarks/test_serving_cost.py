@@ -76,7 +76,12 @@ def test_report_lists_every_run_and_each_target(tmp_path: Path) -> None:
         "gateway": [run, {**run, "processes": 2}],
         "ratios": serving_cost.ratios(echo, run),
     }
+    result["gateway"][0]["profile"] = {
+        "samples": 10,
+        "self": [{"function": "Runner.run (asyncio/runners.py:118)", "share": 0.25}],
+    }
     text = serving_cost.render(result)
+    assert "- 25.0% Runner.run (asyncio/runners.py:118)" in text
     assert "| gateway Recommend, cache off | 1 | 1,000 | 10.0 / 20.0 | 0.750 | 0.500 |" in text
     assert "| gateway Recommend, cache on | 2 | 1,500 |" in text
     assert "| gateway Recommend / echo CPU per call | 3.0 | ≤ 3.5x |" in text
