@@ -57,13 +57,20 @@ def test_ratios_are_taken_against_the_echo_server_of_the_same_run() -> None:
 
 def test_report_lists_every_run_and_each_target(tmp_path: Path) -> None:
     echo = _figure(4000.0, {"echo": 0.25, "ghz and driver": 0.2})
-    run = {
+    run: dict[str, Any] = {
         "processes": 1,
         "health": _figure(3000.0, {"gateway": 0.3}),
         "recommend_cache_off": _figure(1000.0, {"gateway": 0.75, "triton": 0.5}),
         "recommend_cache_on": _figure(1500.0, {"gateway": 0.5, "triton": 0.2}),
     }
-    result = {
+    profiled = {
+        **run,
+        "profile": {
+            "samples": 10,
+            "self": [{"function": "Runner.run (asyncio/runners.py:118)", "share": 0.25}],
+        },
+    }
+    result: dict[str, Any] = {
         "created": "2026-12-03T18:00:00+00:00",
         "machine": {
             "cpu_count": 2,
@@ -73,12 +80,8 @@ def test_report_lists_every_run_and_each_target(tmp_path: Path) -> None:
         },
         "settings": {"ghz": "v0.120.0", "concurrency": 32, "seconds": 15.0, "users": 2000},
         "echo": echo,
-        "gateway": [run, {**run, "processes": 2}],
+        "gateway": [profiled, {**run, "processes": 2}],
         "ratios": serving_cost.ratios(echo, run),
-    }
-    result["gateway"][0]["profile"] = {
-        "samples": 10,
-        "self": [{"function": "Runner.run (asyncio/runners.py:118)", "share": 0.25}],
     }
     text = serving_cost.render(result)
     assert "- 25.0% Runner.run (asyncio/runners.py:118)" in text
