@@ -252,6 +252,8 @@ async def _open_ranker(
         model.ranker.recovery_timeout_s,
         max_abandoned_calls=model.ranker.max_abandoned_calls,
         call_deadline_s=model.ranker.call_deadline_s,
+        max_calls_in_flight=model.ranker.max_calls_in_flight,
+        max_batch_rows=model.ranker.max_batch_rows,
     )
     stack.push_async_callback(triton.close)
     poller = asyncio.create_task(

@@ -44,8 +44,16 @@ class RankerSettings(BaseModel):
     still be unanswered; beyond them calls fail at once. Calls are never cancelled (Triton
     before 24.12 can crash on a cancelled call), so these run to their end in Triton. Kept
     small: after a stall Triton would otherwise work through a backlog nobody waits for while
-    new calls time out behind it (a soak at 175 req/s with 256 had minutes of 2 s latency);
-    at the limit calls fail fast and the circuit breaker opens, which lets Triton drain."""
+    new calls time out behind it (a soak at 175 req/s with 256 had minutes of 2 s latency).
+    With `max_calls_in_flight` bounding the calls per model, a model whose every outstanding
+    call has been given up on also fails at once."""
+    max_calls_in_flight: int = Field(2, ge=1)
+    """Triton calls per model and version outstanding at once (Triton's instance count);
+    requests arriving meanwhile wait and share the next call (batching while busy: a call
+    costs both sides about the same whatever its rows, so under load one serves several
+    requests, while at low load a free slot sends at once)."""
+    max_batch_rows: int = Field(4096, ge=1)
+    """Most rows one call carries: at most the ranker's `max_batch_size` in Triton."""
     call_deadline_s: float = Field(30.0, gt=0)
     """gRPC deadline of every Triton call, far above any request budget: only for a Triton
     that stopped answering altogether."""

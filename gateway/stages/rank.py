@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -178,16 +180,24 @@ class InferRequestEncoder:
 
     def encode(self, rows: npt.NDArray[np.float32]) -> bytes:
         """The serialized request scoring `rows` (C-contiguous FP32 `[n, F]`)."""
+        return self.encode_parts([rows])
+
+    def encode_parts(self, parts: Sequence[npt.NDArray[np.float32]]) -> bytes:
+        """The serialized request scoring the rows of `parts` (C-contiguous FP32 `[n_i, F]`,
+        one width) one after the other, as one `[sum n_i, F]` tensor: each part's buffer is
+        copied once, straight into the request, with no concatenated array in between."""
+        width = parts[0].shape[1]
+        rows = sum(part.shape[0] for part in parts)
         tensor = service_pb2.ModelInferRequest.InferInputTensor(
-            name=INPUT_NAME, datatype="FP32", shape=rows.shape
+            name=INPUT_NAME, datatype="FP32", shape=(rows, width)
         ).SerializeToString()
         return b"".join(
             (
                 self.prefix,
                 _length_delimited(_INPUTS_FIELD, len(tensor)),
                 tensor,
-                _length_delimited(_RAW_INPUT_FIELD, rows.nbytes),
-                rows.data,  # the array's own buffer: copied once, into the request
+                _length_delimited(_RAW_INPUT_FIELD, sum(part.nbytes for part in parts)),
+                *(part.data for part in parts),
             )
         )
 
@@ -204,6 +214,22 @@ def read_scores(reply: Any, rows: int) -> npt.NDArray[np.float32] | None:
     return scores if scores.shape[0] == rows else None
 
 
+@dataclass(eq=False)
+class _Batch:
+    """Requests for one model and version that go to Triton together, as one call."""
+
+    headers: tuple[tuple[str, str], ...]
+    """Trace context of the request that opened the batch (one traceparent per call)."""
+    parts: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    rows: int = 0
+    scored: asyncio.Future[Scored] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    """All rows' scores, or the RankerFailure of the call."""
+    call: asyncio.Task[None] | None = None
+    """The Triton call, once the batch has been sent."""
+
+
 class TritonRanker:
     """Scores feature matrices with a Triton model over one long-lived gRPC channel.
 
@@ -212,23 +238,32 @@ class TritonRanker:
     its reply read with `np.frombuffer`. tritonclient's `InferInput` / `InferResult` objects
     cost about ten times the Python work per call (`benchmarks/triton_client_bench.py`).
 
+    Batching while busy: at most `max_calls_in_flight` calls per model and version are
+    outstanding; requests that arrive meanwhile wait and go together in the next call (up to
+    `max_batch_rows` rows, Triton's `max_batch_size`), and each gets its own rows' scores
+    back. Both sides' cost is per call, not per row (a gRPC call from Python costs the gateway
+    ~0.3 ms of CPU, and Triton's Python backend a similar amount per request), so under load
+    one call serves several requests; at low load nothing waits, since a free slot sends at
+    once.
+
     A circuit breaker (the maintained `circuitbreaker` library) opens after
     `failure_threshold` consecutive failures: while open, calls fail at once (microseconds,
     not timeouts) and the gateway answers from the fallback ranker; after
     `recovery_timeout_s` one trial call decides whether to close it again. Only Triton's own
-    failures count (errors, refused connections, malformed replies). A call that outruns the
-    request's time budget does not: under a burst of load a few late answers would otherwise
+    failures count (errors, refused connections, malformed replies). A request that outruns
+    its time budget does not: under a burst of load a few late answers would otherwise
     open the circuit and send every request to the fallback for `recovery_timeout_s` (85-93%
-    fallback answers at 32 concurrent callers in the serving-cost benchmark). A Triton that
-    stops answering altogether is bounded by `max_abandoned_calls` instead.
+    fallback answers at 32 concurrent callers in the serving-cost benchmark).
 
     Calls are never cancelled. tritonserver before 24.12 (the local 2.51 among them) can die
     with SIGSEGV when a gRPC infer call is cancelled while its response is being written
     (triton-inference-server/server#7368, fixed by #7840 and #8034); a gateway cancelling
-    calls on its deadline under overload took Triton down within seconds. So the gateway
-    stops waiting at the budget and answers from the fallback, while the call runs to its
-    end in the background. At most `max_abandoned_calls` such calls may be outstanding;
-    beyond them calls fail at once, which bounds the work Triton does for nobody.
+    calls on its deadline under overload took Triton down within seconds. So a request stops
+    waiting at its budget and is answered from the fallback, while the call runs to its end
+    in the background. At most `max_abandoned_calls` such calls may be outstanding, and a
+    model whose every outstanding call has been given up on (Triton stopped answering) is
+    not queued for: beyond either, requests fail at once, which bounds the work Triton does
+    for nobody and the time requests spend on a Triton that does not answer.
     `call_deadline_s` is a gRPC deadline far above any budget, a last resort for a Triton
     that stopped answering altogether.
     """
@@ -241,6 +276,8 @@ class TritonRanker:
         *,
         max_abandoned_calls: int = 32,
         call_deadline_s: float = 30.0,
+        max_calls_in_flight: int = 2,
+        max_batch_rows: int = 4096,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
@@ -261,7 +298,15 @@ class TritonRanker:
         )
         self._max_abandoned_calls = max_abandoned_calls
         self._call_deadline_s = call_deadline_s
-        self._abandoned: set[asyncio.Future[Any]] = set()
+        self._max_calls_in_flight = max_calls_in_flight
+        self._max_batch_rows = max_batch_rows
+        self._abandoned: set[asyncio.Task[None]] = set()
+        self._waiting: dict[tuple[str, int], deque[_Batch]] = {}
+        self._in_flight: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
+        self.calls = 0
+        """Calls sent to Triton so far."""
+        self.requests = 0
+        """Requests those calls scored (`requests / calls`: how many shared a call)."""
 
     @property
     def breaker_open(self) -> bool:
@@ -273,14 +318,11 @@ class TritonRanker:
         """Calls the gateway stopped waiting for that Triton has not answered yet."""
         return len(self._abandoned)
 
-    def _abandon(self, call: asyncio.Future[Any]) -> None:
-        self._abandoned.add(call)
-        call.add_done_callback(self._forget)
-
-    def _forget(self, call: asyncio.Future[Any]) -> None:
-        self._abandoned.discard(call)
-        if not call.cancelled():
-            call.exception()  # nobody awaits it any more: retrieved, so asyncio does not log it
+    def _abandon(self, batch: _Batch) -> None:
+        call = batch.call
+        if call is not None and not call.done() and call not in self._abandoned:
+            self._abandoned.add(call)
+            call.add_done_callback(self._abandoned.discard)
 
     def _encoder(self, model: str, version: int) -> InferRequestEncoder:
         encoder = self._encoders.get((model, version))
@@ -299,55 +341,107 @@ class TritonRanker:
             RankerFailure: Triton failed, timed out, or the circuit is open.
         """
         if timeout_s <= 0:
-            raise RankerFailure("RANKER_TIMEOUT", "no time left for the ranker")
-        # `call_async` only counts outcomes; refusing while open is the caller's part (the
-        # library's decorator does it, `call_async` does not).
+            raise RankerFailure("RANKER_TIMEOUT", "no time left for the ranker", outage=False)
+        # Refusing while open is ours to do: the library's `call_async` only counts outcomes.
         if self._breaker.opened:
             raise RankerFailure("RANKER_UNAVAILABLE", "circuit open after repeated failures")
-        result: Scored = await self._breaker.call_async(
-            self._infer, model, version, features, timeout_s
-        )
-        return result
-
-    async def _infer(
-        self, model: str, version: int, features: npt.NDArray[np.float32], timeout_s: float
-    ) -> Scored:
+        key = (model, version)
+        self._refuse_when_unanswered(key)
         rows = np.ascontiguousarray(features, dtype=np.float32)
-        request = self._encoder(model, version).encode(rows)
-        if len(self._abandoned) >= self._max_abandoned_calls:
-            raise RankerFailure(
-                "RANKER_UNAVAILABLE",
-                f"{len(self._abandoned)} earlier calls to Triton are still unanswered",
-                outage=False,
-            )
-        headers: dict[str, str] = {}
-        propagate.inject(headers)  # the caller's trace continues into Triton
-        call = asyncio.ensure_future(
-            self._model_infer(
-                request,
-                timeout=self._call_deadline_s,
-                metadata=tuple(headers.items()) if headers else None,
-            )
-        )
+        batch, start = self._join(key, rows)
         try:
             async with asyncio.timeout(timeout_s):
-                # shield: neither our timeout nor a cancelled caller cancels the gRPC call
-                reply = await asyncio.shield(call)
+                # shield: neither our timeout nor a cancelled caller cancels the shared call
+                scored = await asyncio.shield(batch.scored)
         except TimeoutError:
-            self._abandon(call)
+            self._abandon(batch)
             raise RankerFailure(
                 "RANKER_TIMEOUT", f"no answer within {timeout_s * 1000:.1f} ms", outage=False
             ) from None
         except asyncio.CancelledError:
-            self._abandon(call)
+            self._abandon(batch)
             raise
+        return Scored(scored.scores[start : start + len(rows)], scored.model_version)
+
+    def _refuse_when_unanswered(self, key: tuple[str, int]) -> None:
+        """Fails at once when too many calls nobody waits for are outstanding, or when every
+        outstanding call of this model has been given up on (a new request would only queue
+        behind calls Triton is not answering)."""
+        abandoned = len(self._abandoned)
+        in_flight = self._in_flight.get(key)
+        stuck = (
+            in_flight is not None
+            and len(in_flight) >= self._max_calls_in_flight
+            and in_flight <= self._abandoned
+        )
+        if abandoned >= self._max_abandoned_calls or stuck:
+            raise RankerFailure(
+                "RANKER_UNAVAILABLE",
+                f"{abandoned} earlier calls to Triton are still unanswered",
+                outage=False,
+            )
+
+    def _join(self, key: tuple[str, int], rows: npt.NDArray[np.float32]) -> tuple[_Batch, int]:
+        """Adds `rows` to the batch now forming for `key` (a new one when it would grow past
+        `max_batch_rows`) and sends what a free slot allows; returns the batch and the
+        index of the request's first row in it."""
+        waiting = self._waiting.setdefault(key, deque())
+        if not waiting or waiting[-1].rows + len(rows) > self._max_batch_rows:
+            headers: dict[str, str] = {}
+            propagate.inject(headers)  # the caller's trace continues into Triton
+            waiting.append(_Batch(tuple(headers.items())))
+        batch = waiting[-1]
+        start = batch.rows
+        batch.parts.append(rows)
+        batch.rows += len(rows)
+        self._send_waiting(key)
+        return batch, start
+
+    def _send_waiting(self, key: tuple[str, int]) -> None:
+        waiting = self._waiting[key]
+        in_flight = self._in_flight.setdefault(key, set())
+        while waiting and len(in_flight) < self._max_calls_in_flight:
+            batch = waiting.popleft()
+            call = asyncio.ensure_future(self._call(key, batch))
+            batch.call = call
+            in_flight.add(call)
+            self.calls += 1
+            self.requests += len(batch.parts)
+
+    async def _call(self, key: tuple[str, int], batch: _Batch) -> None:
+        """One call to Triton for `batch`; its outcome goes to the batch's waiters."""
+        outcome = batch.scored
+        try:
+            scored: Scored = await self._breaker.call_async(self._infer, key, batch)
+        except RankerFailure as exc:
+            outcome.set_exception(exc)
+        except asyncio.CancelledError:  # the event loop is shutting down
+            outcome.set_exception(RankerFailure("RANKER_UNAVAILABLE", "call cancelled"))
+            raise
+        except Exception as exc:  # a bug here must still answer every waiter
+            outcome.set_exception(RankerFailure("RANKER_UNAVAILABLE", repr(exc)))
+        else:
+            outcome.set_result(scored)
+        finally:
+            if outcome.done():
+                outcome.exception()  # marked retrieved: the waiters may all have gone
+            self._in_flight[key].discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._send_waiting(key)
+
+    async def _infer(self, key: tuple[str, int], batch: _Batch) -> Scored:
+        model, version = key
+        request = self._encoder(model, version).encode_parts(batch.parts)
+        try:
+            reply = await self._model_infer(
+                request, timeout=self._call_deadline_s, metadata=batch.headers or None
+            )
         except grpc.aio.AioRpcError as exc:
             timed_out = exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             raise RankerFailure(
                 "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE",
                 f"{exc.code().name}: {exc.details()}",
             ) from exc
-        scores = read_scores(reply, rows.shape[0])
+        scores = read_scores(reply, batch.rows)
         if scores is None:
             raise RankerFailure("RANKER_UNAVAILABLE", f"{model} returned no or misshapen scores")
         return Scored(scores, f"{model}/{reply.model_version}")

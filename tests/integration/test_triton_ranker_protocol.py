@@ -191,25 +191,90 @@ async def test_repeated_failures_open_the_circuit(fake: tuple[FakeTriton, str]) 
 async def test_late_answers_under_load_do_not_open_the_circuit(
     fake: tuple[FakeTriton, str],
 ) -> None:
-    # Triton is healthy but slower than the budget (a burst of load): each call is answered
-    # by the fallback, but every next call still tries Triton, and on time it is used again.
+    # Triton is healthy but slower than the budget (a burst of load): the requests are
+    # answered by the fallback, once both call slots hold calls nobody waits for the next is
+    # refused at once, and none of it opens the circuit: once Triton answers it is used again.
     servicer, url = fake
     servicer.delay_s = 0.05
     ranker = TritonRanker(url, failure_threshold=2, recovery_timeout_s=60.0)
+    reasons = []
     try:
         for _ in range(4):
             with pytest.raises(RankerFailure) as failure:
                 await ranker.score("ranker_v2", 1, FEATURES, 0.005)
-            assert failure.value.reason == "RANKER_TIMEOUT"
+            reasons.append(failure.value.reason)
         assert not ranker.breaker_open
+        assert "2 earlier calls to Triton are still unanswered" in str(failure.value)
         await ranker.drain(5.0)
         servicer.delay_s = 0.0
         scored = await ranker.score("ranker_v2", 1, FEATURES, 2.0)
     finally:
         await ranker.close()
 
-    assert len(servicer.requests) == 5  # every call reached Triton
+    assert reasons == [
+        "RANKER_TIMEOUT",
+        "RANKER_TIMEOUT",
+        "RANKER_UNAVAILABLE",
+        "RANKER_UNAVAILABLE",
+    ]
+    assert len(servicer.requests) == 3  # the two late calls, then the one on time
     assert scored.scores.shape == (len(FEATURES),)
+
+
+def _first_column(raw: bytes) -> bytes:
+    """Scores a fake model gives: each row's first feature."""
+    rows = np.frombuffer(raw, dtype=np.float32).reshape(-1, FEATURES.shape[1])
+    return np.ascontiguousarray(rows[:, 0]).tobytes()
+
+
+async def test_requests_that_arrive_while_calls_are_out_share_the_next_call(
+    fake: tuple[FakeTriton, str],
+) -> None:
+    # One call slot: the first request goes alone, the five that arrive while it is out go
+    # together in one call, and each gets its own rows' scores back.
+    servicer, url = fake
+    servicer.delay_s = 0.05
+    servicer.answer = lambda request: Response(
+        model_name=request.model_name,
+        model_version="7",
+        outputs=[Response.InferOutputTensor(name="score", datatype="FP32")],
+        raw_output_contents=[_first_column(request.raw_input_contents[0])],
+    )
+    ranker = TritonRanker(url, max_calls_in_flight=1, max_batch_rows=4096)
+    rng = np.random.default_rng(5)
+    requests = [
+        rng.normal(size=(n, FEATURES.shape[1])).astype(np.float32) for n in (3, 4, 1, 6, 2, 5)
+    ]
+    try:
+        first = asyncio.create_task(ranker.score("ranker_v2", 1, requests[0], 2.0))
+        await asyncio.sleep(0.01)
+        rest = [ranker.score("ranker_v2", 1, rows, 2.0) for rows in requests[1:]]
+        results = await asyncio.gather(first, *rest)
+    finally:
+        await ranker.close()
+
+    assert [int(r.inputs[0].shape[0]) for r in servicer.requests] == [3, 18]
+    assert (ranker.calls, ranker.requests) == (2, 6)
+    for rows, scored in zip(requests, results, strict=True):
+        # The fake scores each row with its first feature: every request got its own rows.
+        assert scored.scores.tolist() == rows[:, 0].tolist()
+        assert scored.model_version == "ranker_v2/7"
+
+
+async def test_a_batch_is_cut_at_max_batch_rows(fake: tuple[FakeTriton, str]) -> None:
+    servicer, url = fake
+    servicer.delay_s = 0.05
+    ranker = TritonRanker(url, max_calls_in_flight=1, max_batch_rows=10)
+    rows = np.ones((4, FEATURES.shape[1]), dtype=np.float32)
+    try:
+        first = asyncio.create_task(ranker.score("ranker_v2", 1, rows, 2.0))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, *(ranker.score("ranker_v2", 1, rows, 2.0) for _ in range(5)))
+    finally:
+        await ranker.close()
+
+    # 4 alone, then the five that waited: 4 + 4 (a third would make 12 > 10), 4 + 4, 4.
+    assert [int(r.inputs[0].shape[0]) for r in servicer.requests] == [4, 8, 8, 4]
 
 
 async def test_model_config_and_ready_versions(fake: tuple[FakeTriton, str]) -> None:

@@ -430,9 +430,13 @@ async def _successes_and_failures(
 
 
 async def test_ranker_timeouts_under_overload_leave_triton_running(triton: TritonServer) -> None:
-    # No breaker and no allowance: every call reaches Triton, however many are unanswered.
+    # No breaker, no allowance and no batching: every call reaches Triton, however many are
+    # unanswered.
     ranker = TritonRanker(
-        triton.grpc_url, failure_threshold=1_000_000, max_abandoned_calls=1_000_000
+        triton.grpc_url,
+        failure_threshold=1_000_000,
+        max_abandoned_calls=1_000_000,
+        max_calls_in_flight=1_000_000,
     )
     features = np.random.default_rng(3).normal(size=(500, FEATURES)).astype(np.float32)
     callers = 64
