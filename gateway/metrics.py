@@ -88,6 +88,13 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self.triton_call_requests = Histogram(
+            "recsys_triton_call_requests",
+            "Recommend requests scored by one Triton call (batching while busy: above 1 when "
+            "requests arrived while model.ranker.max_calls_in_flight calls were out).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            registry=r,
+        )
         self.triton_unanswered = Gauge(
             "recsys_triton_unanswered_calls",
             "Triton calls the gateway stopped waiting for (budget spent, caller gone) that "

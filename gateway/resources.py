@@ -162,7 +162,7 @@ async def open_resources(
             if retrieval_dir.is_dir()
             else None
         )
-        ranker = await _open_ranker(settings, catalogue, data_dir, stack)
+        ranker = await _open_ranker(settings, catalogue, data_dir, stack, metrics)
         if ranker is not None:
             triton = ranker.triton
             metrics.triton_unanswered.set_function(lambda: triton.abandoned_calls)
@@ -223,7 +223,11 @@ def _apply_stored_events(
 
 
 async def _open_ranker(
-    settings: Settings, catalogue: ItemCatalogue, data_dir: Path, stack: contextlib.AsyncExitStack
+    settings: Settings,
+    catalogue: ItemCatalogue,
+    data_dir: Path,
+    stack: contextlib.AsyncExitStack,
+    metrics: Metrics,
 ) -> Ranker | None:
     """The Triton ranking path, or None while no model repository has been built.
 
@@ -254,6 +258,7 @@ async def _open_ranker(
         call_deadline_s=model.ranker.call_deadline_s,
         max_calls_in_flight=model.ranker.max_calls_in_flight,
         max_batch_rows=model.ranker.max_batch_rows,
+        observe_call_requests=metrics.triton_call_requests.observe,
     )
     stack.push_async_callback(triton.close)
     poller = asyncio.create_task(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,7 +278,9 @@ class TritonRanker:
         call_deadline_s: float = 30.0,
         max_calls_in_flight: int = 2,
         max_batch_rows: int = 4096,
+        observe_call_requests: Callable[[float], None] | None = None,
     ) -> None:
+        """`observe_call_requests` is told how many requests each call scores."""
         self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         # ModelInfer without a request serializer: the encoder hands over finished bytes.
@@ -303,6 +305,7 @@ class TritonRanker:
         self._abandoned: set[asyncio.Task[None]] = set()
         self._waiting: dict[tuple[str, int], deque[_Batch]] = {}
         self._in_flight: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
+        self._observe_call_requests = observe_call_requests
         self.calls = 0
         """Calls sent to Triton so far."""
         self.requests = 0
@@ -407,6 +410,8 @@ class TritonRanker:
             in_flight.add(call)
             self.calls += 1
             self.requests += len(batch.parts)
+            if self._observe_call_requests is not None:
+                self._observe_call_requests(len(batch.parts))
 
     async def _call(self, key: tuple[str, int], batch: _Batch) -> None:
         """One call to Triton for `batch`; its outcome goes to the batch's waiters."""
