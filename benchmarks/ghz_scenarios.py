@@ -95,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stack-processes", type=int, default=None, help="gateways behind nginx (--stack)"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port, as make run starts them (local profile)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="gRPC connections per ghz run (default: 1, or 4 per gateway process)",
+    )
     return parser
 
 
@@ -109,7 +121,12 @@ def _system(args: argparse.Namespace, workdir: Path) -> Iterator[System]:
         ) as s:
             yield s
     else:
-        with local_system(workdir, config=args.config, prediction_cache=args.prediction_cache) as s:
+        with local_system(
+            workdir,
+            config=args.config,
+            prediction_cache=args.prediction_cache,
+            processes=args.processes,
+        ) as s:
             yield s
 
 
@@ -209,6 +226,9 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         bench = sc.Bench(ghz=ghz, data_file=data_file, workdir=workdir, durations=durations)
         if args.levels:
             bench.sweep_levels = tuple(args.levels)
+        bench.connections = args.connections or (1 if args.processes == 1 else 4 * args.processes)
+        settings["gateway_processes"] = args.processes
+        settings["ghz_connections"] = bench.connections
         settings["sweep_levels"] = list(bench.sweep_levels)
         settings["ceiling_concurrency"] = bench.ceiling_concurrency
         settings["open_loop_workers"] = bench.rate_concurrency

@@ -212,11 +212,16 @@ def _profile(bench: sc.Bench, system: System, stem: Path) -> dict[str, Any]:
     return {"output": str(output), **summarize(output.read_text(encoding="utf-8"))}
 
 
-def ratios(echo: Mapping[str, Any], one: Mapping[str, Any]) -> dict[str, Any]:
-    """The issue's figures as ratios to the echo server of the same run."""
+def ratios(
+    echo: Mapping[str, Any],
+    one: Mapping[str, Any],
+    echo_same_rate: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The issue's figures as ratios to the echo server of the same run (closed loop, as the
+    targets are stated), and Recommend against the echo server driven at the gateway's rate."""
     echo_cpu = _cpu(echo, "echo")
     off = one["recommend_cache_off"]
-    return {
+    out = {
         "gateway Recommend / echo CPU per call": _ratio(_cpu(off, "gateway"), echo_cpu),
         "gateway health check / echo CPU per call": _ratio(
             _cpu(one["health"], "gateway"), echo_cpu
@@ -224,6 +229,11 @@ def ratios(echo: Mapping[str, Any], one: Mapping[str, Any]) -> dict[str, Any]:
         "Recommend / echo req/s (closed loop)": _ratio(off["ok_rps"], echo["ok_rps"]),
         "Triton CPU per Recommend, ms": _cpu(off, "triton"),
     }
+    if echo_same_rate is not None:
+        out["gateway Recommend / echo at the same rate, CPU per call"] = _ratio(
+            _cpu(off, "gateway"), _cpu(echo_same_rate, "echo")
+        )
+    return out
 
 
 def render(result: Mapping[str, Any]) -> str:
@@ -255,6 +265,9 @@ def render(result: Mapping[str, Any]) -> str:
         )
 
     lines.append(row("echo server (canned Recommend)", 1, result["echo"], "echo"))
+    same = result.get("echo_same_rate")
+    if same:
+        lines.append(row(f"echo server at {same['rps']} req/s (open loop)", 1, same, "echo"))
     for run in result["gateway"]:
         p = run["processes"]
         lines.append(row("gateway Health/Check", p, run["health"], "gateway"))
@@ -272,6 +285,8 @@ def render(result: Mapping[str, Any]) -> str:
         target = TARGETS.get(name)
         if name.startswith("Recommend / echo"):
             shown = f"≥ {RPS_RATIO_TARGET}"
+        elif "same rate" in name:
+            shown = "— (context: the same calls per second)"
         elif name.startswith("Triton"):
             shown = f"≤ {TRITON_TARGET_MS} ms"
         else:
@@ -307,6 +322,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         workdir=workdir,
         durations=durations,
         ceiling_concurrency=args.concurrency,
+        connections=args.connections,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     gateway_runs = [
@@ -323,9 +339,22 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     ]
     with local_system(workdir / "capture", prediction_cache=True) as system:
         response = sc.capture_response(system.target, distinct, workdir / "response.bin")
+    same_rate = max(int(gateway_runs[0]["recommend_cache_off"]["ok_rps"]), 1)
     with echo_system(workdir, response) as echo:
         sc.warm_up(bench, echo)
-        echo_figure = _figure(sc.measure(bench, echo, bench.ghz_run(echo, "echo", args.seconds))[1])
+        run = bench.ghz_run(echo, "echo", args.seconds, concurrency=args.concurrency)
+        echo_figure = _figure(sc.measure(bench, echo, run)[1])
+        # The same server at the rate the gateway reached: a call's CPU depends on the rate
+        # (at a few hundred calls a second each call wakes threads that thousands share).
+        run = bench.ghz_run(
+            echo,
+            f"echo-{same_rate}rps",
+            args.seconds,
+            concurrency=64,
+            rps=same_rate,
+            open_loop=True,
+        )
+        echo_same_rate = _figure(sc.measure(bench, echo, run)[1])
     result: dict[str, Any] = {
         "benchmark": "serving cost: CPU per call by process against the echo server",
         "created": created.isoformat(timespec="seconds"),
@@ -340,8 +369,9 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
             "num_items": 10,
         },
         "echo": echo_figure,
+        "echo_same_rate": {"rps": same_rate, **echo_same_rate},
         "gateway": gateway_runs,
-        "ratios": ratios(echo_figure, gateway_runs[0]),
+        "ratios": ratios(echo_figure, gateway_runs[0], echo_same_rate),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"serving-cost-{created.strftime('%Y%m%dT%H%M%SZ')}"

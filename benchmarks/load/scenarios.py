@@ -82,12 +82,17 @@ class Bench:
     rate_concurrency: int = 64
     """ghz workers of open-loop runs; with --async each tick starts a call anyway."""
     timeout_s: float = 2.0
+    connections: int = 1
+    """gRPC connections of every run (at most its workers): several gateway processes on one
+    port need several, since the kernel spreads connections, not calls."""
     log: Callable[[str], None] = print
     samples: list[ProcessSample] = field(default_factory=list)
     """Every /proc sample taken, for the memory summary."""
     notes: list[str] = field(default_factory=list)
 
     def ghz_run(self, system: System, name: str, duration_s: float, **kwargs: Any) -> GhzRun:
+        workers = kwargs.get("concurrency", GhzRun.concurrency)
+        kwargs.setdefault("connections", min(self.connections, workers))
         return GhzRun(
             target=system.target,
             data_file=self.data_file,

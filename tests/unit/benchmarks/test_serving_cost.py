@@ -46,12 +46,14 @@ def test_ratios_are_taken_against_the_echo_server_of_the_same_run() -> None:
         "health": _figure(3000.0, {"gateway": 0.3}),
         "recommend_cache_off": _figure(1000.0, {"gateway": 0.75, "triton": 0.5}),
     }
-    ratios = serving_cost.ratios(echo, gateway)
+    same_rate = _figure(1000.0, {"echo": 0.6})
+    ratios = serving_cost.ratios(echo, gateway, same_rate)
     assert ratios == {
         "gateway Recommend / echo CPU per call": 3.0,
         "gateway health check / echo CPU per call": 1.2,
         "Recommend / echo req/s (closed loop)": 0.25,
         "Triton CPU per Recommend, ms": 0.5,
+        "gateway Recommend / echo at the same rate, CPU per call": 1.25,
     }
 
 
