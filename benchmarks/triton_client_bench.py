@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -45,12 +44,16 @@ import numpy.typing as npt
 import uvloop
 
 from benchmarks.load.procs import tree_cpu_seconds
-from benchmarks.load.report import machine_description, package_version
+from benchmarks.load.report import (
+    add_triton_bench_arguments,
+    machine_description,
+    package_version,
+    write_json_and_markdown,
+)
 from gateway.stages.rank import InferRequestEncoder, TritonRanker, read_scores
 from triton_models.dataset import RankingSet
 from triton_models.tritonserver import TritonServer, TritonServerOptions
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
 WAYS = ("tritonclient", "stub_message", "ranker")
@@ -439,24 +442,16 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("build/triton/local"))
-    parser.add_argument("--dataset", type=Path, default=Path("build/datasets/test.npz"))
+    add_triton_bench_arguments(parser, "triton_client_bench.json")
     parser.add_argument("--model", default="ranker_v2")
     parser.add_argument("--min-rows", type=int, default=500)
     parser.add_argument("--max-rows", type=int, default=600)
-    parser.add_argument("--distinct-batches", type=int, default=16)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--calls", type=int, default=1000, help="per way, round, concurrency")
     parser.add_argument("--offline-calls", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "triton_client_bench.json")
     args = parser.parse_args(argv)
     report = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_json_and_markdown(args.out, report, markdown(report))
 
 
 if __name__ == "__main__":

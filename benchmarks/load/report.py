@@ -7,6 +7,7 @@ written whole or not at all (temporary name, then rename).
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -503,3 +504,22 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
 
 def _pct(value: Any) -> float | None:
     return None if value is None else float(value) * 100
+
+
+def add_triton_bench_arguments(parser: argparse.ArgumentParser, out_name: str) -> None:
+    """The options every Triton micro-benchmark shares: where the models and the real feature
+    rows come from, rounds, seed, and the JSON report's path (the Markdown goes beside it)."""
+    parser.add_argument("--repository", type=Path, default=Path("build/triton/local"))
+    parser.add_argument("--dataset", type=Path, default=Path("build/datasets/test.npz"))
+    parser.add_argument("--distinct-batches", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / out_name)
+
+
+def write_json_and_markdown(out: Path, report: Mapping[str, Any], markdown: str) -> None:
+    """`report` as JSON at `out` and `markdown` beside it (`.md`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
