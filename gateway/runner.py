@@ -390,9 +390,29 @@ def stack_processes(
     return processes
 
 
+def _wait_until_listening(target: str, deadline: float, stopped: threading.Event) -> bool:
+    """Waits, with plain sockets, until `target` (host:port) accepts a TCP connection."""
+    host, _, port = target.rpartition(":")
+    while time.monotonic() < deadline and not stopped.is_set():
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+                return True
+        except OSError:
+            stopped.wait(0.2)
+    return False
+
+
 def wait_until_serving(target: str, timeout_s: float, stopped: threading.Event) -> bool:
-    """Polls the gRPC health service until it reports SERVING; False on timeout or stop."""
+    """Polls the gRPC health service until it reports SERVING; False on timeout or stop.
+
+    No gRPC channel is opened before `target` listens: honcho forks every process at start,
+    and a fork while this process's gRPC threads run can abort it ("Check failed:
+    next_worker->state == KICKED" in ev_epoll1_linux.cc, seen once in the stack test, which
+    left Postgres and the gateways never started).
+    """
     deadline = time.monotonic() + timeout_s
+    if not _wait_until_listening(target, deadline, stopped):
+        return False
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline and not stopped.is_set():

@@ -4,6 +4,7 @@ request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
+from benchmarks.load.procs import cmdline, descendants
 from tests.conftest import REPO, user_event
 from triton_models.tritonserver import free_port_block
 
@@ -120,13 +122,11 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
         text=True,
     )
     output: list[str] = []
+    assert runner.stdout is not None
+    stream = runner.stdout
+    reader = threading.Thread(target=lambda: output.extend(iter(stream.readline, "")), daemon=True)
+    reader.start()
     try:
-        assert runner.stdout is not None
-        stream = runner.stdout
-        reader = threading.Thread(
-            target=lambda: output.extend(iter(stream.readline, "")), daemon=True
-        )
-        reader.start()
         deadline = time.monotonic() + 120
         while not any("is SERVING" in line for line in output):
             assert time.monotonic() < deadline and runner.poll() is None, "".join(output)
@@ -180,6 +180,10 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             assert stopped_at is not None and answered > 50
             assert failures == [], [(e.code(), e.details()) for e in failures]
     finally:
+        # honcho runs each process in a session of its own: what outlives the runner is
+        # killed by pid (while its command line is unchanged), so no leftover holds the
+        # output pipe open and the reader thread, and the close below, always finish.
+        launched = {pid: cmdline(pid) for pid in descendants(runner.pid)[1:]}
         if runner.poll() is None:
             runner.send_signal(signal.SIGINT)
             try:
@@ -187,6 +191,11 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             except subprocess.TimeoutExpired:
                 runner.kill()
                 runner.wait()
-        if runner.stdout is not None:
+        for pid, command in launched.items():
+            if command and cmdline(pid) == command:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        reader.join(timeout=10)
+        if runner.stdout is not None and not reader.is_alive():
             runner.stdout.close()
         shutil.rmtree(run_dir, ignore_errors=True)
