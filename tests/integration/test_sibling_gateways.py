@@ -47,14 +47,11 @@ async def test_only_gateways_that_ask_for_it_share_a_port(
 
 
 async def test_a_purchase_recorded_by_one_gateway_reaches_the_others_features(
-    make_settings: Callable[..., Settings], build_dir: Path
+    make_settings: Callable[..., Settings], models: Path
 ) -> None:
-    repository = build_dir / "triton" / "local"
-    if not repository.is_dir():
-        pytest.skip("no model repository built (make models): no purchase histories to follow")
     settings = make_settings(
         # Histories come with the ranker; Triton itself is not needed here (nothing listens).
-        MODEL__REPOSITORY_DIR=str(repository),
+        MODEL__REPOSITORY_DIR=str(models),
         MODEL__RANKER__TRITON_GRPC_URL=f"127.0.0.1:{free_port_block(3) + 1}",
         FEATURE_STORE__EMBEDDED__TAIL_INTERVAL_S="0.05",
     )
