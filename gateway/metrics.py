@@ -176,16 +176,12 @@ class Metrics:
         self.candidates_filtered = self.candidates.labels("filtered")
         self.prediction_cache_hits = self.prediction_cache.labels("hit")
         self.prediction_cache_misses = self.prediction_cache.labels("miss")
-        self._stage_observers: dict[str, Callable[[float], None]] = {}
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
 
     def stage_observer(self, name: str) -> Callable[[float], None]:
         """Records one duration (seconds) of pipeline stage `name`; the labelled child is
-        looked up once per stage, not on every request."""
-        observe = self._stage_observers.get(name)
-        if observe is None:
-            observe = self._stage_observers[name] = self.stage_duration.labels(name).observe
-        return observe
+        looked up once per stage (`child`), not on every request."""
+        return self.child(self.stage_duration, name).observe
 
     def child(self, metric: _Metric, *labels: str) -> _Metric:
         """`metric.labels(*labels)`, looked up once per label set and kept: the label sets
