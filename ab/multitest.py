@@ -11,8 +11,9 @@ For ``m`` p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the adjusted p-v
 
       q_(i) = min_{j >= i} m p_(j) / j
 
-A metric is significant after correction when its adjusted p-value is below alpha.  These
-agree with ``statsmodels.stats.multitest.multipletests`` (methods ``holm`` and ``fdr_bh``).
+A metric is significant after correction when its adjusted p-value is below alpha.  Both are
+computed by ``statsmodels.stats.multitest.multipletests`` (methods ``holm`` and ``fdr_bh``);
+this module names the methods as the experiment config does and checks the input.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import numpy as np
 
 Correction: TypeAlias = Literal["holm", "benjamini-hochberg"]
 
+_STATSMODELS_METHOD: dict[str, str] = {"holm": "holm", "benjamini-hochberg": "fdr_bh"}
+
 
 def adjust_p_values(p_values: Sequence[float], method: Correction) -> tuple[float, ...]:
     """Adjusted p-values, in the order given.
@@ -35,17 +38,13 @@ def adjust_p_values(p_values: Sequence[float], method: Correction) -> tuple[floa
     for i, value in enumerate(p_values):
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise ValueError(f"p_values.{i}: must lie in [0, 1]")
-    m = len(p_values)
-    if m == 0:
+    if not p_values:
         return ()
-    p = np.asarray(p_values, dtype=np.float64)
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
-    rank = np.arange(1, m + 1, dtype=np.float64)
-    if method == "holm":
-        adjusted = np.maximum.accumulate((m - rank + 1.0) * ranked)
-    else:
-        adjusted = np.minimum.accumulate((m * ranked / rank)[::-1])[::-1]
-    out = np.empty(m, dtype=np.float64)
-    out[order] = np.minimum(adjusted, 1.0)
-    return tuple(float(x) for x in out)
+    # Imported on first use: statsmodels pulls in scipy.stats (seconds), and the gateway
+    # imports this module through the experiment controller without ever adjusting.
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = multipletests(
+        np.asarray(p_values, dtype=np.float64), method=_STATSMODELS_METHOD[method]
+    )[1]
+    return tuple(float(x) for x in adjusted)

@@ -13,14 +13,11 @@ The power of the two-sided normal test with ``se = sqrt(V / n)`` counts both tai
 
     power(n) = Phi(|delta| / se - z_{1-alpha/2}) + Phi(-|delta| / se - z_{1-alpha/2})
 
-The textbook closed form, which drops the far tail, is::
-
-    n ~= (z_{1-alpha/2} + z_{power})**2 * V / delta**2
-
-:func:`sample_size_proportion` and :func:`sample_size_mean` solve ``power(n) = target``
-exactly (starting from the closed form; the far tail changes it by well under one user) and
-round up, so ``power(users_per_variant) >= target > power(users_per_variant - 1)``.  The
-normal approximation is what statsmodels' ``NormalIndPower`` uses; at the sample sizes
+which is statsmodels' ``NormalIndPower`` with the standardised effect
+``d = delta / sqrt(V / 2)`` and ``n`` users in each arm: this module computes power and solves
+for the sample size with it (``power`` and ``solve_power``), and only turns baselines and
+relative effects into ``d`` and checks the inputs.  The solved size is rounded up, so
+``power(users_per_variant) >= target > power(users_per_variant - 1)``.  At the sample sizes
 online experiments need, the t distribution's extra width is negligible.
 
 Worked example -- the product brief says 10,000 users per variant detect a 5% relative lift on
@@ -34,11 +31,8 @@ a 3% click-through rate at alpha 0.05 and 80% power.  They do not::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-
-from scipy import special as _special
+from typing import Any, Literal
 
 
 class PowerInputError(ValueError):
@@ -77,52 +71,46 @@ class SampleSize:
         return 2 * self.users_per_variant
 
 
-def _phi(x: float) -> float:
-    """Standard normal CDF (``scipy.special`` keeps the CLI's start-up fast)."""
-    return float(_special.ndtr(x))
-
-
-def _z(q: float) -> float:
-    """Standard normal quantile."""
-    return float(_special.ndtri(q))
-
-
-def _increasing_root(f: Callable[[float], float], low: float, high: float) -> float:
-    """Root of an increasing ``f`` with ``f(low) < 0 <= f(high)``, by bisection to round-off."""
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if mid in (low, high):
-            break
-        if f(mid) < 0.0:
-            low = mid
-        else:
-            high = mid
-    return high
-
-
 def _check_level(field: str, value: float) -> None:
     if not (math.isfinite(value) and 0.0 < value < 1.0):
         raise PowerInputError(field, "must lie strictly between 0 and 1")
 
 
+def _normal_ind_power() -> Any:
+    # Imported on first use: statsmodels pulls in scipy.stats (seconds), and the gateway
+    # imports this module through the experiment controller without ever computing power.
+    from statsmodels.stats.power import NormalIndPower
+
+    return NormalIndPower()
+
+
+def _effect_size(delta: float, variance_sum: float) -> float:
+    """Cohen's d of two equal arms: the absolute effect over the per-arm standard deviation."""
+    return abs(delta) / math.sqrt(variance_sum / 2.0)
+
+
 def _two_sided_power(delta: float, variance_sum: float, n: float, alpha: float) -> float:
-    z = _z(1.0 - alpha / 2.0)
-    shift = abs(delta) / math.sqrt(variance_sum / n)
-    return _phi(shift - z) + _phi(-shift - z)
+    return float(
+        _normal_ind_power().power(
+            effect_size=_effect_size(delta, variance_sum),
+            nobs1=n,
+            alpha=alpha,
+            ratio=1.0,
+            alternative="two-sided",
+        )
+    )
 
 
 def _solve_n(delta: float, variance_sum: float, alpha: float, power: float) -> float:
     """Exact (real-valued) users per arm at which the two-sided power equals ``power``."""
-    z_sum = _z(1.0 - alpha / 2.0) + _z(power)
-    closed_form = z_sum**2 * variance_sum / delta**2
-    # The far tail only adds power, so the exact root lies at or just below the closed form.
-    gap = _two_sided_power(delta, variance_sum, closed_form, alpha) - power
-    if gap <= 1e-15:
-        return closed_form
-    return _increasing_root(
-        lambda n: _two_sided_power(delta, variance_sum, n, alpha) - power,
-        closed_form / 4.0,
-        closed_form,
+    return float(
+        _normal_ind_power().solve_power(
+            effect_size=_effect_size(delta, variance_sum),
+            alpha=alpha,
+            power=power,
+            ratio=1.0,
+            alternative="two-sided",
+        )
     )
 
 
@@ -136,7 +124,7 @@ def _sample_size(
     power: float,
 ) -> SampleSize:
     n = max(2, math.ceil(_solve_n(delta, variance_sum, alpha, power)))
-    while _two_sided_power(delta, variance_sum, n, alpha) < power:  # root-finding round-off
+    while _two_sided_power(delta, variance_sum, n, alpha) < power:  # the solver's tolerance
         n += 1
     return SampleSize(
         metric=metric,
@@ -238,7 +226,11 @@ def minimum_detectable_effect_proportion(
 
     if gap(upper) < 0.0:
         raise PowerInputError("users_per_variant", "too few users to reach the power at all")
-    return _increasing_root(gap, 1e-12, upper)
+    from scipy.optimize import brentq  # on first use, as statsmodels above
+
+    # The treated rate's variance changes with the lift, so no standardised effect size can
+    # be solved for directly: find the lift whose power is the target instead.
+    return float(brentq(gap, 1e-12, upper, xtol=1e-15))
 
 
 def users_per_variant_for_ctr(

@@ -1,4 +1,5 @@
-"""Holm and Benjamini-Hochberg adjustments against statsmodels' multipletests."""
+"""Holm and Benjamini-Hochberg adjustments: our method names reach statsmodels' multipletests,
+and the results match hand-computed adjustments."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ def test_matches_statsmodels(method: Correction, reference: str, seed: int) -> N
 def test_holm_keeps_order_and_caps_at_one() -> None:
     assert adjust_p_values([0.6, 0.7, 0.02], "holm") == pytest.approx((1.0, 1.0, 0.06))
     assert adjust_p_values([], "benjamini-hochberg") == ()
+
+
+def test_benjamini_hochberg_by_hand() -> None:
+    # Sorted 0.005, 0.01, 0.03, 0.04 -> 4p/rank = 0.02, 0.02, 0.04, 0.04 (monotone from the top).
+    assert adjust_p_values([0.01, 0.04, 0.03, 0.005], "benjamini-hochberg") == pytest.approx(
+        (0.02, 0.04, 0.04, 0.02)
+    )
 
 
 def test_rejects_values_outside_unit_interval() -> None:
