@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
@@ -21,6 +20,8 @@ from gateway.admission import AdmissionControl
 from gateway.config import Settings
 from gateway.http_endpoint import HealthState
 from gateway.interceptors import ErrorMappingInterceptor
+from gateway.reflection import SERVICE_NAME as REFLECTION_SERVICE_NAME
+from gateway.reflection import enable_reflection
 from gateway.resources import Resources, open_resources
 from gateway.security import Guard, RateLimitGuard, TokenGuard, load_token, server_credentials
 from gateway.servicer import RecommendationServicer
@@ -112,12 +113,12 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
+    enable_reflection(
         (
             SERVICE_NAME,
             ADMIN_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
+            REFLECTION_SERVICE_NAME,
         ),
         server,
     )
