@@ -45,10 +45,11 @@ from typing import Any, Literal, Protocol, TypeAlias
 import asyncpg
 import numpy as np
 
+from ab.backends import fetch_variant_sums
 from ab.bandit import thompson_weights
 from ab.config import ExperimentConfig
 from ab.health import HealthSource, VariantHealth
-from ab.metrics_sql import METRICS, MetricName, VariantSums, fetch_variant_sums
+from ab.metrics_sql import METRICS, MetricName, VariantSums
 from ab.multitest import adjust_p_values
 from ab.power import PowerInputError, sample_size_mean
 from ab.srm import srm_test
@@ -63,7 +64,8 @@ FINAL_STATUSES: frozenset[Status] = frozenset({"rolled_back", "promoted", "stopp
 
 
 class SumsSource(Protocol):
-    """Per-variant user-level sums of an experiment (Postgres in production)."""
+    """Per-variant user-level sums of an experiment (`ab.metrics_sql.ExperimentMetrics` on
+    Postgres or the embedded SQLite files)."""
 
     async def variant_sums(self, experiment: ExperimentConfig) -> Mapping[str, VariantSums]:
         """Sums per variant name since the experiment's start."""

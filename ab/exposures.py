@@ -130,7 +130,7 @@ class ExposureRecorder:
                 delay = min(delay * 2, 5.0)
 
 
-_SCHEMA = """
+EXPOSURES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS exposures (
     request_id  TEXT PRIMARY KEY,
     user_id     TEXT NOT NULL,
@@ -155,7 +155,7 @@ class SqliteExposureSink:
     @classmethod
     async def open(cls, path: Path) -> SqliteExposureSink:
         """Opens (creating if needed) the exposure table in `path`."""
-        return cls(await SqliteFile.open(path, _SCHEMA, durable=False, name="exposures"))
+        return cls(await SqliteFile.open(path, EXPOSURES_SCHEMA, durable=False, name="exposures"))
 
     async def write(self, batch: Sequence[Exposure]) -> None:
         rows = [

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import numpy as np
 
 from ab.assignment import assign
 from ab.config import ExperimentConfig
-from ab.exposures import Exposure
+from ab.exposures import Exposure, SqliteExposureSink
 from ab.store import PostgresExposureSink
+from feature_service.event_log import SqliteEventLog
+from feature_service.events import Event, EventType
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 EVENT_COLUMNS = (
@@ -104,3 +107,25 @@ async def load(
         await connection.copy_records_to_table(
             "events", records=list(events), columns=list(EVENT_COLUMNS)
         )
+
+
+async def load_sqlite(
+    exposure_log: Path,
+    event_log: Path,
+    exposures: Sequence[Exposure],
+    events: Sequence[EventRow],
+) -> None:
+    """Writes exposures and events into the embedded profile's files, as the gateway does."""
+    sink = await SqliteExposureSink.open(exposure_log)
+    try:
+        for start in range(0, len(exposures), 1000):
+            await sink.write(exposures[start : start + 1000])
+    finally:
+        await sink.close()
+    log = await SqliteEventLog.open(event_log)
+    try:
+        rows = [Event(r[0], EventType(r[1]), *r[2:]) for r in events]
+        for start in range(0, len(rows), 1000):
+            await log.append(rows[start : start + 1000])
+    finally:
+        await log.close()

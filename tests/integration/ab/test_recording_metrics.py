@@ -1,9 +1,13 @@
-"""Exposure recording and the user-level metrics SQL against a real Postgres."""
+"""Exposure recording, and the user-level metrics SQL on both backends (a real Postgres and
+the embedded profile's SQLite files) against the same pandas reference."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import numpy as np
@@ -11,9 +15,10 @@ import pandas as pd
 import pytest
 
 from ab.assignment import assign
+from ab.backends import PostgresMetricsDatabase, SqliteMetricsDatabase, fetch_variant_sums
 from ab.config import ExperimentConfig, VariantConfig
 from ab.exposures import Exposure
-from ab.metrics_sql import VariantSums, fetch_cumulative_daily, fetch_variant_sums
+from ab.metrics_sql import ExperimentMetrics, VariantSums, period_ends
 from ab.store import PostgresExposureSink, load_migrations, migrate, open_pool
 from feature_service.config import PostgresSettings
 from feature_service.postgres import PostgresStore
@@ -25,6 +30,7 @@ from tests.integration.ab.simulate import (
     EventRow,
     event_row,
     load,
+    load_sqlite,
     simulate,
 )
 
@@ -87,6 +93,46 @@ async def test_exposure_sink_is_idempotent(pool: asyncpg.Pool) -> None:
     assert row["item_ids"] == ["i1", "i2", "i3"]
     assert row["user_id"] == "u3" and row["assignment_probability"] == 0.5
     assert row["ts"] == T0 + timedelta(seconds=3)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One store's metrics reader and how to put traffic into it."""
+
+    metrics: ExperimentMetrics
+    load: Callable[[Sequence[Exposure], Sequence[EventRow]], Awaitable[None]]
+
+
+@pytest.fixture
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+    """The embedded profile's files: exposure log and event log."""
+    exposure_log, event_log = tmp_path / "exposures.sqlite3", tmp_path / "events.sqlite3"
+    database = await SqliteMetricsDatabase.open(exposure_log, event_log)
+
+    async def load_files(exposures: Sequence[Exposure], events: Sequence[EventRow]) -> None:
+        await load_sqlite(exposure_log, event_log, exposures, events)
+
+    try:
+        yield Backend(ExperimentMetrics(database), load_files)
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+def postgres_backend(pool: asyncpg.Pool) -> Backend:
+    """Exposures and events in Postgres."""
+
+    async def load_postgres(exposures: Sequence[Exposure], events: Sequence[EventRow]) -> None:
+        await load(pool, exposures, events)
+
+    return Backend(ExperimentMetrics(PostgresMetricsDatabase(pool)), load_postgres)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The same reads on both stores (Postgres started only for its cases)."""
+    found: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return found
 
 
 def _pandas_sums(
@@ -172,14 +218,14 @@ def _extra_events(rng: np.random.Generator, users: int) -> list[EventRow]:
     return rows
 
 
-async def test_metrics_sql_equals_pandas(pool: asyncpg.Pool) -> None:
+async def test_metrics_sql_equals_pandas(backend: Backend) -> None:
     behaviour = {"control": ArmBehaviour(0.2, 0.3), "treatment": ArmBehaviour(0.25, 0.2)}
     exposures, events = simulate(EXPERIMENT, 300, behaviour, seed=11)
     events += _extra_events(np.random.default_rng(5), 300)
-    await load(pool, exposures, events)
+    await backend.load(exposures, events)
     end = T0 + timedelta(days=2)
 
-    got = await fetch_variant_sums(pool, EXPERIMENT, end=end)
+    got = await backend.metrics.sums(EXPERIMENT, end=end)
     expected = _pandas_sums(exposures, events, pd.Timestamp(end))
 
     assert set(got) == set(expected) == {"control", "treatment"}
@@ -187,27 +233,46 @@ async def test_metrics_sql_equals_pandas(pool: asyncpg.Pool) -> None:
         for name, value in expected[variant].items():
             assert getattr(sums, name) == pytest.approx(value, rel=1e-9, abs=1e-9), (variant, name)
     # the window matters: without an end more users and events count
-    everything = await fetch_variant_sums(pool, EXPERIMENT)
+    everything = await backend.metrics.sums(EXPERIMENT)
     assert sum(s.users for s in everything.values()) > sum(s.users for s in got.values())
+    # a start drops the users first exposed before it
+    late = await backend.metrics.sums(EXPERIMENT, start=T0 + timedelta(days=1), end=end)
+    expected_late = _pandas_sums(
+        [e for e in exposures if e.timestamp >= T0 + timedelta(days=1)], events, pd.Timestamp(end)
+    )
+    for variant, sums in late.items():
+        for name, value in expected_late[variant].items():
+            assert getattr(sums, name) == pytest.approx(value, rel=1e-9, abs=1e-9), (variant, name)
 
 
-async def test_cumulative_daily_ends_with_the_total(pool: asyncpg.Pool) -> None:
+async def test_cumulative_periods_end_with_the_total(backend: Backend) -> None:
     exposures, events = simulate(
         EXPERIMENT, 120, {"control": ArmBehaviour(0.2, 0.3), "treatment": ArmBehaviour(0.2, 0.3)}
     )
-    await load(pool, exposures, events)
-    daily = await fetch_cumulative_daily(
-        pool, EXPERIMENT, start=None, first_day=T0.date(), last_day=(T0 + timedelta(days=3)).date()
-    )
-    users = [sum(s.users for s in sums.values()) for _, sums in daily]
+    await backend.load(exposures, events)
+    span = await backend.metrics.exposure_span(EXPERIMENT)
+    assert span is not None
+    first, last = min(e.timestamp for e in exposures), max(e.timestamp for e in exposures)
+    # SQLite keeps integer microseconds (the writer's float conversion may drop one)
+    assert abs(span[0] - first) <= timedelta(microseconds=1)
+    assert abs(span[1] - last) <= timedelta(microseconds=1)
+    ends = period_ends(*span, timedelta(days=1))
+    assert len(ends) == 4 and ends[0] == (T0 + timedelta(days=1)).replace(hour=0)
+    daily = await backend.metrics.cumulative(EXPERIMENT, start=None, ends=ends)
+    users = [sum(s.users for s in sums.values()) for sums in daily]
     assert users == sorted(users) and users[0] > 0
-    total = await fetch_variant_sums(pool, EXPERIMENT)
-    last = daily[-1][1]
-    assert set(last) == set(total)
+    total = await backend.metrics.sums(EXPERIMENT)
+    final = daily[-1]
+    assert set(final) == set(total)
     for variant, sums in total.items():  # float sums may add up in another order
         numbers = {k: v for k, v in sums.as_dict().items() if k != "variant"}
-        got = {k: v for k, v in last[variant].as_dict().items() if k != "variant"}
+        got = {k: v for k, v in final[variant].as_dict().items() if k != "variant"}
         assert got == pytest.approx(numbers, rel=1e-12)
+
+
+async def test_nothing_exposed_reads_empty(backend: Backend) -> None:
+    assert await backend.metrics.exposure_span(EXPERIMENT) is None
+    assert await backend.metrics.sums(EXPERIMENT) == {}
 
 
 def _user_assigned_to(variant: str) -> str:
@@ -216,7 +281,7 @@ def _user_assigned_to(variant: str) -> str:
     )
 
 
-async def test_attribution_by_request_id_then_by_assignment(pool: asyncpg.Pool) -> None:
+async def test_attribution_by_request_id_then_by_assignment(backend: Backend) -> None:
     user = _user_assigned_to("control")
     # The user saw control (request r-c) and, after a re-weighting, treatment (request r-t).
     exposures = [
@@ -232,17 +297,17 @@ async def test_attribution_by_request_id_then_by_assignment(pool: asyncpg.Pool) 
         event_row("e5", 5, user, "unknown", later, 12.5),
         event_row("e6", 2, user, "r-t", T0),  # before the treatment exposure: not counted
     ]
-    await load(pool, exposures, events)
-    sums = await fetch_variant_sums(pool, EXPERIMENT)
+    await backend.load(exposures, events)
+    sums = await backend.metrics.sums(EXPERIMENT)
     assert (sums["treatment"].clicks, sums["treatment"].purchases) == (2.0, 0.0)
     assert (sums["control"].clicks, sums["control"].purchases) == (2.0, 1.0)
     assert sums["control"].revenue == 12.5 and sums["control"].orders == 1.0
     assert sums["control"].users == sums["treatment"].users == 1
 
 
-async def test_undefined_metrics_are_none(pool: asyncpg.Pool) -> None:
+async def test_undefined_metrics_are_none(backend: Backend) -> None:
     user = _user_assigned_to("control")
-    await load(pool, [Exposure("r1", user, EXPERIMENT.name, "control", "2", (), T0)], [])
-    sums = await fetch_variant_sums(pool, EXPERIMENT)
+    await backend.load([Exposure("r1", user, EXPERIMENT.name, "control", "2", (), T0)], [])
+    sums = await backend.metrics.sums(EXPERIMENT)
     only: VariantSums = sums["control"]
     assert only.users == 1 and only.stats("ctr") is None and only.value("ctr") is None
