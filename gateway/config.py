@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -169,8 +170,20 @@ class ServingSettings(BaseModel):
     """TLS settings; plaintext when no certificate is configured."""
     rate_limit: str | None = "5000/second"
     """Per-client request limit in `limits` notation (`100/second`, `10000/minute`); clients
-    are told apart by peer address. Each process counts its own connections. None or empty
-    disables it."""
+    are told apart by peer address, or by the address a `trusted_proxies` peer forwards. Each
+    process counts its own connections. None or empty disables it."""
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    """Proxies (addresses or CIDR networks: nginx, the ingress controller's pods) whose
+    X-Forwarded-For / X-Real-IP name the real client for the rate limit; from any other peer
+    those headers are ignored. Empty: the peer address is the client."""
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # RECSYS__SERVING__TRUSTED_PROXIES="10.0.0.0/8,127.0.0.1": overrides arrive as text.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("rate_limit")
     @classmethod

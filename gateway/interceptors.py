@@ -94,8 +94,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         # Headers the configured propagator reads: without any of them there is nothing to
         # extract (most calls), and extraction is skipped.
         trace_headers = frozenset(propagate.get_global_textmap().fields)
-        # The metadata anything here reads: the propagator's headers and the guards' (the token).
-        wanted = trace_headers | {"authorization"}
+        # The metadata anything here reads: the propagator's headers and the guards' (the token,
+        # a trusted proxy's forwarded client address).
+        wanted = trace_headers.union(*(guard.metadata_keys for guard in guards))
         recorders: dict[grpc.StatusCode, tuple[Callable[[], None], Callable[[float], None]]] = {}
 
         def record(code: grpc.StatusCode, seconds: float) -> None:

@@ -8,9 +8,10 @@ compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
-from collections.abc import Callable, Collection, Mapping
-from typing import Protocol
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Protocol, TypeAlias
 
 import grpc
 import limits
@@ -38,6 +39,9 @@ PROTECTED_METHODS = frozenset(
 
 class Guard(Protocol):
     """Checks one call before its handler runs; raises a ServiceError to refuse it."""
+
+    metadata_keys: frozenset[str]
+    """The metadata keys `check` reads (the interceptor passes only those on)."""
 
     def check(self, method: str, metadata: Mapping[str, str], peer: str) -> None:
         """Raises when the call must not proceed."""
@@ -71,6 +75,8 @@ def load_token(auth: AuthSettings) -> bytes | None:
 class TokenGuard:
     """Requires `authorization: Bearer <token>` on the protected methods."""
 
+    metadata_keys = frozenset({"authorization"})
+
     def __init__(self, token: bytes, protected: Collection[str] = PROTECTED_METHODS) -> None:
         self._expected = b"Bearer " + token
         self._protected = frozenset(protected)
@@ -83,10 +89,56 @@ class TokenGuard:
             raise Unauthenticated("missing or invalid token: send 'authorization: Bearer <token>'")
 
 
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+FORWARDED_FOR = "x-forwarded-for"
+"""The proxy chain: each proxy appends the address it received the call from."""
+REAL_IP = "x-real-ip"
+"""The client address nginx saw (`grpc_set_header X-Real-IP $remote_addr`)."""
+
+
+class ClientIdentity:
+    """Who a call comes from, for per-client limits: the peer's address (without the port,
+    which changes per connection), or, when the peer is one of `trusted_proxies` (nginx in
+    the stack, the ingress in Kubernetes), the client address the proxy forwards.
+
+    Forwarded addresses are believed only from a trusted proxy, since any caller can send
+    any header. The client is the last X-Forwarded-For entry, the address the trusted proxy
+    itself received the call from (each proxy appends what it saw; entries further left were
+    written by others and are not believed, as nginx's realip module does without
+    `real_ip_recursive`); without the header, X-Real-IP. Without either, or with a malformed
+    one, the proxy itself is the client (as before: one bucket for everything behind it). A
+    chain of proxies (cloud load balancer, then ingress) resolves the client at the outermost
+    one it trusts and forwards that.
+    """
+
+    metadata_keys = frozenset({FORWARDED_FOR, REAL_IP})
+
+    def __init__(self, trusted_proxies: Iterable[Network] = ()) -> None:
+        self._trusted = tuple(trusted_proxies)
+
+    def of(self, metadata: Mapping[str, str], peer: str) -> str:
+        """The rate-limit key of a call from `peer` (grpc's `ipv4:host:port` form)."""
+        client = _client_of(peer)
+        if not self._trusted or not self._is_trusted(_address_of(client)):
+            return client
+        forwarded = metadata.get(FORWARDED_FOR)
+        if forwarded:
+            address = _parse_address(forwarded.rpartition(",")[2])
+        else:
+            address = _parse_address(metadata.get(REAL_IP, ""))
+        return client if address is None else _key_of(address)
+
+    def _is_trusted(self, address: _Address | None) -> bool:
+        return address is not None and any(address in network for network in self._trusted)
+
+
 class RateLimitGuard:
-    """At most `limit` calls per client (peer address), as a token bucket of `limit`'s size
-    refilled evenly over its period: "5000/second" admits a burst of 5,000 calls, then one
-    every 0.2 ms.
+    """At most `limit` calls per client, as a token bucket of `limit`'s size refilled evenly
+    over its period: "5000/second" admits a burst of 5,000 calls, then one every 0.2 ms.
+    Clients are told apart by `identity` (the peer address, or the address a trusted proxy
+    forwards).
 
     The bucket is kept as one number per client, the generic cell rate algorithm's theoretical
     arrival time (TAT): a call at `now` is admitted when `TAT - now <= burst`, and moves TAT
@@ -96,13 +148,16 @@ class RateLimitGuard:
     when the table grows, so it holds only the recently active.
     """
 
-    __slots__ = ("_burst", "_clock", "_interval", "_sweep_at", "_tat", "_text")
+    __slots__ = ("_burst", "_clock", "_identity", "_interval", "_sweep_at", "_tat", "_text")
+
+    metadata_keys = ClientIdentity.metadata_keys
 
     def __init__(
         self,
         limit: str,
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = 65_536,
+        identity: ClientIdentity | None = None,
     ) -> None:
         item = limits.parse(limit)
         self._interval = item.get_expiry() / item.amount
@@ -111,6 +166,7 @@ class RateLimitGuard:
         self._burst = self._interval * (item.amount - 1 + 1e-6)
         """How far TAT may run ahead of now: a full bucket's worth of calls at once."""
         self._clock = clock
+        self._identity = identity if identity is not None else ClientIdentity()
         self._sweep_at = max_clients
         """Table size at which idle clients are swept (doubles while all are active, so a
         sweep stays amortised O(1) per call)."""
@@ -119,7 +175,7 @@ class RateLimitGuard:
 
     def check(self, method: str, metadata: Mapping[str, str], peer: str) -> None:
         now = self._clock()
-        client = _client_of(peer)
+        client = self._identity.of(metadata, peer)
         tat = self._tat.get(client, now)
         if tat < now:
             tat = now
@@ -144,6 +200,33 @@ def _client_of(peer: str) -> str:
     """`ipv4:10.0.0.5:51234` -> `ipv4:10.0.0.5` (the port changes per connection)."""
     host, _, port = peer.rpartition(":")
     return host if host and port.isdigit() else peer
+
+
+def _address_of(client: str) -> _Address | None:
+    """`ipv4:10.0.0.5` / `ipv6:[::1]` -> the address; None for anything else (unix:...)."""
+    family, _, host = client.partition(":")
+    if family not in ("ipv4", "ipv6"):
+        return None
+    return _parse_address(host.strip("[]"))
+
+
+def _parse_address(text: str) -> _Address | None:
+    """An IP address, IPv4-mapped IPv6 ones (a dual-stack listener's) as IPv4; None when
+    `text` is none."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _key_of(address: _Address) -> str:
+    """The same key `_client_of` gives a direct peer with this address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return f"ipv6:[{address}]"
+    return f"ipv4:{address}"
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:

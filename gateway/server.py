@@ -23,7 +23,14 @@ from gateway.interceptors import ErrorMappingInterceptor
 from gateway.reflection import SERVICE_NAME as REFLECTION_SERVICE_NAME
 from gateway.reflection import enable_reflection
 from gateway.resources import Resources, open_resources
-from gateway.security import Guard, RateLimitGuard, TokenGuard, load_token, server_credentials
+from gateway.security import (
+    ClientIdentity,
+    Guard,
+    RateLimitGuard,
+    TokenGuard,
+    load_token,
+    server_credentials,
+)
 from gateway.servicer import RecommendationServicer
 from gateway.stages.validate import Limits
 
@@ -67,7 +74,9 @@ async def start_server(settings: Settings, resources: Resources) -> RunningServe
     if token is not None:
         guards.append(TokenGuard(token))
     if serving.rate_limit is not None:
-        guards.append(RateLimitGuard(serving.rate_limit))
+        guards.append(
+            RateLimitGuard(serving.rate_limit, identity=ClientIdentity(serving.trusted_proxies))
+        )
     server = grpc.aio.server(
         interceptors=[
             ErrorMappingInterceptor(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from gateway.config import ConfigError, Settings
 from gateway.resources import open_resources
 from gateway.server import start_server
 from tests.conftest import async_stub, running_gateway, user_event
+from tests.infra.tooling import INFRA, require_tool, run
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token-for-tests"
@@ -172,3 +175,93 @@ async def test_mutual_tls(make_settings: Callable[..., Settings], pki: Path) -> 
 def test_tls_settings_need_cert_and_key(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ConfigError, match="cert_file and key_file must be set together"):
         make_settings(SERVING__TLS__CERT_FILE="/x.crt")
+
+
+async def test_rate_limit_per_client_behind_nginx(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Two clients reach the gateway through real nginx, so the gateway's peer is nginx for
+    both; with nginx trusted, the one over its limit is refused and the other is not."""
+    # nginx reaches the gateway from 127.0.0.1.
+    settings = make_settings(SERVING__RATE_LIMIT="5/minute", SERVING__TRUSTED_PROXIES="127.0.0.1")
+    async with running_gateway(settings) as (server, _):
+        nginx, port = _nginx_on_both_loopbacks(tmp_path, server.port)
+        try:
+            # Two real clients with different addresses: IPv4 and IPv6 loopback.
+            async with (
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as noisy_channel,
+                grpc.aio.insecure_channel(f"ipv6:[::1]:{port}") as quiet_channel,
+            ):
+                noisy, quiet = async_stub(noisy_channel), async_stub(quiet_channel)
+                request = pb.RecommendRequest(user_id="1")
+                for _ in range(5):
+                    await noisy.Recommend(request, timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await noisy.Recommend(request, timeout=5)
+                assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "rate limit of 5/minute per client" in (caught.value.details() or "")
+                for _ in range(4):  # under its own limit, whatever the noisy one does
+                    assert (await quiet.Recommend(request, timeout=5)).recommendations
+        finally:
+            nginx.terminate()
+            nginx.communicate(timeout=10)
+        access_log = (tmp_path / "nginx" / "logs" / "access.log").read_text(encoding="utf-8")
+        assert '"client":"::1"' in access_log
+        assert '"client":"127.0.0.1"' in access_log
+
+
+async def test_forwarded_client_is_ignored_from_an_untrusted_peer(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Without trusted proxies, a client naming a new address per call is still one client."""
+    settings = make_settings(SERVING__RATE_LIMIT="3/minute")
+    async with running_gateway(settings) as (_, channel):
+        stub = async_stub(channel)
+        request = pb.RecommendRequest(user_id="1")
+        for n in range(3):
+            spoofed = (("x-forwarded-for", f"203.0.113.{n}"), ("x-real-ip", f"203.0.113.{n}"))
+            await stub.Recommend(request, metadata=spoofed, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Recommend(request, metadata=(("x-real-ip", "198.51.100.1"),), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _nginx_on_both_loopbacks(tmp_path: Path, upstream: int) -> tuple[subprocess.Popen[str], int]:
+    """Real nginx (the stack's rendered config) in front of `upstream`, listening on
+    127.0.0.1 and [::1] at one free port."""
+    nginx = require_tool("nginx")
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = int(probe.getsockname()[1])
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "tmp").mkdir()
+    rendered = run(
+        [
+            INFRA / "nginx" / "render-config",
+            *("--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}"),
+            *("--workers", "1"),
+        ]
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    ipv4_listen = f"listen 127.0.0.1:{port} http2;"
+    assert ipv4_listen in rendered.stdout
+    config = tmp_path / "nginx.conf"
+    config.write_text(
+        rendered.stdout.replace(ipv4_listen, f"{ipv4_listen}\n        listen [::1]:{port} http2;"),
+        encoding="utf-8",
+    )
+    process = subprocess.Popen(
+        [str(nginx), "-e", "stderr", "-c", str(config), "-p", f"{prefix}/", "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        assert process.poll() is None, f"nginx exited: {process.communicate()[1]}"
+        with socket.socket(socket.AF_INET6) as s6, socket.socket() as s4:
+            if s6.connect_ex(("::1", port)) == 0 and s4.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        assert time.monotonic() < deadline, "nginx did not listen"
+        time.sleep(0.05)

@@ -1,11 +1,14 @@
-"""The per-client rate limit (a token bucket kept as one number per client), on a fake clock."""
+"""The per-client rate limit (a token bucket kept as one number per client), on a fake clock,
+and who the client is behind a trusted proxy."""
 
 from __future__ import annotations
+
+import ipaddress
 
 import pytest
 
 from gateway.errors import ResourceExhausted
-from gateway.security import RateLimitGuard
+from gateway.security import ClientIdentity, RateLimitGuard
 
 METHOD = "/recsys.v1.RecommendationService/Recommend"
 
@@ -73,3 +76,63 @@ def test_idle_clients_are_forgotten_when_the_table_fills() -> None:
     for i in range(10):
         guard.check(METHOD, {}, f"ipv4:10.0.2.{i}:1")
     assert guard.tracked_clients == 11
+
+
+PROXY = "ipv4:10.1.0.7:40000"
+"""nginx or the ingress: the peer every proxied call comes from."""
+
+
+def _behind_proxy(limit: str, clock: FakeClock) -> RateLimitGuard:
+    identity = ClientIdentity([ipaddress.ip_network("10.1.0.0/24")])
+    return RateLimitGuard(limit, clock=clock, identity=identity)
+
+
+def _admitted_from(guard: RateLimitGuard, metadata: dict[str, str], peer: str, calls: int) -> int:
+    admitted = 0
+    for _ in range(calls):
+        try:
+            guard.check(METHOD, metadata, peer)
+        except ResourceExhausted:
+            continue
+        admitted += 1
+    return admitted
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() -> None:
+    guard = _behind_proxy("3/minute", FakeClock())
+    noisy = {"x-forwarded-for": "203.0.113.9", "x-real-ip": "203.0.113.9"}
+    quiet = {"x-forwarded-for": "198.51.100.4", "x-real-ip": "198.51.100.4"}
+    assert _admitted_from(guard, noisy, PROXY, 10) == 3
+    assert _admitted_from(guard, quiet, PROXY, 3) == 3
+    assert guard.tracked_clients == 2
+
+
+def test_the_last_forwarded_hop_is_the_client() -> None:
+    identity = ClientIdentity([ipaddress.ip_network("10.1.0.0/24")])
+    # The client wrote a fake first hop; the trusted proxy appended what it saw.
+    assert identity.of({"x-forwarded-for": "1.2.3.4, 203.0.113.9"}, PROXY) == "ipv4:203.0.113.9"
+    assert identity.of({"x-real-ip": "2001:db8::5"}, PROXY) == "ipv6:[2001:db8::5]"
+    # X-Forwarded-For wins over X-Real-IP; a mapped IPv4 address is the IPv4 client.
+    both = {"x-forwarded-for": "::ffff:203.0.113.9", "x-real-ip": "10.1.0.3"}
+    assert identity.of(both, PROXY) == "ipv4:203.0.113.9"
+    # A proxy behind a trusted one is seen through (IPv4-mapped peer of a dual-stack socket).
+    assert identity.of({"x-real-ip": "198.51.100.4"}, "ipv6:[::ffff:10.1.0.9]:1") == (
+        "ipv4:198.51.100.4"
+    )
+
+
+def test_forwarded_headers_from_an_untrusted_peer_are_ignored() -> None:
+    identity = ClientIdentity([ipaddress.ip_network("10.1.0.0/24")])
+    spoofed = {"x-forwarded-for": "203.0.113.9", "x-real-ip": "203.0.113.9"}
+    assert identity.of(spoofed, "ipv4:192.0.2.50:5000") == "ipv4:192.0.2.50"
+    assert identity.of(spoofed, "unix:/tmp/socket") == "unix:/tmp/socket"
+    # No proxies configured: nobody is believed.
+    assert ClientIdentity().of(spoofed, PROXY) == "ipv4:10.1.0.7"
+
+
+def test_a_garbled_forwarded_address_falls_back_to_the_proxy() -> None:
+    identity = ClientIdentity([ipaddress.ip_network("10.1.0.0/24")])
+    assert identity.of({"x-forwarded-for": "203.0.113.9, not-an-ip"}, PROXY) == "ipv4:10.1.0.7"
+    assert identity.of({"x-forwarded-for": "203.0.113.9:443"}, PROXY) == "ipv4:10.1.0.7"
+    assert identity.of({"x-real-ip": "bogus"}, PROXY) == "ipv4:10.1.0.7"
+    assert identity.of({}, PROXY) == "ipv4:10.1.0.7"
