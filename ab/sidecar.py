@@ -1,12 +1,14 @@
 """The experiment sidecar process: `python -m ab sidecar --config PATH`.
 
-Opens the Postgres pool (and migrates the ab schema), serves the sidecar's Prometheus metrics
-on its own port (`ab_testing.controller.metrics_port`, 9465 by default), runs the controller
-every `interval_s` and stops cleanly on SIGTERM or SIGINT: the current evaluation finishes,
-then the metrics server and the pool close, in reverse order of opening.
+Opens the experiment data (Postgres migrated to the ab schema, or the SQLite files), serves
+the sidecar's Prometheus metrics on its own port (`ab_testing.controller.metrics_port`, 9465
+by default), runs the controller every `interval_s` and stops cleanly on SIGTERM or SIGINT:
+the current evaluation finishes, then the metrics server and the data close, in reverse
+order of opening.
 
-The controller needs Postgres (exposures and events live there): with the embedded feature
-store backend the sidecar refuses to start; the admin commands still work on the JSON state.
+Experiment data comes from `ab.backends`: Postgres (`redis_postgres`), or with the embedded
+feature store of `make run` the gateways' SQLite exposure and event logs and the JSON state
+file; decisions, audit log and routing updates are the same on both.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import start_http_server
 
-from ab.controller import Controller, PostgresSumsSource
+from ab.backends import open_backend
+from ab.controller import Controller
 from ab.health import HealthSource, PrometheusHealthSource
 from ab.settings import SidecarSettings
-from ab.store import PostgresStateStore, open_pool
 from ab.telemetry import SidecarMetrics
 
 _log = logging.getLogger(__name__)
@@ -45,45 +47,46 @@ class RunningSidecar:
 
 @contextlib.asynccontextmanager
 async def open_sidecar(settings: SidecarSettings) -> AsyncIterator[RunningSidecar]:
-    """Opens the pool and the metrics endpoint; closes both on exit.
+    """Opens the experiment data and the metrics endpoint; closes both on exit.
 
     Raises:
-        SidecarError: the feature store backend is not `redis_postgres`.
-        ab.store.ExperimentStoreError: Postgres unreachable or migration failed.
+        ab.store.ExperimentStoreError: Postgres or the SQLite files unreachable, or a
+            migration failed.
+        SidecarError: the metrics port is taken.
     """
-    if not settings.uses_postgres:
-        raise SidecarError(
-            "the sidecar needs feature_store.backend: redis_postgres (exposures and events "
-            "are in Postgres)"
-        )
     controller_settings = settings.ab_testing.controller
     metrics = SidecarMetrics()
-    pool = await open_pool(settings.feature_store.postgres)
-    try:
-        server, thread = start_http_server(
-            controller_settings.metrics_port,
-            controller_settings.metrics_host,
-            registry=metrics.registry,
-        )
+    async with open_backend(settings) as backend:
+        try:
+            server, thread = start_http_server(
+                controller_settings.metrics_port,
+                controller_settings.metrics_host,
+                registry=metrics.registry,
+            )
+        except OSError as exc:
+            raise SidecarError(
+                f"ab_testing.controller.metrics_port: cannot listen on "
+                f"{controller_settings.metrics_host}:{controller_settings.metrics_port} "
+                f"({exc.strerror})"
+            ) from exc
         try:
             health: HealthSource | None = None
             if controller_settings.prometheus_url:
                 health = PrometheusHealthSource(controller_settings.prometheus_url)
             controller = Controller(
                 settings.ab_testing.experiments,
-                PostgresSumsSource(pool),
-                PostgresStateStore(pool),
+                backend.metrics,
+                backend.store,
                 metrics,
                 health=health,
                 rng=np.random.default_rng(controller_settings.bandit_seed),
             )
+            _log.info("ab sidecar data: %s", backend.description)
             yield RunningSidecar(controller, metrics, int(server.server_port))
         finally:
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
-    finally:
-        await pool.close()
 
 
 async def run_sidecar(settings: SidecarSettings, stop: asyncio.Event | None = None) -> None:

@@ -10,11 +10,13 @@ retrieval               build/retrieval: items.ann, item_ids.txt, item_embedding
                         user_embeddings.npy, user_ids.txt, metadata.json
 datasets                build/datasets: train.npz, test.npz (+ test-time popularity and
                         item embeddings), datasets.json
-rankers                 build/rankers/<name>: model.pt, training.json
+rankers                 build/rankers/<name>: model.pt, training.json (the rankers and the
+                        discovery model, :mod:`triton_models.discovery`)
 export                  build/onnx/<name>: fp32.onnx, int8_dynamic.onnx, int8_static.onnx,
                         int8.onnx (the kept one), export.json
 evaluation              build/reports/evaluation.{json,md}
-triton                  build/triton/{local,production}: ranker_vN (ensemble), ranker_vN_onnx
+triton                  build/triton/{local,production}: ranker_vN and discovery_vN (ensembles),
+                        ranker_vN_onnx, discovery_vN_onnx
 ======================  =========================================================
 """
 
@@ -41,10 +43,19 @@ from triton_models.dataset import (
     item_snapshot,
     load_data,
 )
-from triton_models.evaluate import evaluate, paired_bootstrap, targets, write_report
+from triton_models.discovery import DISCOVERY_MODELS, new_items_only
+from triton_models.evaluate import (
+    discovery_targets,
+    evaluate,
+    paired_bootstrap,
+    purchase_matrix,
+    targets,
+    write_report,
+)
 from triton_models.metrics import rank_by_score, ranking_metrics
 from triton_models.rankers import (
     RANKERS,
+    RankerKind,
     TrainConfig,
     make_ranker,
     predict,
@@ -55,6 +66,14 @@ from triton_models.triton_repo import ServingOptions, git_sha, write_ranker
 
 _log = logging.getLogger(__name__)
 WINDOW = pd.Timedelta(days=28)
+MODELS: dict[str, RankerKind] = {**RANKERS, **DISCOVERY_MODELS}
+"""Every served model: the rankers, then the discovery models."""
+
+
+def _objective(name: str, data: RankingSet) -> RankingSet:
+    """The rows and targets ``name`` learns and is checked on: all candidates for a ranker,
+    the candidates new to the user for a discovery model."""
+    return new_items_only(data) if name in DISCOVERY_MODELS else data
 
 
 @dataclass(frozen=True)
@@ -248,19 +267,20 @@ def _split(datasets: Path, opts: PipelineOptions) -> tuple[RankingSet, RankingSe
 
 
 def run_rankers(datasets: Path, out: Path, opts: PipelineOptions) -> dict[str, Any]:
-    """Trains every ranker in :data:`RANKERS`; saves weights and the training log."""
+    """Trains every model in :data:`MODELS`; saves weights and the training log."""
     import torch
 
     train, valid = _split(datasets, opts)
     summary = {}
-    for name, kind in RANKERS.items():
+    for name, kind in MODELS.items():
         started = time.perf_counter()
-        result = train_ranker(kind, train, valid, opts.train)
+        result = train_ranker(kind, _objective(name, train), _objective(name, valid), opts.train)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(result.model.state_dict(), folder / "model.pt")
         summary[name] = {
             "kind": kind,
+            "objective": "discovery" if name in DISCOVERY_MODELS else "purchase",
             "best_epoch": result.best_epoch,
             "history": result.history,
             "seconds": time.perf_counter() - started,
@@ -274,7 +294,7 @@ def load_ranker(rankers: Path, name: str, opts: PipelineOptions) -> Any:
     """A trained ranker from ``rankers/<name>/model.pt``."""
     import torch
 
-    kind = RANKERS[name]
+    kind = MODELS[name]
     zeros = np.zeros(NUM_FEATURES, np.float32)
     model = make_ranker(kind, zeros, np.ones(NUM_FEATURES, np.float32), opts.train)
     model.load_state_dict(torch.load(rankers / name / "model.pt", weights_only=True))
@@ -290,9 +310,10 @@ def _ndcg(data: RankingSet, scores: npt.NDArray[np.float32]) -> float:
 
 def run_export(datasets: Path, rankers: Path, out: Path, opts: PipelineOptions) -> dict[str, Any]:
     """FP32 ONNX (checked against PyTorch), both INT8 variants, the better one kept."""
-    _, valid = _split(datasets, opts)
+    _, all_valid = _split(datasets, opts)
     summary = {}
-    for name in RANKERS:
+    for name in MODELS:
+        valid = _objective(name, all_valid)
         model = load_ranker(rankers, name, opts)
         folder = out / name
         fp32 = export.export_onnx(model, NUM_FEATURES, folder / "fp32.onnx")
@@ -325,24 +346,39 @@ def run_export(datasets: Path, rankers: Path, out: Path, opts: PipelineOptions) 
 
 
 def run_evaluation(
-    datasets: Path, onnx_dir: Path, retrieval_dir: Path, out: Path
+    tables: Path,
+    data_dir: Path,
+    datasets: Path,
+    onnx_dir: Path,
+    retrieval_dir: Path,
+    out: Path,
+    opts: PipelineOptions,
 ) -> dict[str, Any]:
-    """The test-period report (baselines, every ranker in FP32 and INT8)."""
+    """The test-period report (baselines, every model in FP32 and INT8, the surfaces)."""
     test = RankingSet.load(datasets / "test.npz")
     popularity = np.load(datasets / "test_popularity.npy")
     item_vectors = np.load(datasets / "test_item_embeddings.npy")
-    scores: dict[str, npt.NDArray[np.float32]] = {}
+    data = load_data(tables, data_dir, opts.sample)
+    before = data.events.loc[data.events["timestamp"] < data.split.test_start]
+    purchases = purchase_matrix(
+        before["user_id"].to_numpy(), before["position"].to_numpy(np.int32), len(popularity)
+    )
+    scores: dict[str, dict[str, npt.NDArray[np.float32]]] = {"ranker": {}, "discovery": {}}
     exports = {}
-    for name in RANKERS:
+    for name in MODELS:
         exports[name] = _read_json(onnx_dir / name / "export.json")
+        group = scores["discovery" if name in DISCOVERY_MODELS else "ranker"]
         for precision in ("fp32", "int8"):
             sess = export.session(onnx_dir / name / f"{precision}.onnx")
-            scores[f"{name}_{precision}"] = export.onnx_scores(sess, test.features)
-    result = evaluate(test, popularity, item_vectors, scores)
+            group[f"{name}_{precision}"] = export.onnx_scores(sess, test.features)
+    result = evaluate(
+        test, popularity, item_vectors, scores["ranker"], scores["discovery"], purchases
+    )
     metrics = result["metrics"]
+    segments = result["segments"]
     per_query = result["per_query_ndcg"]
     quantization = {}
-    for name in RANKERS:
+    for name in MODELS:
         fp32, int8 = metrics[f"{name}_fp32"]["ndcg@10"], metrics[f"{name}_int8"]["ndcg@10"]
         quantization[name] = {
             "method": exports[name]["int8_method"],
@@ -361,10 +397,13 @@ def run_evaluation(
             "end": datasets_info["test_window"][1],
         },
         "metrics": metrics,
+        "segments": segments,
         "candidate_recall": result["candidate_recall"],
+        "new_item_candidate_recall": result["new_item_candidate_recall"],
         "targets": targets(
             metrics, [f"{n}_fp32" for n in RANKERS] + [f"{n}_int8" for n in RANKERS]
         ),
+        "discovery_targets": discovery_targets(segments),
         "v2_minus_v3": paired_bootstrap(per_query["ranker_v2_fp32"], per_query["ranker_v3_fp32"]),
         "quantization": quantization,
         "retrieval": {
@@ -390,10 +429,11 @@ def run_triton(
         root = out / flavour.value
         if root.exists():
             shutil.rmtree(root)
-        for name in RANKERS:
+        for name in MODELS:
             metadata = {
                 "model": name,
-                "architecture": RANKERS[name],
+                "architecture": MODELS[name],
+                "objective": "discovery" if name in DISCOVERY_MODELS else "purchase",
                 "feature_names": list(FEATURE_NAMES),
                 "inputs": {export.INPUT_NAME: ["FP32", [-1, NUM_FEATURES]]},
                 "outputs": {export.OUTPUT_NAME: ["FP32", [-1, 1]]},
@@ -403,6 +443,7 @@ def run_triton(
                     "fp32": evaluation["metrics"][f"{name}_fp32"],
                     "int8": evaluation["metrics"][f"{name}_int8"],
                 },
+                "offline_segments": evaluation["segments"][f"{name}_int8"],
                 "quantization": evaluation["quantization"][name],
                 "git_sha": sha,
                 "sample": opts.sample,
@@ -415,6 +456,12 @@ def run_triton(
                 metadata,
                 opts.serving,
                 flavour,
+                # GPUs serve the fp32 graph (TensorRT FP16): the INT8 graphs suit the CPU.
+                gpu_onnx_model=(
+                    onnx_dir / name / "fp32.onnx"
+                    if flavour is repository.Flavour.PRODUCTION
+                    else None
+                ),
             )
         written[flavour.value] = sorted(p.name for p in root.iterdir())
     return written

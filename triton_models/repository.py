@@ -7,14 +7,21 @@ instances; it is written in one of two flavours:
   (copied as ``model.py`` into the version directory beside ``model.onnx``), because the
   ``tritonserver`` in the nvidia-pytriton wheel has no ONNX Runtime backend.
 - ``production``: ``platform: "onnxruntime_onnx"`` / ``backend: "onnxruntime"`` for the NGC
-  Triton image.
+  Triton image, written for both devices at once: ``config.pbtxt`` runs ``KIND_CPU``
+  instances, ``configs/gpu.pbtxt`` runs ``KIND_GPU`` instances through ONNX Runtime's TensorRT
+  execution provider (CUDA for what TensorRT cannot run). Triton reads the second only when
+  started with ``--model-config-name=gpu``, which the Helm chart passes exactly when
+  ``triton.device`` is ``gpu`` (the setting that also requests the GPUs), so one repository
+  image serves either deployment and the one setting chooses.
 
 Configs are built as ``ModelConfig`` protobuf messages (tritonclient ships Triton's
 ``model_config.proto``) and printed with ``text_format``, so every written config.pbtxt is
 well-formed by construction. Layout::
 
     <repository>/<model>/config.pbtxt
+    <repository>/<model>/configs/gpu.pbtxt         (production flavour)
     <repository>/<model>/<version>/model.onnx
+    <repository>/<model>/<version>/model_gpu.onnx  (production flavour, when given)
     <repository>/<model>/<version>/model.py        (local flavour)
     <repository>/<model>/<version>/metadata.json   (optional, per version)
 """
@@ -40,7 +47,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 CONFIG_FILENAME = "config.pbtxt"
+CUSTOM_CONFIGS_DIR = "configs"
+"""Folder of a model's named configurations, chosen by ``tritonserver --model-config-name``."""
+GPU_CONFIG_NAME = "gpu"
+"""``configs/gpu.pbtxt``: the configuration a GPU deployment starts Triton with."""
 ONNX_FILENAME = "model.onnx"
+GPU_ONNX_FILENAME = "model_gpu.onnx"
+"""The graph the GPU configuration serves, when it differs from ``model.onnx``."""
 PYTHON_MODEL_FILENAME = "model.py"
 METADATA_FILENAME = "metadata.json"
 INTRA_OP_THREADS_PARAMETER = "intra_op_thread_count"
@@ -61,6 +74,16 @@ _NUMPY_TO_TRITON: dict[np.dtype[Any], str] = {
     np.dtype(np.float64): "TYPE_FP64",
     np.dtype(np.object_): "TYPE_STRING",
 }
+
+
+class Device(StrEnum):
+    """Where a production Triton runs its ONNX instances."""
+
+    CPU = "cpu"
+    """``KIND_CPU`` instances (``config.pbtxt``)."""
+    GPU = "gpu"
+    """``KIND_GPU`` instances with the TensorRT and CUDA execution providers
+    (``configs/gpu.pbtxt``)."""
 
 
 class Flavour(StrEnum):
@@ -121,6 +144,33 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True)
+class GpuServing:
+    """How a GPU deployment runs an ONNX model (``configs/gpu.pbtxt``).
+
+    Not measured on a GPU here (no GPU machine was available): these are the onnxruntime
+    backend's documented settings, chosen for a small batched MLP.
+    """
+
+    instance_count: int = 1
+    """Instances per visible GPU; the dynamic batcher keeps one busy."""
+    precision_mode: str = "FP16"
+    """TensorRT precision: FP16 halves memory traffic; the GPU graph is the fp32 export, since
+    the CPU's INT8 graphs are not TensorRT-friendly (dynamic quantization's MatMulInteger and
+    DynamicQuantizeLinear would leave TensorRT for CUDA or the CPU)."""
+    max_workspace_size_bytes: int = 1 << 30
+    """TensorRT's scratch memory per engine build."""
+    engine_cache_path: str = "/tmp/tensorrt-engines"
+    """Where built engines are kept, so a restarted container skips the build. Under /tmp, the
+    chart's writable emptyDir (the model repository is read-only)."""
+
+    def __post_init__(self) -> None:
+        if self.instance_count < 1:
+            raise ValueError("GPU instance_count must be >= 1")
+        if self.precision_mode not in ("FP32", "FP16", "INT8"):
+            raise ValueError(f"precision_mode must be FP32, FP16 or INT8: {self.precision_mode}")
+
+
+@dataclass(frozen=True)
 class LatestVersions:
     """Serve the newest ``num_versions`` versions (Triton's default, with 1)."""
 
@@ -167,6 +217,8 @@ class OnnxModelSpec:
     warmup_rows: int = 0
     """Rows of zeros each instance scores while the model loads (``model_warmup``), so that
     Triton reports it READY only once the first call is no longer a cold one; 0: no warmup."""
+    gpu: GpuServing = field(default_factory=GpuServing)
+    """How the production flavour's GPU configuration runs the model."""
 
     def __post_init__(self) -> None:
         if self.warmup_rows < 0:
@@ -255,8 +307,26 @@ def _set_version_policy(config: Any, policy: VersionPolicy) -> None:
         config.version_policy.specific.versions.extend(policy.versions)
 
 
-def onnx_model_config(spec: OnnxModelSpec, flavour: Flavour) -> Any:
-    """The ``ModelConfig`` message for ``spec`` in ``flavour``."""
+def onnx_model_config(
+    spec: OnnxModelSpec,
+    flavour: Flavour,
+    device: Device = Device.CPU,
+    *,
+    model_filename: str | None = None,
+) -> Any:
+    """The ``ModelConfig`` message for ``spec`` in ``flavour`` on ``device``.
+
+    Args:
+        model_filename: the version folder's graph file when it is not ``model.onnx``
+            (``default_model_filename``).
+
+    Raises:
+        ValueError: a GPU configuration for the local flavour (the wheel's tritonserver runs
+            the Python backend on CPU).
+    """
+    device = Device(device)
+    if device is Device.GPU and flavour is Flavour.LOCAL:
+        raise ValueError("GPU configurations are written for the production flavour only")
     config = model_config_pb2.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if flavour is Flavour.LOCAL:
         config.backend = "python"
@@ -270,17 +340,60 @@ def onnx_model_config(spec: OnnxModelSpec, flavour: Flavour) -> Any:
         batching = config.dynamic_batching
         batching.preferred_batch_size.extend(spec.dynamic_batching.preferred_batch_size)
         batching.max_queue_delay_microseconds = spec.dynamic_batching.max_queue_delay_microseconds
-    config.instance_group.append(
-        model_config_pb2.ModelInstanceGroup(
-            count=spec.instance_count, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU
+    if model_filename is not None:
+        config.default_model_filename = model_filename
+    if device is Device.GPU:
+        # No `gpus` list: one group of instances on every GPU the container is given.
+        config.instance_group.append(
+            model_config_pb2.ModelInstanceGroup(
+                count=spec.gpu.instance_count, kind=model_config_pb2.ModelInstanceGroup.KIND_GPU
+            )
         )
-    )
+        _set_gpu_accelerators(config, spec)
+    else:
+        config.instance_group.append(
+            model_config_pb2.ModelInstanceGroup(
+                count=spec.instance_count, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU
+            )
+        )
     _set_parameters(
         config, {**spec.parameters, INTRA_OP_THREADS_PARAMETER: str(spec.intra_op_threads)}
     )
     if spec.warmup_rows:
         config.model_warmup.append(_warmup(spec))
     return config
+
+
+def _tensorrt_shape(spec: OnnxModelSpec, rows: int) -> str:
+    """A TensorRT optimisation-profile shape of every input (``features:600x46``)."""
+    shapes = []
+    for tensor in spec.inputs:
+        dims = [rows] if spec.max_batch_size > 0 else []
+        dims += [d if d >= 0 else 1 for d in tensor.dims]
+        shapes.append(f"{tensor.name}:{'x'.join(str(d) for d in dims)}")
+    return ",".join(shapes)
+
+
+def _set_gpu_accelerators(config: Any, spec: OnnxModelSpec) -> None:
+    """TensorRT first, CUDA for the nodes TensorRT cannot run (the onnxruntime backend's
+    ``gpu_execution_accelerator`` list)."""
+    tensorrt: dict[str, str] = {
+        "precision_mode": spec.gpu.precision_mode,
+        "max_workspace_size_bytes": str(spec.gpu.max_workspace_size_bytes),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{spec.gpu.engine_cache_path}/{spec.name}",
+    }
+    if spec.max_batch_size > 0:
+        # One engine for every batch the dynamic batcher can form; without a profile TensorRT
+        # builds a new engine (seconds) whenever a larger batch than any before arrives.
+        opt_rows = min(spec.warmup_rows or spec.max_batch_size, spec.max_batch_size)
+        tensorrt["trt_profile_min_shapes"] = _tensorrt_shape(spec, 1)
+        tensorrt["trt_profile_opt_shapes"] = _tensorrt_shape(spec, opt_rows)
+        tensorrt["trt_profile_max_shapes"] = _tensorrt_shape(spec, spec.max_batch_size)
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    accelerators.add(name="tensorrt", parameters=tensorrt)
+    # One CUDA stream for TensorRT and the CUDA fallback, so no cross-stream syncs between them.
+    accelerators.add(name="cuda", parameters={"use_ep_level_unified_stream": "1"})
 
 
 def _warmup(spec: OnnxModelSpec) -> Any:
@@ -400,6 +513,7 @@ def write_onnx_model(
     flavour: Flavour,
     version: int = 1,
     metadata: Mapping[str, Any] | None = None,
+    gpu_onnx_model: Path | bytes | None = None,
 ) -> Path:
     """Write one version of an ONNX model, and its config.pbtxt, into ``repository``.
 
@@ -413,6 +527,8 @@ def write_onnx_model(
         flavour: ``local`` (Python backend) or ``production`` (onnxruntime backend).
         version: the version folder number (>= 1).
         metadata: written as ``metadata.json`` beside the model when given.
+        gpu_onnx_model: the graph ``configs/gpu.pbtxt`` serves (production flavour), written
+            as ``model_gpu.onnx``; None serves ``model.onnx`` on the GPU too.
 
     Returns:
         The model's folder, ``repository/spec.name``.
@@ -420,6 +536,8 @@ def write_onnx_model(
     if version < 1:
         raise ValueError("version must be >= 1")
     flavour = Flavour(flavour)
+    if gpu_onnx_model is not None and flavour is Flavour.LOCAL:
+        raise ValueError("a GPU graph belongs to the production flavour only")
     model_dir = repository / spec.name
     model_dir.mkdir(parents=True, exist_ok=True)
     data = onnx_model.read_bytes() if isinstance(onnx_model, Path) else onnx_model
@@ -428,6 +546,11 @@ def write_onnx_model(
         (staging / ONNX_FILENAME).write_bytes(data)
         if flavour is Flavour.LOCAL:
             (staging / PYTHON_MODEL_FILENAME).write_bytes(python_model_source())
+        if gpu_onnx_model is not None:
+            gpu_data = (
+                gpu_onnx_model.read_bytes() if isinstance(gpu_onnx_model, Path) else gpu_onnx_model
+            )
+            (staging / GPU_ONNX_FILENAME).write_bytes(gpu_data)
         if metadata is not None:
             text = json.dumps(dict(metadata), indent=2, sort_keys=True) + "\n"
             (staging / METADATA_FILENAME).write_text(text, encoding="utf-8")
@@ -439,7 +562,34 @@ def write_onnx_model(
     _write_atomic(
         model_dir / CONFIG_FILENAME, config_text(onnx_model_config(spec, flavour)).encode()
     )
+    if flavour is Flavour.PRODUCTION:
+        gpu_config = onnx_model_config(
+            spec,
+            flavour,
+            Device.GPU,
+            model_filename=GPU_ONNX_FILENAME if gpu_onnx_model is not None else None,
+        )
+        _write_atomic(
+            custom_config_path(model_dir, GPU_CONFIG_NAME), config_text(gpu_config).encode()
+        )
     return model_dir
+
+
+def custom_config_path(model_dir: Path, name: str) -> Path:
+    """``<model>/configs/<name>.pbtxt``: what ``tritonserver --model-config-name=<name>`` loads
+    instead of config.pbtxt, when it exists."""
+    return model_dir / CUSTOM_CONFIGS_DIR / f"{name}.pbtxt"
+
+
+def served_config(model_dir: Path, config_name: str | None) -> Any:
+    """The configuration Triton loads for ``model_dir`` when started with
+    ``--model-config-name=config_name`` (None: without it): the named one if present, else
+    config.pbtxt, as Triton falls back."""
+    if config_name:
+        custom = custom_config_path(model_dir, config_name)
+        if custom.is_file():
+            return parse_config(custom.read_text(encoding="utf-8"))
+    return read_config(model_dir)
 
 
 def write_ensemble(repository: Path, spec: EnsembleSpec, *, version: int = 1) -> Path:

@@ -4,7 +4,9 @@ For each ranker ``<name>`` (``ranker_v2``, ``ranker_v3``) two models are written
 :mod:`triton_models.repository`, in both flavours (``build/triton/local`` for the wheel's
 tritonserver, ``build/triton/production`` for the NGC image):
 
-- ``<name>_onnx``: the quantized ONNX model, with dynamic batching and CPU instances;
+- ``<name>_onnx``: the quantized ONNX model, with dynamic batching and CPU instances; in the
+  production flavour also ``configs/gpu.pbtxt``, GPU instances serving the fp32 graph through
+  TensorRT (see :mod:`triton_models.repository`);
 - ``<name>``: an ensemble (``platform: "ensemble"``) of exactly one step, that model.
 
 The ensemble has one step because everything else is already inside the graph:
@@ -110,8 +112,12 @@ def write_ranker(
     options: ServingOptions,
     flavour: repo.Flavour,
     version: int = 1,
+    gpu_onnx_model: Path | None = None,
 ) -> tuple[Path, Path]:
-    """Writes ``<name>_onnx`` and the ensemble ``<name>`` into ``root``; returns both folders."""
+    """Writes ``<name>_onnx`` and the ensemble ``<name>`` into ``root``; returns both folders.
+
+    ``gpu_onnx_model`` (production flavour) is the graph GPU deployments serve.
+    """
     features, score = tensor_specs(num_features)
     model_name = f"{name}_onnx"
     spec = repo.OnnxModelSpec(
@@ -132,7 +138,13 @@ def write_ranker(
         warmup_rows=options.warmup_rows,
     )
     model_dir = repo.write_onnx_model(
-        root, spec, onnx_model, flavour=flavour, version=version, metadata=metadata
+        root,
+        spec,
+        onnx_model,
+        flavour=flavour,
+        version=version,
+        metadata=metadata,
+        gpu_onnx_model=gpu_onnx_model,
     )
     ensemble_dir = repo.write_ensemble(
         root,

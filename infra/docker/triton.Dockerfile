@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # Triton Inference Server with the production model repository (ensembles ranker_v2,
 # ranker_v3; `backend: "onnxruntime"`), produced by `make models` in build/triton/production/.
+# The default command serves config.pbtxt (KIND_CPU); on a GPU add --model-config-name=gpu for
+# each model's configs/gpu.pbtxt (KIND_GPU, TensorRT), as the Helm chart does for triton.device=gpu.
 #
 #   make models
 #   docker build -f infra/docker/triton.Dockerfile -t recsys/triton:dev .
