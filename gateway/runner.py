@@ -1,4 +1,4 @@
-"""`make run` and `make stack`: the local profiles under honcho (a maintained supervisor).
+"""`make run` and `make stack`: the local profiles under supervisord (gateway/supervision.py).
 
 - `local` (`make run`): Triton (the `tritonserver` binary of the nvidia-pytriton wheel) when a
   local model repository has been built, then `serving.processes` gateways (one per core by
@@ -15,8 +15,11 @@
   where `feature_store` points, Prometheus (scraping those ports) and Triton when built.
 
 Both wait until gRPC health reports SERVING on `serving.port` (first on every gateway: behind
-nginx in `stack`, through its HTTP /health in `local`), print how to call the service, and stop
-everything cleanly on Ctrl-C or SIGTERM (honcho forwards the signal to every process).
+nginx in `stack`, through its HTTP /health in `local`) and print how to call the service. A
+process that dies is restarted (with backoff while it keeps dying at start) and the others keep
+serving; Ctrl-C or SIGTERM on the runner stops everything cleanly, in the reverse start order.
+supervisord's configuration, log and control socket are in the run folder (`--run-dir`):
+`python -m supervisor.supervisorctl -c <run-dir>/supervisord.conf status`.
 """
 
 from __future__ import annotations
@@ -25,23 +28,26 @@ import argparse
 import os
 import pwd
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from honcho.manager import Manager
 
+from gateway import supervision
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.supervision import ProcessSpec
 from triton_models.tritonserver import DEFAULT_GRPC_PORT, http_ready
 
 READY_TIMEOUT_S = 180.0
@@ -49,14 +55,6 @@ REPO = Path(__file__).resolve().parents[1]
 NGINX_RENDER = REPO / "infra" / "nginx" / "render-config"
 PROMETHEUS_CONFIG = REPO / "infra" / "prometheus" / "prometheus.yml"
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass(frozen=True)
-class ProcessSpec:
-    """One supervised process: its command line and the environment it adds."""
-
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,7 +174,7 @@ def ensure_port_free(host: str, port: int) -> None:
 
 def _as_postgres_user(argv: list[str]) -> list[str]:
     """Postgres refuses to run as root: drop to the `postgres` system user (setpriv execs the
-    server directly, so honcho signals Postgres itself)."""
+    server directly, so supervisord signals Postgres itself)."""
     if os.geteuid() != 0:
         return argv
     return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv]
@@ -405,10 +403,11 @@ def _wait_until_listening(target: str, deadline: float, stopped: threading.Event
 def wait_until_serving(target: str, timeout_s: float, stopped: threading.Event) -> bool:
     """Polls the gRPC health service until it reports SERVING; False on timeout or stop.
 
-    No gRPC channel is opened before `target` listens: honcho forks every process at start,
-    and a fork while this process's gRPC threads run can abort it ("Check failed:
-    next_worker->state == KICKED" in ev_epoll1_linux.cc, seen once in the stack test, which
-    left Postgres and the gateways never started).
+    No gRPC channel is opened before `target` listens: a fork while this process's gRPC
+    threads run can abort it ("Check failed: next_worker->state == KICKED" in
+    ev_epoll1_linux.cc, seen once in the stack test when honcho forked every process from
+    here). supervisord now forks in a process of its own, started before this runs; the wait
+    keeps the runner safe should it ever fork again.
     """
     deadline = time.monotonic() + timeout_s
     if not _wait_until_listening(target, deadline, stopped):
@@ -508,19 +507,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(".run/stack"),
-        help="where the stack profile keeps its configs, data and logs",
+        default=None,
+        help="where supervisord's files (and the stack's configs, data and logs) go;"
+        " .run/<profile> by default",
     )
     parser.add_argument(
         "--prometheus-port", type=int, default=9090, help="Prometheus' port in the stack profile"
     )
     args = parser.parse_args(argv)
+    run_dir = (args.run_dir or Path(".run") / args.profile).resolve()
     try:
         settings = load_settings(args.config, os.environ)
         if args.profile == "stack":
-            processes = stack_processes(
-                settings, args.config, args.run_dir.resolve(), args.prometheus_port
-            )
+            processes = stack_processes(settings, args.config, run_dir, args.prometheus_port)
         else:
             processes = local_processes(settings, args.config)
     except ConfigError as exc:
@@ -535,9 +534,19 @@ def main(argv: list[str] | None = None) -> None:
                 "earlier `make run` still running? Stop it, or set serving.port "
                 "(RECSYS__SERVING__PORT)."
             )
-    manager = Manager()
-    for name, spec in processes.items():
-        manager.add_process(name, shlex.join(spec.argv), env={**os.environ, **spec.env})
+    files = supervision.write_config(processes, run_dir, Path.cwd())
+    # Started before any thread of ours, so the fork happens while the runner is single-threaded.
+    supervisor = subprocess.Popen(supervision.supervisord_argv(files))
+    signalled: list[int] = []
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        # supervisord stops every program, highest priority first, then exits. Ctrl-C in a
+        # terminal reaches it directly as well (same process group): a second stop is harmless.
+        signalled.append(signum)
+        supervisor.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     stopped = threading.Event()
     target = f"{settings.serving.host}:{settings.serving.port}"
     # nginx reports SERVING as soon as one gateway behind it does; the stack is ready only
@@ -566,10 +575,12 @@ def main(argv: list[str] | None = None) -> None:
         daemon=True,
     ).start()
     try:
-        manager.loop()
+        returncode = supervisor.wait()
     finally:
         stopped.set()
-    sys.exit(manager.returncode)
+    # Stopped on a signal: 128 + its number, as a shell reports it. supervisord exiting by
+    # itself (a bad configuration, its socket taken) is a failure whatever its status.
+    sys.exit(128 + signalled[0] if signalled else returncode or 1)
 
 
 if __name__ == "__main__":
