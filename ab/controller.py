@@ -49,6 +49,7 @@ from ab.backends import fetch_variant_sums
 from ab.bandit import thompson_weights
 from ab.config import ExperimentConfig
 from ab.health import HealthSource, VariantHealth
+from ab.leader import LeaderLease
 from ab.metrics_sql import METRICS, MetricName, VariantSums
 from ab.multitest import adjust_p_values
 from ab.power import PowerInputError, sample_size_mean
@@ -620,11 +621,17 @@ class Controller:
         self._metrics.evaluations.labels(result="error" if failed else "ok").inc()
         return out
 
-    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
-        """Evaluates every `interval_s` until `stop` is set."""
+    async def run(
+        self, stop: asyncio.Event, interval_s: float, lease: LeaderLease | None = None
+    ) -> None:
+        """Evaluates every `interval_s` until `stop` is set; with a `lease`, only in rounds
+        where this process holds it (the others wait, see `ab.leader`)."""
         while not stop.is_set():
+            leading = lease is None or await lease.hold()
+            self._metrics.leader.set(1 if leading else 0)
             try:
-                await self.run_once()
+                if leading:
+                    await self.run_once()
             except Exception:  # e.g. Postgres down: log, count and try again next round
                 self._metrics.evaluations.labels(result="error").inc()
                 _log.exception("evaluation round failed")

@@ -2,9 +2,10 @@
 
 Opens the experiment data (Postgres migrated to the ab schema, or the SQLite files), serves
 the sidecar's Prometheus metrics on its own port (`ab_testing.controller.metrics_port`, 9465
-by default), runs the controller every `interval_s` and stops cleanly on SIGTERM or SIGINT:
-the current evaluation finishes, then the metrics server and the data close, in reverse
-order of opening.
+by default), runs the controller every `interval_s` while it holds the leader lease
+(`ab.leader`: one sidecar of all the pods decides, the others stay up and take over when it
+dies) and stops cleanly on SIGTERM or SIGINT: the current evaluation finishes, then the
+lease, the metrics server and the data close, in reverse order of opening.
 
 Experiment data comes from `ab.backends`: Postgres (`redis_postgres`), or with the embedded
 feature store of `make run` the gateways' SQLite exposure and event logs and the JSON state
@@ -26,6 +27,7 @@ from prometheus_client import start_http_server
 from ab.backends import open_backend
 from ab.controller import Controller
 from ab.health import HealthSource, PrometheusHealthSource
+from ab.leader import LeaderLease, lease_for, leased
 from ab.settings import SidecarSettings
 from ab.telemetry import SidecarMetrics
 
@@ -43,6 +45,8 @@ class RunningSidecar:
     controller: Controller
     metrics: SidecarMetrics
     metrics_port: int
+    lease: LeaderLease
+    """Only its holder evaluates (one decision-maker for all the pods' sidecars)."""
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +86,8 @@ async def open_sidecar(settings: SidecarSettings) -> AsyncIterator[RunningSideca
                 rng=np.random.default_rng(controller_settings.bandit_seed),
             )
             _log.info("ab sidecar data: %s", backend.description)
-            yield RunningSidecar(controller, metrics, int(server.server_port))
+            async with leased(lease_for(settings)) as lease:
+                yield RunningSidecar(controller, metrics, int(server.server_port), lease)
         finally:
             server.shutdown()
             server.server_close()
@@ -103,7 +108,9 @@ async def run_sidecar(settings: SidecarSettings, stop: asyncio.Event | None = No
                 sidecar.metrics_port,
                 settings.ab_testing.controller.interval_s,
             )
-            await sidecar.controller.run(stop_event, settings.ab_testing.controller.interval_s)
+            await sidecar.controller.run(
+                stop_event, settings.ab_testing.controller.interval_s, sidecar.lease
+            )
         _log.info("ab sidecar stopped")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

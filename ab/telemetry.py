@@ -9,7 +9,9 @@ The names match `infra/prometheus/rules/recsys-alerts.yaml` and the business das
 - `recsys_experiment_metric{experiment, variant, metric}`: current value per arm, metric in
   ctr | conversion_rate | revenue_per_user | average_order_value;
 - `recsys_experiment_weight{experiment, variant}`: the traffic weight routing applies;
-- `recsys_experiment_evaluations_total{result}`: evaluation rounds, ok or error.
+- `recsys_experiment_evaluations_total{result}`: evaluation rounds, ok or error;
+- `recsys_experiment_controller_leader`: 1 while this sidecar holds the controller's leader
+  lease and evaluates, 0 while it follows (`ab.leader`); the sum over sidecars is 1.
 
 Labels come from the configuration only (experiment and variant names, fixed metric and
 decision names). The registry is injectable so tests use a fresh one.
@@ -71,6 +73,11 @@ class SidecarMetrics:
         )
         for result in ("ok", "error"):
             self.evaluations.labels(result=result)
+        self.leader = Gauge(
+            "recsys_experiment_controller_leader",
+            "1 while this sidecar holds the controller lease and evaluates experiments.",
+            registry=r,
+        )
 
     def initialise(self, experiments: Iterable[ExperimentConfig]) -> None:
         """Creates every experiment's decision counters at 0 and its guardrail gauges at 0."""
