@@ -1,4 +1,4 @@
-"""Command line of the ``ab`` package: ``python -m ab <command>``.
+"""Command line of the ``ab`` package: ``recsys-ab <command>`` or ``python -m ab <command>``.
 
 Each command is a subparser whose ``handler`` takes the parsed arguments and returns the exit
 status; adding a command (``sidecar``, ``analyze`` ...) means adding one ``_add_<name>``
@@ -8,8 +8,11 @@ function to ``_COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
+from importlib.metadata import version
 from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
@@ -103,18 +106,46 @@ def _analyze(args: argparse.Namespace) -> int:
     return cli.run_analyze_command(args)
 
 
+_PERIOD = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_period(text: str) -> timedelta:
+    """`30s`, `15m`, `6h` or `1d` as a timedelta.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    match = _PERIOD.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a period: a positive whole number and s, m, h or d (e.g. 1d, 1h)"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
 def _add_analyze(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "analyze",
-        help="write a Markdown report of one experiment",
+        help="write the report of one experiment: Markdown, plots, CSV and JSON",
         description=(
             "Per-variant metrics, effects with confidence intervals, SRM, decision history "
-            "and cumulative lift per day, written to DIR/<experiment>.md."
+            "and the cumulative lift at the end of every period, written to DIR: "
+            "<experiment>.md, plots (<experiment>_lift / _arms / _decisions, PNG and SVG), "
+            "<experiment>.json and CSV tables (_lift, _arms, _decisions). Reads Postgres or, "
+            "with the embedded feature store of make run, the gateways' SQLite files."
         ),
     )
     _config_argument(parser)
     parser.add_argument("--experiment", required=True, help="experiment name")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--period",
+        type=parse_period,
+        default=timedelta(days=1),
+        metavar="N{s,m,h,d}",
+        help="length of the periods the cumulative figures are given for (default: 1d)",
+    )
     parser.set_defaults(handler=_analyze)
 
 
@@ -128,7 +159,8 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ab`` argument parser with every registered command."""
-    parser = argparse.ArgumentParser(prog="python -m ab", description="Experiment tools.")
+    parser = argparse.ArgumentParser(prog="recsys-ab", description="Experiment tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('recsys')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(commands)

@@ -2,9 +2,10 @@
 
 Every command reads the service's YAML config (`--config`) through `ab.settings`. With the
 `redis_postgres` feature store backend, state and audit log live in Postgres; with the
-embedded backend in `ab_testing.controller.state_file` (the admin commands then work on the
-JSON file, `analyze` and `sidecar` need Postgres). Output is JSON on stdout (the report is a
-file); errors go to stderr with exit status 2.
+embedded backend (`make run`) in `ab_testing.controller.state_file`, and `analyze` and
+`sidecar` read the gateways' SQLite exposure and event logs (`ab.backends`). Output is JSON
+on stdout (`analyze` prints the paths of the files it wrote); errors go to stderr with exit
+status 2.
 """
 
 from __future__ import annotations
@@ -121,30 +122,38 @@ def run_experiments_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _analyze(args: argparse.Namespace, settings: SidecarSettings) -> Path:
-    from ab.report import build_report
+async def _analyze(args: argparse.Namespace, settings: SidecarSettings) -> list[Path]:
+    from ab.backends import open_backend
+    from ab.report import build_analysis, render_report
+    from ab.report_files import write_report_files
+    from ab.report_plots import write_plots
 
     experiment = admin.find_experiment(settings.ab_testing.experiments, args.experiment)
-    if not settings.uses_postgres:
-        raise admin.AdminError("analyze needs feature_store.backend: redis_postgres")
-    pool = await open_pool(settings.feature_store.postgres, max_size=2)
-    try:
-        text = await build_report(pool, PostgresStateStore(pool), experiment)
-    finally:
-        await pool.close()
+    async with open_backend(settings, max_connections=2) as backend:
+        try:
+            analysis = await build_analysis(
+                backend.metrics, backend.store, experiment, period=args.period
+            )
+        except ValueError as exc:  # too many periods for the span
+            raise admin.AdminError(f"--period: {exc}") from exc
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{experiment.name}.md"
-    path.write_text(text, encoding="utf-8")
-    return path
+    # Rendering a few figures takes a second of CPU: off the event loop's thread anyway.
+    plots = await asyncio.to_thread(write_plots, analysis, out_dir)
+    tables = write_report_files(analysis, out_dir)
+    report = out_dir / f"{experiment.name}.md"
+    figures = [p.name for p in plots if p.suffix == ".png"]
+    report.write_text(render_report(analysis, figures), encoding="utf-8")
+    return [report, *plots, *tables]
 
 
 def run_analyze_command(args: argparse.Namespace) -> int:
     """`python -m ab analyze`."""
     try:
         settings = _settings(args)
-        path = asyncio.run(_analyze(args, settings))
+        paths = asyncio.run(_analyze(args, settings))
     except (SettingsError, ExperimentStoreError, admin.AdminError) as exc:
         return _fail(str(exc))
-    print(path)
+    for path in paths:
+        print(path)
     return 0

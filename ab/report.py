@@ -1,25 +1,128 @@
-"""Markdown analysis report of one experiment (`python -m ab analyze`).
+"""Analysis of one experiment (`python -m ab analyze`): the numbers, and the Markdown report.
 
-Sections: per-variant metrics, effects with confidence intervals (two-sided, relative, with
-the experiment's alpha; always-valid intervals under the sequential policy), the
-sample-ratio-mismatch test, the decision history, and the cumulative lift of every metric per
-day as a table (there is no plotting library in the image; the table is what a plot would
-show).
+`build_analysis` reads everything once from either backend (`ab.backends`): per-variant sums,
+effects with confidence intervals (two-sided, relative, with the experiment's alpha;
+always-valid intervals under the sequential policy), the sample-ratio-mismatch test, the
+decision history, and the same figures cumulated at the end of every period (a day by
+default) from the first exposure to the last. `render_report` writes it as Markdown;
+`ab.report_files` writes it as CSV and JSON, `ab.report_plots` as figures.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import date
-
-import asyncpg
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from ab.config import ExperimentConfig
 from ab.controller import MetricTest, compare_arms
-from ab.metrics_sql import METRICS, VariantSums, fetch_cumulative_daily, fetch_variant_sums
-from ab.srm import srm_test
+from ab.metrics_sql import METRICS, ExperimentMetrics, VariantSums, period_ends
+from ab.srm import SrmResult, srm_test
 from ab.store import DecisionRecord, ExperimentState, StateStore
+
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodPoint:
+    """The experiment as it stood at the end of one period (everything since its start)."""
+
+    end: datetime
+    sums: Mapping[str, VariantSums]
+    tests: tuple[MetricTest, ...]
+    """Every treatment against control on every metric (two-sided)."""
+    srm: SrmResult | None
+    """None while no user is exposed or a configured weight is 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Everything the report, its tables and its plots show."""
+
+    experiment: ExperimentConfig
+    generated_at: datetime
+    period: timedelta
+    sums: Mapping[str, VariantSums]
+    tests: tuple[MetricTest, ...]
+    srm: SrmResult | None
+    state: ExperimentState | None
+    decisions: tuple[DecisionRecord, ...]
+    points: tuple[PeriodPoint, ...]
+
+    @property
+    def arms(self) -> list[str]:
+        """Variant names, control first."""
+        return [v.name for v in self.experiment.variants]
+
+    def period_label(self, end: datetime) -> str:
+        """A period by its end: the day it closes for whole days, else the end time."""
+        if self.period % DAY == timedelta(0) and end.time() == datetime.min.time():
+            return (end - DAY).date().isoformat()
+        return end.isoformat()
+
+
+def _tests(experiment: ExperimentConfig, sums: Mapping[str, VariantSums]) -> tuple[MetricTest, ...]:
+    control = sums.get(experiment.variants[0].name)
+    out: list[MetricTest] = []
+    if control is None:
+        return ()
+    for variant in experiment.variants[1:]:
+        treatment = sums.get(variant.name)
+        if treatment is None:
+            continue
+        for metric in METRICS:
+            test = compare_arms(experiment, metric, control, treatment, "two-sided")
+            if test is not None:
+                out.append(test)
+    return tuple(out)
+
+
+def _srm(experiment: ExperimentConfig, sums: Mapping[str, VariantSums]) -> SrmResult | None:
+    observed = [sums[v.name].users if v.name in sums else 0 for v in experiment.variants]
+    weights = [v.weight for v in experiment.variants]
+    if sum(observed) == 0 or not all(w > 0 for w in weights):
+        return None
+    return srm_test(observed, weights)
+
+
+async def build_analysis(
+    metrics: ExperimentMetrics,
+    store: StateStore,
+    experiment: ExperimentConfig,
+    *,
+    period: timedelta = DAY,
+    now: datetime | None = None,
+) -> Analysis:
+    """Reads the experiment from its backend and computes every figure.
+
+    Raises:
+        ValueError: the exposures span more than `ab.metrics_sql.MAX_PERIODS` periods.
+        ab.store.ExperimentStoreError: the backend failed.
+    """
+    span = await metrics.exposure_span(experiment)
+    start = experiment.start
+    ends: list[datetime] = []
+    if span is not None:
+        first = span[0] if start is None else max(span[0], start)
+        ends = period_ends(first, max(first, span[1]), period)
+    [sums, *cumulative] = await metrics.cumulative(experiment, start=start, ends=[None, *ends])
+    points = tuple(
+        PeriodPoint(end, point, _tests(experiment, point), _srm(experiment, point))
+        for end, point in zip(ends, cumulative, strict=True)
+    )
+    states = await store.load_states()
+    return Analysis(
+        experiment=experiment,
+        generated_at=now or datetime.now(UTC),
+        period=period,
+        sums=sums,
+        tests=_tests(experiment, sums),
+        srm=_srm(experiment, sums),
+        state=states.get(experiment.name),
+        decisions=tuple(await store.decisions(experiment.name)),
+        points=points,
+    )
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -34,31 +137,16 @@ def _pct(value: float | None) -> str:
     return f"{value:+.2%}"
 
 
-def _tests(experiment: ExperimentConfig, sums: Mapping[str, VariantSums]) -> list[MetricTest]:
-    control = sums.get(experiment.variants[0].name)
-    out: list[MetricTest] = []
-    if control is None:
-        return out
-    for variant in experiment.variants[1:]:
-        treatment = sums.get(variant.name)
-        if treatment is None:
-            continue
-        for metric in METRICS:
-            test = compare_arms(experiment, metric, control, treatment, "two-sided")
-            if test is not None:
-                out.append(test)
-    return out
+def _period_name(period: timedelta) -> str:
+    if period == DAY:
+        return "day"
+    return f"{period.total_seconds():g} s"
 
 
-def render_report(
-    experiment: ExperimentConfig,
-    sums: Mapping[str, VariantSums],
-    daily: Sequence[tuple[date, Mapping[str, VariantSums]]],
-    state: ExperimentState | None,
-    decisions: Sequence[DecisionRecord],
-) -> str:
-    """The report as Markdown."""
-    arms = [v.name for v in experiment.variants]
+def render_report(analysis: Analysis, figures: Sequence[str] = ()) -> str:
+    """The analysis as Markdown; `figures` (file names beside the report) are linked."""
+    experiment, sums, state = analysis.experiment, analysis.sums, analysis.state
+    arms = analysis.arms
     lines = [
         f"# Experiment `{experiment.name}`",
         "",
@@ -67,6 +155,7 @@ def render_report(
         "- configured weights: " + ", ".join(f"{v.name} {v.weight:g}" for v in experiment.variants),
         f"- status: {state.status if state else 'running'}"
         + (f" (weights {dict(state.weights)})" if state and state.weights else ""),
+        f"- generated at {analysis.generated_at.isoformat()}",
         "",
         "## Metrics per variant",
         "",
@@ -93,7 +182,7 @@ def render_report(
         "| variant | metric | control | treatment | effect | CI | p-value | P(higher) |",
         "|---|---|---:|---:|---:|---|---:|---:|",
     ]
-    for t in _tests(experiment, sums):
+    for t in analysis.tests:
         lines.append(
             f"| {t.variant} | {t.metric} | {_num(t.control_value)} | {_num(t.treatment_value)} "
             f"| {_pct(t.effect)} | [{_pct(t.ci[0])}, {_pct(t.ci[1])}] | {t.p_value:.4g} "
@@ -106,72 +195,48 @@ def render_report(
         "rule: watched until it crosses a line, it finds false wins like a peeked p-value. "
         "Decisions use the CI above.",
     ]
-    observed = [sums[a].users if a in sums else 0 for a in arms]
     lines += ["", "## Sample-ratio mismatch", ""]
-    if sum(observed) > 0:
-        srm = srm_test(observed, [v.weight for v in experiment.variants])
+    srm = analysis.srm
+    if srm is not None:
         lines.append(
-            f"Users {dict(zip(arms, observed, strict=True))}, expected "
+            f"Users {dict(zip(arms, srm.observed, strict=True))}, expected "
             f"{ {a: round(e, 1) for a, e in zip(arms, srm.expected, strict=True)} }: "
             f"chi2 = {srm.statistic:.3f}, p = {srm.p_value:.4g}"
             + (" — **mismatch**" if srm.p_value < experiment.srm_p_value else "")
         )
     else:
-        lines.append("No exposed users yet.")
+        lines.append("No exposed users yet (or an arm with weight 0).")
     lines += ["", "## Decision history", ""]
-    if decisions:
+    if analysis.decisions:
         lines += ["| when | decision | reason |", "|---|---|---|"]
-        for d in decisions:
+        for d in analysis.decisions:
             reason = d.reason.replace("|", "\\|")
             lines.append(f"| {d.decided_at.isoformat()} | {d.decision} | {reason} |")
     else:
         lines.append("No decisions yet.")
-    lines += ["", "## Cumulative lift per day", ""]
-    if not daily or len(arms) < 2:
+    lines += ["", f"## Cumulative lift per {_period_name(analysis.period)}", ""]
+    if figures:
+        lines += [f"![{name}]({name})" for name in figures] + [""]
+    if not analysis.points or len(arms) < 2:
         lines.append("No data.")
     for variant in arms[1:]:
         lines += [
             f"### {variant} vs {arms[0]}",
             "",
-            "| day | users | " + " | ".join(f"{m} lift | {m} CI" for m in METRICS) + " |",
+            "| period | users | " + " | ".join(f"{m} lift | {m} CI" for m in METRICS) + " |",
             "|---|---:|" + "---:|---|" * len(METRICS),
         ]
-        for day, day_sums in daily:
-            control, treatment = day_sums.get(arms[0]), day_sums.get(variant)
-            users = sum(s.users for s in day_sums.values())
+        for point in analysis.points:
+            by_metric = {t.metric: t for t in point.tests if t.variant == variant}
+            users = sum(s.users for s in point.sums.values())
             cells = []
             for metric in METRICS:
-                test = (
-                    compare_arms(experiment, metric, control, treatment, "two-sided")
-                    if control and treatment
-                    else None
-                )
+                test = by_metric.get(metric)
                 if test is None:
                     cells.append("- | -")
                 else:
                     cells.append(f"{_pct(test.effect)} | [{_pct(test.ci[0])}, {_pct(test.ci[1])}]")
-            lines.append(f"| {day.isoformat()} | {users} | " + " | ".join(cells) + " |")
+            label = analysis.period_label(point.end)
+            lines.append(f"| {label} | {users} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-async def build_report(pool: asyncpg.Pool, store: StateStore, experiment: ExperimentConfig) -> str:
-    """Reads everything the report needs from Postgres and renders it."""
-    sums = await fetch_variant_sums(pool, experiment, start=experiment.start)
-    async with pool.acquire() as connection:
-        span = await connection.fetchrow(
-            "SELECT min(ts) AS first, max(ts) AS last FROM exposures WHERE experiment = $1",
-            experiment.name,
-        )
-    daily: list[tuple[date, dict[str, VariantSums]]] = []
-    if span["first"] is not None:
-        daily = await fetch_cumulative_daily(
-            pool,
-            experiment,
-            start=experiment.start,
-            first_day=span["first"].date(),
-            last_day=span["last"].date(),
-        )
-    states = await store.load_states()
-    decisions = await store.decisions(experiment.name)
-    return render_report(experiment, sums, daily, states.get(experiment.name), decisions)

@@ -175,6 +175,22 @@ async def test_analyze_writes_a_markdown_report(
     ):
         assert heading in report, heading
     assert "promote" in report or "continue" not in report
+    assert "![ranker_v2_vs_v3_lift.png](ranker_v2_vs_v3_lift.png)" in report
+    written = {p.name for p in tmp_path.iterdir()}
+    for kind in ("lift", "arms", "decisions"):
+        assert {f"{EXPERIMENT.name}_{kind}.png", f"{EXPERIMENT.name}_{kind}.svg"} <= written
+    document = json.loads((tmp_path / f"{EXPERIMENT.name}.json").read_text())
+    assert [p["label"] for p in document["periods"]] == ["2026-03-02", "2026-03-03", "2026-03-04"]
+    audit = await PostgresStateStore(pool).decisions(EXPERIMENT.name)
+    assert [d["decision"] for d in document["decisions"]] == [d.decision for d in audit]
+    # the last period ends after the last exposure: its cumulative figures are the totals
+    totals = {arm: {k: v for k, v in s.items() if k != "values"} for arm, s in
+              document["variants"].items()}  # fmt: skip
+    last = document["periods"][-1]["variants"]
+    assert set(last) == set(totals) == {"control", "treatment"}
+    for arm, sums in totals.items():
+        assert last[arm]["users"] == sums["users"]
+        assert last[arm]["revenue"] == pytest.approx(sums["revenue"], rel=1e-12)
     # The better treatment is probably better: P(higher) of its conversion rate above 50%.
     effects = report.split("## Effects")[1].split("## Sample-ratio")[0]
     assert "| P(higher) |" in effects and "not a decision rule" in effects
