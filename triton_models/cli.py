@@ -139,7 +139,10 @@ def run_pipeline(
         (
             "rankers",
             folders["rankers"],
-            lambda: [*_files(folders["datasets"]), *_code("triton_models/rankers.py")],
+            lambda: [
+                *_files(folders["datasets"]),
+                *_code("triton_models/rankers.py", "triton_models/discovery.py"),
+            ],
             lambda: pipeline.run_rankers(folders["datasets"], folders["rankers"], opts),
         ),
         (
@@ -154,11 +157,23 @@ def run_pipeline(
             "evaluation",
             folders["reports"],
             lambda: [
+                *table_files,
                 *_files(folders["onnx"], folders["retrieval"]),
-                *_code("triton_models/evaluate.py", "triton_models/metrics.py"),
+                *_code(
+                    "triton_models/evaluate.py",
+                    "triton_models/metrics.py",
+                    "triton_models/discovery.py",
+                    "feature_service/surfaces.py",
+                ),
             ],
             lambda: pipeline.run_evaluation(
-                folders["datasets"], folders["onnx"], folders["retrieval"], folders["reports"]
+                tables,
+                data_dir,
+                folders["datasets"],
+                folders["onnx"],
+                folders["retrieval"],
+                folders["reports"],
+                opts,
             ),
         ),
         (

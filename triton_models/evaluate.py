@@ -7,26 +7,59 @@ user bought in the rest of the test period (:mod:`triton_models.metrics`):
 - ``popularity``: the catalogue by popularity as of ``test_start``;
 - ``repeat_purchase``: the user's past items by order count (then recency), then popularity;
 - ``retrieval_only``: all items by ALS score (user · item), popularity for users without one;
+- ``popularity_skip_own``: the popular list without the user's own past items;
+- ``item_to_item``: co-purchase neighbours (cosine over customers, ``implicit``'s
+  ``CosineRecommender`` on purchases before ``test_start``) of the user's past items, own
+  items skipped, then popularity;
 - ``ranker_vN (fp32|int8)``: the ranker's order of the candidate set (retrieval top-N, past
-  items, popular items); relevant items outside the candidates count as misses.
+  items, popular items); relevant items outside the candidates count as misses;
+- ``discovery_vN (fp32|int8)``: the discovery model's order of the candidates the user never
+  bought (:mod:`triton_models.discovery`);
+- the surfaces as served (:mod:`feature_service.surfaces`): ``BUY_AGAIN`` (today's ranker),
+  ``DISCOVER`` (the discovery model) and ``MIXED`` with 1 to 5 discovery slots.
+
+Every list is scored overall, on re-orders and on products new to the user apart
+(:func:`triton_models.metrics.segment_metrics`), with its share of own items and its
+catalogue coverage.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 
 from feature_service.definitions import FEATURE_NAMES
+from feature_service.surfaces import DEFAULT_DISCOVERY_SLOTS, mixed_order
 from triton_models.dataset import RankingSet
-from triton_models.metrics import ndcg_at_k, rank_by_score, ranking_metrics
+from triton_models.discovery import discovery_lists
+from triton_models.metrics import (
+    ndcg_at_k,
+    rank_by_score,
+    ranking_metrics,
+    segment_metrics,
+    split_by_history,
+)
 
 DEPTH = 100
 """Length of the baseline lists (MRR looks at most this deep)."""
+ITEM_NEIGHBOURS = 20
+"""Co-purchase neighbours kept per item by the item-to-item baseline (implicit's default; 100
+and 500 measured lower discovery recall on the test period: 0.035 and 0.036 against 0.043)."""
+TODAY = "ranker_v2_int8"
+"""The list served today (the default model, quantized): BUY_AGAIN, and MIXED's base."""
+DISCOVERY = "discovery_v1_int8"
+"""The model behind DISCOVER and MIXED's discovery slots."""
+MASKED = f"{TODAY} own items masked"
+"""Today's ranker on the candidates new to the user: the filter, not a separate objective."""
+MIXED_SLOTS = (1, 2, 3, 4, 5)
+"""Discovery slots the report measures MIXED with (the served default is one of them)."""
 
 
 def popularity_lists(
@@ -53,6 +86,64 @@ def repeat_purchase_lists(
         rows = slice(test.offsets[q], test.offsets[q + 1])
         owned = order[: int((count[rows] > 0).sum())]
         lists.append(np.concatenate([owned, pop[~np.isin(pop, owned)]])[:DEPTH])
+    return lists
+
+
+def popularity_skip_own_lists(
+    test: RankingSet, popularity: npt.NDArray[np.float32]
+) -> list[npt.NDArray[np.int32]]:
+    """The popular list without each user's own past items."""
+    top = np.argsort(-popularity, kind="stable").astype(np.int32)
+    return [top[~np.isin(top, past)][:DEPTH] for past in test.history]
+
+
+def purchase_matrix(
+    users: npt.NDArray[Any], positions: npt.NDArray[np.int32], n_items: int
+) -> sp.csr_matrix:
+    """Binary customers x items matrix of purchase lines (user id and item position each)."""
+    _, rows = np.unique(users, return_inverse=True)
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, positions)),
+        shape=(int(rows.max()) + 1 if len(rows) else 0, n_items),
+    )
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def item_to_item_lists(
+    test: RankingSet, purchases: sp.csr_matrix, popularity: npt.NDArray[np.float32]
+) -> list[npt.NDArray[np.int32]]:
+    """Co-purchase neighbours of each user's past items (cosine over customers), own items
+    skipped, then popular items; users without a history get the popular list."""
+    from implicit.nearest_neighbours import CosineRecommender
+    from implicit.utils import ParameterWarning
+
+    n_items = purchases.shape[1]
+    model = CosineRecommender(K=ITEM_NEIGHBOURS, num_threads=1)
+    with warnings.catch_warnings():
+        # implicit 0.7.3 normalises our CSR input into a COO matrix itself under SciPy 1.17,
+        # then warns about the conversion it just made.
+        warnings.simplefilter("ignore", ParameterWarning)
+        model.fit(purchases, show_progress=False)
+    rows = np.repeat(np.arange(len(test)), [len(h) for h in test.history])
+    cols = np.concatenate([*test.history, np.empty(0, np.int32)])
+    owned = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(test), n_items)
+    )
+    ids, scores = model.recommend(
+        np.arange(len(test)),
+        owned,
+        N=DEPTH,
+        filter_already_liked_items=True,
+        recalculate_user=True,
+    )
+    top = np.argsort(-popularity, kind="stable").astype(np.int32)
+    lists = []
+    for q, past in enumerate(test.history):
+        near = ids[q][scores[q] > 0].astype(np.int32)
+        fill = top[~np.isin(top, np.concatenate([past, near]))]
+        lists.append(np.concatenate([near, fill])[:DEPTH])
     return lists
 
 
@@ -90,21 +181,56 @@ def per_query_ndcg(
     )
 
 
+def surface_lists(
+    test: RankingSet,
+    buy_again: list[npt.NDArray[np.int32]],
+    discover: list[npt.NDArray[np.int32]],
+) -> dict[str, list[npt.NDArray[np.int32]]]:
+    """BUY_AGAIN, DISCOVER and MIXED (each number of discovery slots) as the gateway blends
+    them, from the ranker's and the discovery model's lists."""
+    lists = {"BUY_AGAIN": buy_again, "DISCOVER": discover}
+    for slots in MIXED_SLOTS:
+        lists[f"MIXED ({slots} discovery slots)"] = [
+            mixed_order(ranker, new, past, 10, slots)
+            for ranker, new, past in zip(buy_again, discover, test.history, strict=True)
+        ]
+    return lists
+
+
 def evaluate(
     test: RankingSet,
     popularity: npt.NDArray[np.float32],
     item_vectors: npt.NDArray[np.float32],
     model_scores: Mapping[str, npt.NDArray[np.float32]],
+    discovery_scores: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    purchases: sp.csr_matrix | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the baselines and of each ``model_scores`` entry (scores per test row)."""
+    """Metrics of the baselines and of each ``model_scores`` / ``discovery_scores`` entry
+    (scores per test row); ``purchases`` (customers x items before the test period) adds the
+    item-to-item baseline. With today's ranker and a discovery model, the surfaces too."""
     lists: dict[str, list[npt.NDArray[np.int32]]] = {
         "popularity": popularity_lists(popularity, len(test)),
         "repeat_purchase": repeat_purchase_lists(test, popularity),
         "retrieval_only": retrieval_lists(test, item_vectors, popularity),
+        "popularity_skip_own": popularity_skip_own_lists(test, popularity),
     }
+    if purchases is not None:
+        lists["item_to_item"] = item_to_item_lists(test, purchases, popularity)
     for name, scores in model_scores.items():
         lists[name] = rank_by_score(test.positions, scores, test.offsets)
+    for name, scores in (discovery_scores or {}).items():
+        lists[name] = discovery_lists(test, scores)
+    surfaces: dict[str, list[npt.NDArray[np.int32]]] = {}
+    if TODAY in lists and DISCOVERY in lists:
+        # The filter the discovery model is measured against: today's ranker, own items masked.
+        lists[MASKED] = discovery_lists(test, model_scores[TODAY])
+        surfaces = surface_lists(test, lists[TODAY], lists[DISCOVERY])
     metrics = {name: ranking_metrics(ranked, test.relevant, k=10) for name, ranked in lists.items()}
+    n_items = len(popularity)
+    segments = {
+        name: segment_metrics(ranked, test.relevant, test.history, n_items)
+        for name, ranked in {**lists, **surfaces}.items()
+    }
     per_query = {name: per_query_ndcg(ranked, test.relevant) for name, ranked in lists.items()}
     candidate_recall = float(
         np.mean(
@@ -115,7 +241,29 @@ def evaluate(
             ]
         )
     )
-    return {"metrics": metrics, "per_query_ndcg": per_query, "candidate_recall": candidate_recall}
+    _, new = split_by_history(test.relevant, test.history)
+    discover_vs_masked = (
+        paired_bootstrap(per_query_ndcg(lists[DISCOVERY], new), per_query_ndcg(lists[MASKED], new))
+        if MASKED in lists
+        else None
+    )
+    new_candidate_recall = float(
+        np.mean(
+            [
+                np.isin(rel, test.positions[test.offsets[q] : test.offsets[q + 1]]).mean()
+                for q, rel in enumerate(new)
+                if len(rel)
+            ]
+        )
+    )
+    return {
+        "metrics": metrics,
+        "segments": segments,
+        "per_query_ndcg": per_query,
+        "candidate_recall": candidate_recall,
+        "new_item_candidate_recall": new_candidate_recall,
+        "discover_minus_masked_ranker": discover_vs_masked,
+    }
 
 
 def targets(metrics: Mapping[str, Mapping[str, float]], rankers: list[str]) -> dict[str, bool]:
@@ -128,6 +276,53 @@ def targets(metrics: Mapping[str, Mapping[str, float]], rankers: list[str]) -> d
         result[f"{name}: ndcg@10 >= 1.5x popularity"] = ndcg >= 1.5 * pop
         result[f"{name}: ndcg@10 > retrieval_only"] = ndcg > retrieval
     return result
+
+
+def discovery_targets(
+    segments: Mapping[str, Mapping[str, Any]], slots: int = DEFAULT_DISCOVERY_SLOTS
+) -> dict[str, bool]:
+    """The discovery issue's offline targets (those a served list has to meet again)."""
+    if "DISCOVER" not in segments:
+        return {}
+
+    def recall(name: str, segment: str) -> float:
+        return float(segments[name][segment]["recall@10"])
+
+    discover = recall("DISCOVER", "discovery")
+    mixed = f"MIXED ({slots} discovery slots)"
+    result = {
+        "DISCOVER recall@10 on new products >= 1.25x popularity_skip_own": discover
+        >= 1.25 * recall("popularity_skip_own", "discovery"),
+        f"{mixed} discovery HR@10 >= 0.35": segments[mixed]["discovery"]["hr@10"] >= 0.35,
+        f"{mixed} overall recall@10 within 5% of today's ({TODAY})": recall(mixed, "overall")
+        >= 0.95 * recall("BUY_AGAIN", "overall"),
+        f"BUY_AGAIN re-order recall@10 not below today's ({TODAY})": recall("BUY_AGAIN", "reorder")
+        >= recall(TODAY, "reorder"),
+    }
+    if "item_to_item" in segments:
+        result["DISCOVER recall@10 on new products > item_to_item"] = discover > recall(
+            "item_to_item", "discovery"
+        )
+    return result
+
+
+def segment_table(segments: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown rows: each list overall, on re-orders and on new products, with own-item share
+    and coverage."""
+    lines = [
+        "| list | recall@10 | re-orders: recall@10 | HR@10 | NDCG@10 | new products: recall@10 "
+        "| HR@10 | NDCG@10 | own items in top 10 | catalogue coverage@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in segments.items():
+        re, new = m["reorder"], m["discovery"]
+        lines.append(
+            f"| {name} | {m['overall']['recall@10']:.4f} | {re['recall@10']:.4f} "
+            f"| {re['hr@10']:.3f} | {re['ndcg@10']:.4f} | {new['recall@10']:.4f} "
+            f"| {new['hr@10']:.3f} | {new['ndcg@10']:.4f} | {m['own_item_share@10']:.1%} "
+            f"| {m['coverage@10']:.1%} |"
+        )
+    return lines
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -158,6 +353,35 @@ def markdown(report: Mapping[str, Any]) -> str:
     ]
     for target, met in report["targets"].items():
         lines.append(f"- {'met' if met else 'MISSED'}: {target}")
+    segments = report.get("segments")
+    if segments:
+        any_list = next(iter(segments.values()))
+        lines += [
+            "",
+            "## Re-orders and discovery",
+            "",
+            f"The same lists scored on re-orders (relevant items the customer bought before; "
+            f"{int(any_list['reorder']['queries'])} queries) and on products new to the "
+            f"customer ({int(any_list['discovery']['queries'])} queries), as served: an own "
+            "item is a miss on the discovery side. Share of top-10 slots on own past items; "
+            "catalogue coverage: share of all items in at least one top 10. New products "
+            "among the ranker's candidates (the ceiling of any model reordering them): "
+            f"{report['new_item_candidate_recall']:.4f}.",
+            "",
+            *segment_table(segments),
+            "",
+            "## Discovery targets",
+            "",
+        ]
+        for target, met in report.get("discovery_targets", {}).items():
+            lines.append(f"- {'met' if met else 'MISSED'}: {target}")
+        diff = report.get("discover_minus_masked_ranker")
+        if diff:
+            lines += [
+                "",
+                f"Discovery NDCG@10, {DISCOVERY} - {MASKED} = {diff['mean_diff']:+.4f} "
+                f"(95% paired bootstrap CI {diff['ci95_low']:+.4f} .. {diff['ci95_high']:+.4f}).",
+            ]
     lines += ["", "## v2 vs v3 (FP32), paired bootstrap over queries", ""]
     diff = report["v2_minus_v3"]
     lines.append(

@@ -9,6 +9,7 @@ For one query with ranked list ``r`` and relevant set ``R``:
 - ``MRR = 1 / (rank of the first relevant item)`` within the first ``MRR_DEPTH`` items, else 0.
 
 Queries with an empty relevant set are skipped; each metric is the mean over queries.
+:func:`segment_metrics` scores the same lists on re-orders and on items new to the user apart.
 """
 
 from __future__ import annotations
@@ -96,3 +97,55 @@ def rank_by_score(
         order = np.argsort(-scores[start:end], kind="stable")
         ranked.append(positions[start:end][order])
     return ranked
+
+
+def split_by_history(
+    relevant: Sequence[npt.NDArray[np.int32]], history: Sequence[npt.NDArray[np.int32]]
+) -> tuple[list[npt.NDArray[np.int32]], list[npt.NDArray[np.int32]]]:
+    """Per query, the relevant items the user had bought before (re-orders) and those new to
+    the user (discovery)."""
+    reorders, new = [], []
+    for rel, past in zip(relevant, history, strict=True):
+        reorders.append(np.intersect1d(rel, past).astype(np.int32))
+        new.append(np.setdiff1d(rel, past).astype(np.int32))
+    return reorders, new
+
+
+def own_item_share(
+    ranked: Sequence[npt.NDArray[np.int32]], history: Sequence[npt.NDArray[np.int32]], k: int = 10
+) -> float:
+    """Share of the first k slots, over all queries, that hold an item the user bought before."""
+    slots = sum(min(len(r), k) for r in ranked)
+    own = sum(int(np.isin(r[:k], past).sum()) for r, past in zip(ranked, history, strict=True))
+    return own / slots if slots else 0.0
+
+
+def catalogue_coverage(ranked: Sequence[npt.NDArray[np.int32]], n_items: int, k: int = 10) -> float:
+    """Share of the catalogue's ``n_items`` that appear in at least one list's first k."""
+    if not ranked or n_items == 0:
+        return 0.0
+    return len(np.unique(np.concatenate([r[:k] for r in ranked]))) / n_items
+
+
+def segment_metrics(
+    ranked: Sequence[npt.NDArray[np.int32]],
+    relevant: Sequence[npt.NDArray[np.int32]],
+    history: Sequence[npt.NDArray[np.int32]],
+    n_items: int,
+    k: int = 10,
+) -> dict[str, Any]:
+    """Metrics of the lists on all relevant items, on re-orders only, and on items new to the
+    user only (each averaged over the queries that have such items), plus the share of slots
+    spent on the user's own past items and the catalogue coverage of the first k.
+
+    A list is scored as served: on the discovery segment, a slot holding an owned item is a
+    miss like any other.
+    """
+    reorders, new = split_by_history(relevant, history)
+    return {
+        "overall": ranking_metrics(ranked, relevant, k),
+        "reorder": ranking_metrics(ranked, reorders, k),
+        "discovery": ranking_metrics(ranked, new, k),
+        f"own_item_share@{k}": own_item_share(ranked, history, k),
+        f"coverage@{k}": catalogue_coverage(ranked, n_items, k),
+    }

@@ -7,12 +7,16 @@ import numpy.typing as npt
 import pytest
 
 from triton_models.metrics import (
+    catalogue_coverage,
     hit_rate_at_k,
     ndcg_at_k,
+    own_item_share,
     rank_by_score,
     ranking_metrics,
     recall_at_k,
     reciprocal_rank,
+    segment_metrics,
+    split_by_history,
 )
 
 
@@ -51,3 +55,31 @@ def test_rank_by_score_per_query_with_stable_ties() -> None:
     scores = np.array([0.1, 0.9, 0.1, 0.0, 0.0], np.float32)
     ranked = rank_by_score(positions, scores, np.array([0, 3, 5]))
     assert [r.tolist() for r in ranked] == [[11, 10, 12], [20, 21]]
+
+
+def test_segments_score_reorders_and_new_items_apart() -> None:
+    # Query 0 bought 1 and 2 before; it buys 1 (re-order) and 5 (new) in the period.
+    # Query 1 has no history; it buys 6 (new).
+    lists = [a(1, 3, 5), a(4, 6)]
+    result = segment_metrics(lists, [a(1, 5), a(6)], [a(1, 2), a()], n_items=10, k=2)
+    assert result["reorder"]["queries"] == 1
+    assert result["reorder"]["recall@2"] == 1.0
+    assert result["discovery"]["queries"] == 2
+    # 5 sits at rank 3 (outside the top 2); 6 is at rank 2.
+    assert result["discovery"]["recall@2"] == pytest.approx(0.5)
+    assert result["discovery"]["hr@2"] == pytest.approx(0.5)
+    assert result["overall"]["recall@2"] == pytest.approx((0.5 + 1.0) / 2)
+    # Slots in the top 2: (1, 3) and (4, 6); one of four holds an own item.
+    assert result["own_item_share@2"] == pytest.approx(0.25)
+    assert result["coverage@2"] == pytest.approx(4 / 10)
+
+
+def test_split_by_history() -> None:
+    reorders, new = split_by_history([a(1, 5, 7)], [a(7, 1, 2)])
+    assert reorders[0].tolist() == [1, 7]
+    assert new[0].tolist() == [5]
+
+
+def test_own_share_and_coverage_of_nothing() -> None:
+    assert own_item_share([], []) == 0.0
+    assert catalogue_coverage([], 10) == 0.0
