@@ -12,23 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from ab.config import ABTestingSettings
 from feature_service.config import FeatureStoreSettings
-from feature_service.config_file import ConfigFileError, describe, read_config
-
-_SECTIONS = ("ab_testing", "feature_store")
+from feature_service.config_file import ConfigFileError, FileSettings, describe, load
 
 
 class SettingsError(ValueError):
     """The configuration file is missing, unreadable or invalid; the message names the key."""
 
 
-class SidecarSettings(BaseModel):
+class SidecarSettings(FileSettings):
     """The sections of the service configuration the sidecar uses."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     ab_testing: ABTestingSettings = ABTestingSettings()
     """Experiments and the controller."""
@@ -48,7 +44,7 @@ def load_sidecar_settings(path: Path | None, environ: Mapping[str, str]) -> Side
         SettingsError: the file is unreadable, or a key of our sections is unknown or invalid.
     """
     try:
-        return SidecarSettings.model_validate(read_config(path, environ, _SECTIONS))
+        return load(SidecarSettings, path, environ, own_sections_only=True)
     except ConfigFileError as exc:
         raise SettingsError(str(exc)) from exc
     except ValidationError as exc:

@@ -1,63 +1,152 @@
 """Reading the service's YAML configuration file with `RECSYS__...` environment overrides.
 
+pydantic-settings does the work: `YamlConfigSettingsSource` reads the file and
+`EnvSettingsSource` turns `RECSYS__SECTION__KEY[__KEY...]` variables into nested values (JSON
+for a list or mapping field, a plain string otherwise, so validation converts "50052" to the
+field's type and a numeric-looking password stays a string). Both read what `load` is given:
+the file named on the command line and the mapping `main()` passes down, never `.env` files,
+secret folders or `os.environ` itself.
+
 Shared by the gateway (`gateway.config`, every section) and the experiment sidecar
 (`ab.settings`, its sections only); it lives here because both may import `feature_service`
-and neither may import the other's package. Validation stays with the callers' models.
+and neither may import the other's package. Each caller's settings class derives from
+:class:`FileSettings`; the section models stay with their packages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 ENV_PREFIX = "RECSYS__"
+_DELIMITER = "__"
+
+SettingsT = TypeVar("SettingsT", bound="FileSettings")
 
 
 class ConfigFileError(ValueError):
     """The file is unreadable or not a mapping, or an override names no valid key path."""
 
 
-def read_config(
-    path: Path | None, environ: Mapping[str, str], sections: Collection[str] | None = None
-) -> dict[str, Any]:
-    """The file's sections (all, or only `sections`) with `RECSYS__SECTION__KEY[__KEY...]`
-    overrides applied. Override values stay strings: validation converts "50052" or "true" to
-    the field's type, and a numeric-looking password stays a string.
+class FileSettings(BaseSettings):
+    """Settings read by :func:`load`: sections from the YAML file, `RECSYS__` overrides on top.
+
+    Unknown keys are errors, the object is frozen, and every field's docstring is its
+    description, as for the section models.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_DELIMITER,
+        case_sensitive=False,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what `load` read: the process environment is read once, in main().
+        return (init_settings,)
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """The YAML file, with the errors named as the service names them."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            loaded = super()._read_file(file_path)
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigFileError(f"cannot read config file {file_path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigFileError(f"{file_path}: the top level must be a mapping of sections")
+        return loaded
+
+
+class _Environment(EnvSettingsSource):
+    """`RECSYS__` variables from the mapping given instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+def _check_override_names(environ: Mapping[str, str]) -> None:
+    for name in sorted(environ):
+        if name.upper().startswith(ENV_PREFIX) and not all(
+            name[len(ENV_PREFIX) :].split(_DELIMITER)
+        ):
+            raise ConfigFileError(f"environment variable {name}: empty key segment")
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` laid over it, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merged[key] = _merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(
+    settings_cls: type[SettingsT],
+    path: Path | None,
+    environ: Mapping[str, str],
+    *,
+    own_sections_only: bool = False,
+) -> SettingsT:
+    """``settings_cls`` from the file (when given) with ``RECSYS__`` overrides from ``environ``.
+
+    Args:
+        own_sections_only: read only the file's sections that ``settings_cls`` has (the
+            sidecar), leaving the others to their owner; overrides of other sections are
+            always left alone.
 
     Raises:
         ConfigFileError: the file cannot be read or parsed, or an override is malformed.
+        pydantic.ValidationError: a key is unknown or a value invalid (see :func:`describe`).
     """
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigFileError(f"cannot read config file {path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigFileError(f"{path}: the top level must be a mapping of sections")
-        data = loaded or {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        keys = [key.lower() for key in name[len(ENV_PREFIX) :].split("__")]
-        if sections is not None and keys[0] not in sections:
-            continue
-        if not all(keys):
-            raise ConfigFileError(f"environment variable {name}: empty key segment")
-        node = data
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigFileError(f"environment variable {name}: {key} is not a section")
-            node = child
-        node[keys[-1]] = raw
-    if sections is not None:
-        data = {key: value for key, value in data.items() if key in sections}
-    return data
+        if not path.is_file():
+            raise ConfigFileError(f"cannot read config file {path}: not an existing file")
+        data = _YamlFile(settings_cls, yaml_file=path).yaml_data
+    if own_sections_only:
+        data = {key: value for key, value in data.items() if key in settings_cls.model_fields}
+    _check_override_names(environ)
+    try:
+        overrides = _Environment(settings_cls, environ)()
+    except SettingsError as exc:
+        raise ConfigFileError(f"invalid environment override: {exc}") from exc
+    return settings_cls(**_merge(data, overrides))
 
 
 def describe(exc: ValidationError, path: Path | None) -> str:

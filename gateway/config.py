@@ -27,7 +27,7 @@ from pydantic import (
 
 from ab.config import ABTestingSettings
 from feature_service.config import FeatureStoreSettings
-from feature_service.config_file import ConfigFileError, describe, read_config
+from feature_service.config_file import ConfigFileError, FileSettings, describe, load
 from triton_models.config import ModelSettings
 
 _CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -239,10 +239,8 @@ class MonitoringSettings(BaseModel):
     """Tracing settings."""
 
 
-class Settings(BaseModel):
+class Settings(FileSettings):
     """Everything the service needs, nested by concern. Built once, then passed down."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     model: ModelSettings = ModelSettings()
     """Models, retrieval, ranking and re-ranking."""
@@ -265,7 +263,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
         ConfigError: the file is missing or unreadable, or a key is unknown or invalid.
     """
     try:
-        return Settings.model_validate(read_config(path, environ))
+        return load(Settings, path, environ)
     except ConfigFileError as exc:
         raise ConfigError(str(exc)) from exc
     except ValidationError as exc:

@@ -110,3 +110,20 @@ def test_processes_default_to_the_cores_we_may_use_and_an_explicit_count_wins(
     assert load_settings(None, {}).serving.processes == config.MAX_PROCESSES
     with pytest.raises(ConfigError, match="serving.processes"):
         load_settings(None, {"RECSYS__SERVING__PROCESSES": "0"})
+
+
+def test_only_the_environment_main_passes_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS__SERVING__PORT", "50123")
+    assert load_settings(None, {}).serving.port == 50051
+    assert load_settings(None, {"RECSYS__SERVING__PORT": "50123"}).serving.port == 50123
+
+
+def test_list_override_is_json_and_empty_segments_are_named() -> None:
+    settings = load_settings(
+        REPO / "infra/config/local.yaml", {"RECSYS__AB_TESTING__EXPERIMENTS": "[]"}
+    )
+    assert settings.ab_testing.experiments == ()
+    with pytest.raises(ConfigError, match="RECSYS__SERVING____PORT: empty key segment"):
+        load_settings(None, {"RECSYS__SERVING____PORT": "1"})
+    with pytest.raises(ConfigError, match="invalid environment override"):
+        load_settings(None, {"RECSYS__AB_TESTING__EXPERIMENTS": "[not json"})
