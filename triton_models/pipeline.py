@@ -62,7 +62,7 @@ from triton_models.rankers import (
     split_users,
     train_ranker,
 )
-from triton_models.triton_repo import ServingOptions, git_sha, write_ranker
+from triton_models.triton_repo import ServingOptions, git_sha, write_discovery, write_ranker
 
 _log = logging.getLogger(__name__)
 WINDOW = pd.Timedelta(days=28)
@@ -436,7 +436,9 @@ def run_triton(
         root = out / flavour.value
         if root.exists():
             shutil.rmtree(root)
-        for name in MODELS:
+        # Discovery models first: the ranker ensembles run them as their second step.
+        (discovery,) = DISCOVERY_MODELS
+        for name in [*DISCOVERY_MODELS, *RANKERS]:
             metadata = {
                 "model": name,
                 "architecture": MODELS[name],
@@ -455,20 +457,21 @@ def run_triton(
                 "git_sha": sha,
                 "sample": opts.sample,
             }
-            write_ranker(
-                root,
-                name,
-                onnx_dir / name / "int8.onnx",
-                NUM_FEATURES,
-                metadata,
-                opts.serving,
-                flavour,
-                # GPUs serve the fp32 graph (TensorRT FP16): the INT8 graphs suit the CPU.
-                gpu_onnx_model=(
-                    onnx_dir / name / "fp32.onnx"
-                    if flavour is repository.Flavour.PRODUCTION
-                    else None
-                ),
+            # GPUs serve the fp32 graph (TensorRT FP16): the INT8 graphs suit the CPU.
+            gpu_onnx_model = (
+                onnx_dir / name / "fp32.onnx" if flavour is repository.Flavour.PRODUCTION else None
             )
+            args = (root, name, onnx_dir / name / "int8.onnx", NUM_FEATURES, metadata)
+            if name in DISCOVERY_MODELS:
+                write_discovery(*args, opts.serving, flavour, gpu_onnx_model=gpu_onnx_model)
+            else:
+                metadata["discovery_model"] = discovery
+                write_ranker(
+                    *args,
+                    opts.serving,
+                    flavour,
+                    gpu_onnx_model=gpu_onnx_model,
+                    discovery=discovery,
+                )
         written[flavour.value] = sorted(p.name for p in root.iterdir())
     return written

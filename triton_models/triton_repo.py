@@ -7,7 +7,15 @@ tritonserver, ``build/triton/production`` for the NGC image):
 - ``<name>_onnx``: the quantized ONNX model, with dynamic batching and CPU instances; in the
   production flavour also ``configs/gpu.pbtxt``, GPU instances serving the fp32 graph through
   TensorRT (see :mod:`triton_models.repository`);
-- ``<name>``: an ensemble (``platform: "ensemble"``) of exactly one step, that model.
+- ``<name>``: an ensemble (``platform: "ensemble"``) of that model, and of the discovery
+  model when there is one.
+
+The discovery model (``discovery_vN``, :mod:`triton_models.discovery`) is written as
+``discovery_vN_onnx`` only, served the same way (quantized, dynamic batching, two versions
+loaded). It takes the same feature matrix, so every ranker ensemble runs it as a second step
+on the same input and answers ``discovery_score`` beside ``score``: a Recommend that wants the
+DISCOVER or MIXED list gets both in the one Triton call it already makes, and a client asking
+only for ``score`` is served as before.
 
 The ensemble has one step because everything else is already inside the graph:
 standardisation and the sigmoid were folded into it at export, so a preprocessing model would
@@ -31,6 +39,9 @@ import numpy as np
 
 from triton_models import repository as repo
 from triton_models.export import INPUT_NAME, OUTPUT_NAME
+
+DISCOVERY_OUTPUT = "discovery_score"
+"""The ensemble output carrying the discovery model's score of each row."""
 
 
 @dataclass(frozen=True)
@@ -113,14 +124,86 @@ def write_ranker(
     flavour: repo.Flavour,
     version: int = 1,
     gpu_onnx_model: Path | None = None,
+    discovery: str | None = None,
 ) -> tuple[Path, Path]:
     """Writes ``<name>_onnx`` and the ensemble ``<name>`` into ``root``; returns both folders.
 
-    ``gpu_onnx_model`` (production flavour) is the graph GPU deployments serve.
+    ``gpu_onnx_model`` (production flavour) is the graph GPU deployments serve. With
+    ``discovery`` (a model :func:`write_discovery` wrote), the ensemble also runs
+    ``<discovery>_onnx`` on the same features and answers its scores as ``discovery_score``.
     """
     features, score = tensor_specs(num_features)
     model_name = f"{name}_onnx"
-    spec = repo.OnnxModelSpec(
+    model_dir = repo.write_onnx_model(
+        root,
+        onnx_spec(model_name, num_features, options),
+        onnx_model,
+        flavour=flavour,
+        version=version,
+        metadata=metadata,
+        gpu_onnx_model=gpu_onnx_model,
+    )
+    steps = [
+        repo.EnsembleStep(
+            model_name=model_name,
+            input_map={INPUT_NAME: INPUT_NAME},
+            output_map={OUTPUT_NAME: OUTPUT_NAME},
+        )
+    ]
+    outputs = [score]
+    if discovery is not None:
+        steps.append(
+            repo.EnsembleStep(
+                model_name=f"{discovery}_onnx",
+                input_map={INPUT_NAME: INPUT_NAME},
+                output_map={OUTPUT_NAME: DISCOVERY_OUTPUT},
+            )
+        )
+        outputs.append(repo.TensorSpec(DISCOVERY_OUTPUT, np.float32, (1,)))
+    ensemble_dir = repo.write_ensemble(
+        root,
+        repo.EnsembleSpec(
+            name=name,
+            inputs=(features,),
+            outputs=tuple(outputs),
+            steps=tuple(steps),
+            max_batch_size=options.max_batch_size,
+            version_policy=repo.LatestVersions(options.loaded_versions),
+        ),
+        version=version,
+    )
+    repo.write_version_metadata(ensemble_dir, version, metadata)
+    return model_dir, ensemble_dir
+
+
+def write_discovery(
+    root: Path,
+    name: str,
+    onnx_model: Path,
+    num_features: int,
+    metadata: Mapping[str, Any],
+    options: ServingOptions,
+    flavour: repo.Flavour,
+    version: int = 1,
+    gpu_onnx_model: Path | None = None,
+) -> Path:
+    """Writes the discovery model ``<name>_onnx`` (no ensemble of its own: the rankers'
+    ensembles run it); returns its folder."""
+    return repo.write_onnx_model(
+        root,
+        onnx_spec(f"{name}_onnx", num_features, options),
+        onnx_model,
+        flavour=flavour,
+        version=version,
+        metadata=metadata,
+        gpu_onnx_model=gpu_onnx_model,
+    )
+
+
+def onnx_spec(model_name: str, num_features: int, options: ServingOptions) -> repo.OnnxModelSpec:
+    """How Triton serves one of the ONNX models (a ranker's or the discovery model)."""
+    features, score = tensor_specs(num_features)
+    return repo.OnnxModelSpec(
         name=model_name,
         inputs=(features,),
         outputs=(score,),
@@ -137,32 +220,3 @@ def write_ranker(
         version_policy=repo.LatestVersions(options.loaded_versions),
         warmup_rows=options.warmup_rows,
     )
-    model_dir = repo.write_onnx_model(
-        root,
-        spec,
-        onnx_model,
-        flavour=flavour,
-        version=version,
-        metadata=metadata,
-        gpu_onnx_model=gpu_onnx_model,
-    )
-    ensemble_dir = repo.write_ensemble(
-        root,
-        repo.EnsembleSpec(
-            name=name,
-            inputs=(features,),
-            outputs=(score,),
-            steps=(
-                repo.EnsembleStep(
-                    model_name=model_name,
-                    input_map={INPUT_NAME: INPUT_NAME},
-                    output_map={OUTPUT_NAME: OUTPUT_NAME},
-                ),
-            ),
-            max_batch_size=options.max_batch_size,
-            version_policy=repo.LatestVersions(options.loaded_versions),
-        ),
-        version=version,
-    )
-    repo.write_version_metadata(ensemble_dir, version, metadata)
-    return model_dir, ensemble_dir
