@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erecsys/v1/recommendation.proto\x12\trecsys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x01\n\x0eRequestContext\x12!\n\x06\x64\x65vice\x18\x01 \x01(\x0e\x32\x11.recsys.v1.Device\x12\x1d\n\x04page\x18\x02 \x01(\x0e\x32\x0f.recsys.v1.Page\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12/\n\x0b\x63lient_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xa3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\tnum_items\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.recsys.v1.RequestContext\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x0c\n\n_num_items\"g\n\x0cItemMetadata\x12\r\n\x05title\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x15\n\rcategory_path\x18\x05 \x03(\t\"[\n\x0eRecommendation\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.recsys.v1.ItemMetadata\"\xe4\x01\n\x11RecommendResponse\x12\x32\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x19.recsys.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x33\n\x10\x64\x65graded_reasons\x18\x07 \x03(\x0e\x32\x19.recsys.v1.DegradedReason\"\xed\x01\n\tUserEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\x07 \x01(\x05\x12\x0f\n\x07revenue\x18\x08 \x01(\x01\x12\x10\n\x08\x63urrency\x18\t \x01(\t\x12\x10\n\x08position\x18\n \x01(\x05\";\n\x13RecordEventsRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.recsys.v1.UserEvent\"<\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05*j\n\x06\x44\x65vice\x12\x16\n\x12\x44\x45VICE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45VICE_DESKTOP\x10\x01\x12\x11\n\rDEVICE_MOBILE\x10\x02\x12\x11\n\rDEVICE_TABLET\x10\x03\x12\x0e\n\nDEVICE_APP\x10\x04*\x83\x01\n\x04Page\x12\x14\n\x10PAGE_UNSPECIFIED\x10\x00\x12\r\n\tPAGE_HOME\x10\x01\x12\x10\n\x0cPAGE_PRODUCT\x10\x02\x12\x11\n\rPAGE_CATEGORY\x10\x03\x12\x0f\n\x0bPAGE_SEARCH\x10\x04\x12\r\n\tPAGE_CART\x10\x05\x12\x11\n\rPAGE_CHECKOUT\x10\x06*\x90\x02\n\x0e\x44\x65gradedReason\x12\x1f\n\x1b\x44\x45GRADED_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45GRADED_REASON_NO_MODEL\x10\x01\x12&\n\"DEGRADED_REASON_RANKER_UNAVAILABLE\x10\x02\x12\"\n\x1e\x44\x45GRADED_REASON_RANKER_TIMEOUT\x10\x03\x12(\n$DEGRADED_REASON_FEATURES_UNAVAILABLE\x10\x04\x12\"\n\x1e\x44\x45GRADED_REASON_SHORT_RESPONSE\x10\x05\x12%\n!DEGRADED_REASON_CLIENT_CLOCK_SKEW\x10\x06*\xaa\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1b\n\x17\x45VENT_TYPE_PRODUCT_VIEW\x10\x03\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x04\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x05\x32\xb0\x01\n\x15RecommendationService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12O\n\x0cRecordEvents\x12\x1e.recsys.v1.RecordEventsRequest\x1a\x1f.recsys.v1.RecordEventsResponseBH\n\rcom.recsys.v1B\x13RecommendationProtoP\x01Z recsys/gen/go/recsys/v1;recsysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erecsys/v1/recommendation.proto\x12\trecsys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x01\n\x0eRequestContext\x12!\n\x06\x64\x65vice\x18\x01 \x01(\x0e\x32\x11.recsys.v1.Device\x12\x1d\n\x04page\x18\x02 \x01(\x0e\x32\x0f.recsys.v1.Page\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12/\n\x0b\x63lient_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xc8\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\tnum_items\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.recsys.v1.RequestContext\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12#\n\x07surface\x18\x06 \x01(\x0e\x32\x12.recsys.v1.SurfaceB\x0c\n\n_num_items\"g\n\x0cItemMetadata\x12\r\n\x05title\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x15\n\rcategory_path\x18\x05 \x03(\t\"[\n\x0eRecommendation\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.recsys.v1.ItemMetadata\"\xe4\x01\n\x11RecommendResponse\x12\x32\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x19.recsys.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x33\n\x10\x64\x65graded_reasons\x18\x07 \x03(\x0e\x32\x19.recsys.v1.DegradedReason\"\xed\x01\n\tUserEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\x07 \x01(\x05\x12\x0f\n\x07revenue\x18\x08 \x01(\x01\x12\x10\n\x08\x63urrency\x18\t \x01(\t\x12\x10\n\x08position\x18\n \x01(\x05\";\n\x13RecordEventsRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.recsys.v1.UserEvent\"<\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05*j\n\x06\x44\x65vice\x12\x16\n\x12\x44\x45VICE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45VICE_DESKTOP\x10\x01\x12\x11\n\rDEVICE_MOBILE\x10\x02\x12\x11\n\rDEVICE_TABLET\x10\x03\x12\x0e\n\nDEVICE_APP\x10\x04*\x83\x01\n\x04Page\x12\x14\n\x10PAGE_UNSPECIFIED\x10\x00\x12\r\n\tPAGE_HOME\x10\x01\x12\x10\n\x0cPAGE_PRODUCT\x10\x02\x12\x11\n\rPAGE_CATEGORY\x10\x03\x12\x0f\n\x0bPAGE_SEARCH\x10\x04\x12\r\n\tPAGE_CART\x10\x05\x12\x11\n\rPAGE_CHECKOUT\x10\x06*b\n\x07Surface\x12\x17\n\x13SURFACE_UNSPECIFIED\x10\x00\x12\x15\n\x11SURFACE_BUY_AGAIN\x10\x01\x12\x14\n\x10SURFACE_DISCOVER\x10\x02\x12\x11\n\rSURFACE_MIXED\x10\x03*\x90\x02\n\x0e\x44\x65gradedReason\x12\x1f\n\x1b\x44\x45GRADED_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45GRADED_REASON_NO_MODEL\x10\x01\x12&\n\"DEGRADED_REASON_RANKER_UNAVAILABLE\x10\x02\x12\"\n\x1e\x44\x45GRADED_REASON_RANKER_TIMEOUT\x10\x03\x12(\n$DEGRADED_REASON_FEATURES_UNAVAILABLE\x10\x04\x12\"\n\x1e\x44\x45GRADED_REASON_SHORT_RESPONSE\x10\x05\x12%\n!DEGRADED_REASON_CLIENT_CLOCK_SKEW\x10\x06*\xaa\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1b\n\x17\x45VENT_TYPE_PRODUCT_VIEW\x10\x03\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x04\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x05\x32\xb0\x01\n\x15RecommendationService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12O\n\x0cRecordEvents\x12\x1e.recsys.v1.RecordEventsRequest\x1a\x1f.recsys.v1.RecordEventsResponseBH\n\rcom.recsys.v1B\x13RecommendationProtoP\x01Z recsys/gen/go/recsys/v1;recsysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.recommendation_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rcom.recsys.v1B\023RecommendationProtoP\001Z recsys/gen/go/recsys/v1;recsysv1'
-  _globals['_DEVICE']._serialized_start=1223
-  _globals['_DEVICE']._serialized_end=1329
-  _globals['_PAGE']._serialized_start=1332
-  _globals['_PAGE']._serialized_end=1463
-  _globals['_DEGRADEDREASON']._serialized_start=1466
-  _globals['_DEGRADEDREASON']._serialized_end=1738
-  _globals['_EVENTTYPE']._serialized_start=1741
-  _globals['_EVENTTYPE']._serialized_end=1911
+  _globals['_DEVICE']._serialized_start=1260
+  _globals['_DEVICE']._serialized_end=1366
+  _globals['_PAGE']._serialized_start=1369
+  _globals['_PAGE']._serialized_end=1500
+  _globals['_SURFACE']._serialized_start=1502
+  _globals['_SURFACE']._serialized_end=1600
+  _globals['_DEGRADEDREASON']._serialized_start=1603
+  _globals['_DEGRADEDREASON']._serialized_end=1875
+  _globals['_EVENTTYPE']._serialized_start=1878
+  _globals['_EVENTTYPE']._serialized_end=2048
   _globals['_REQUESTCONTEXT']._serialized_start=79
   _globals['_REQUESTCONTEXT']._serialized_end=263
   _globals['_RECOMMENDREQUEST']._serialized_start=266
-  _globals['_RECOMMENDREQUEST']._serialized_end=429
-  _globals['_ITEMMETADATA']._serialized_start=431
-  _globals['_ITEMMETADATA']._serialized_end=534
-  _globals['_RECOMMENDATION']._serialized_start=536
-  _globals['_RECOMMENDATION']._serialized_end=627
-  _globals['_RECOMMENDRESPONSE']._serialized_start=630
-  _globals['_RECOMMENDRESPONSE']._serialized_end=858
-  _globals['_USEREVENT']._serialized_start=861
-  _globals['_USEREVENT']._serialized_end=1098
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=1100
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=1159
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1161
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1221
-  _globals['_RECOMMENDATIONSERVICE']._serialized_start=1914
-  _globals['_RECOMMENDATIONSERVICE']._serialized_end=2090
+  _globals['_RECOMMENDREQUEST']._serialized_end=466
+  _globals['_ITEMMETADATA']._serialized_start=468
+  _globals['_ITEMMETADATA']._serialized_end=571
+  _globals['_RECOMMENDATION']._serialized_start=573
+  _globals['_RECOMMENDATION']._serialized_end=664
+  _globals['_RECOMMENDRESPONSE']._serialized_start=667
+  _globals['_RECOMMENDRESPONSE']._serialized_end=895
+  _globals['_USEREVENT']._serialized_start=898
+  _globals['_USEREVENT']._serialized_end=1135
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=1137
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=1196
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1198
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1258
+  _globals['_RECOMMENDATIONSERVICE']._serialized_start=2051
+  _globals['_RECOMMENDATIONSERVICE']._serialized_end=2227
 # @@protoc_insertion_point(module_scope)

@@ -72,6 +72,38 @@ PAGE_CART: Page.ValueType  # 5
 PAGE_CHECKOUT: Page.ValueType  # 6
 global___Page = Page
 
+class _Surface:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _SurfaceEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_Surface.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    SURFACE_UNSPECIFIED: _Surface.ValueType  # 0
+    """Served as SURFACE_MIXED."""
+    SURFACE_BUY_AGAIN: _Surface.ValueType  # 1
+    """Products the customer is likely to order again (mostly their own past items)."""
+    SURFACE_DISCOVER: _Surface.ValueType  # 2
+    """Only products the customer has never bought."""
+    SURFACE_MIXED: _Surface.ValueType  # 3
+    """BUY_AGAIN with a configured number of slots (model.reranker.discovery_slots) holding
+    products new to the customer.
+    """
+
+class Surface(_Surface, metaclass=_SurfaceEnumTypeWrapper):
+    """The purpose of a recommendation list."""
+
+SURFACE_UNSPECIFIED: Surface.ValueType  # 0
+"""Served as SURFACE_MIXED."""
+SURFACE_BUY_AGAIN: Surface.ValueType  # 1
+"""Products the customer is likely to order again (mostly their own past items)."""
+SURFACE_DISCOVER: Surface.ValueType  # 2
+"""Only products the customer has never bought."""
+SURFACE_MIXED: Surface.ValueType  # 3
+"""BUY_AGAIN with a configured number of slots (model.reranker.discovery_slots) holding
+products new to the customer.
+"""
+global___Surface = Surface
+
 class _DegradedReason:
     ValueType = typing.NewType("ValueType", builtins.int)
     V: typing_extensions.TypeAlias = ValueType
@@ -196,6 +228,7 @@ class RecommendRequest(google.protobuf.message.Message):
     CONTEXT_FIELD_NUMBER: builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: builtins.int
     REQUEST_ID_FIELD_NUMBER: builtins.int
+    SURFACE_FIELD_NUMBER: builtins.int
     user_id: builtins.str
     """Customer number as a decimal string, 1 to 128 characters, no control or surrounding
     whitespace characters. Unknown users get cold-start recommendations.
@@ -204,6 +237,8 @@ class RecommendRequest(google.protobuf.message.Message):
     """How many items to return: 1 to 100; 10 when unset."""
     request_id: builtins.str
     """Client-chosen id echoed in the response and used to attribute events; generated when empty."""
+    surface: global___Surface.ValueType
+    """Which list the caller wants; unset means MIXED (so clients built before it get MIXED)."""
     @property
     def context(self) -> global___RequestContext: ...
     @property
@@ -218,9 +253,10 @@ class RecommendRequest(google.protobuf.message.Message):
         context: global___RequestContext | None = ...,
         exclude_item_ids: collections.abc.Iterable[builtins.str] | None = ...,
         request_id: builtins.str = ...,
+        surface: global___Surface.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_num_items", b"_num_items", "context", b"context", "num_items", b"num_items"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_num_items", b"_num_items", "context", b"context", "exclude_item_ids", b"exclude_item_ids", "num_items", b"num_items", "request_id", b"request_id", "user_id", b"user_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_num_items", b"_num_items", "context", b"context", "exclude_item_ids", b"exclude_item_ids", "num_items", b"num_items", "request_id", b"request_id", "surface", b"surface", "user_id", b"user_id"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["_num_items", b"_num_items"]) -> typing.Literal["num_items"] | None: ...
 
 global___RecommendRequest = RecommendRequest
