@@ -85,6 +85,10 @@ class FeatureStoreSettings(BaseModel):
     (redis_postgres backend); one per gateway process."""
     spool_replay_interval_s: float = Field(2.0, gt=0)
     """How often spooled batches are retried against Postgres."""
+    spool_adopt: str | None = "event-spool*.jsonl"
+    """Glob, in the spool's directory, of other processes' spool files this process replays
+    once their writer has exited (a file whose writer lives is never touched); None replays
+    only `spool_path`."""
     embedded: EmbeddedSettings = EmbeddedSettings()
     """Embedded backend settings."""
     redis: RedisSettings = RedisSettings()

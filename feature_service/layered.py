@@ -163,7 +163,7 @@ class LayeredFeatureStore:
         self._user_loads: SingleFlight[str, UserState] = SingleFlight()
         self._item_loads: SingleFlight[str, bytes] = SingleFlight()
         self._listener: asyncio.Task[None] | None = None
-        self._spool = EventSpool(settings.spool_path)
+        self._spool = EventSpool(settings.spool_path, settings.spool_adopt)
         metrics.spool_pending.set_function(self._spool.pending_events)
         self._replayer: asyncio.Task[None] | None = None
 
@@ -230,6 +230,7 @@ class LayeredFeatureStore:
         await self._user_loads.close()
         await self._redis.close()
         await self._postgres.close()
+        await self._spool.close()
 
     async def _stop_replayer(self) -> None:
         if self._replayer is not None:
@@ -257,7 +258,7 @@ class LayeredFeatureStore:
 
     async def _replay_spool(self, interval_s: float) -> None:
         while True:
-            if self._spool.pending():
+            if self._spool.pending() or self._spool.orphans():
                 try:
                     stored = await self._spool.replay(self._store_events)
                     _log.info("replayed the event spool: %d events newly stored", stored)
