@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import uvloop
@@ -17,6 +18,7 @@ from gateway.telemetry import configure_logging
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recsys-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('recsys')}")
     parser.add_argument(
         "--config",
         type=Path,

@@ -8,7 +8,9 @@
   the exposure log, and each follows the events the others store
   (feature_service/event_tail.py). Triton's gRPC port is the one in
   `model.ranker.triton_grpc_url` (8001), its HTTP port the one below and its metrics port the
-  one above.
+  one above. With experiments configured, the experiment sidecar (`python -m ab sidecar`)
+  evaluates them from the gateways' SQLite logs and writes the decisions their routing
+  follows; its metrics are on the port after the last gateway's.
 - `stack` (`make stack`, `infra/config/stack.yaml`): nginx on `serving.port` load-balancing
   gRPC over `serving.processes` gateway processes on the following ports (metrics on the
   ports after `monitoring.metrics.port`, then the experiment sidecar's), Redis and Postgres
@@ -36,6 +38,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -117,8 +120,9 @@ def _gateway(config: Path) -> list[str]:
 
 
 def local_processes(settings: Settings, config: Path) -> dict[str, ProcessSpec]:
-    """The `make run` profile: Triton (when built) and `serving.processes` gateways sharing
-    `serving.port` (SO_REUSEPORT when more than one), each with its own metrics port.
+    """The `make run` profile: Triton (when built), `serving.processes` gateways sharing
+    `serving.port` (SO_REUSEPORT when more than one), each with its own metrics port, and the
+    experiment sidecar.
 
     Raises:
         ConfigError: several processes but no fixed `serving.port` to share.
@@ -127,7 +131,7 @@ def local_processes(settings: Settings, config: Path) -> dict[str, ProcessSpec]:
     count = settings.serving.processes
     if count == 1:
         processes["gateway"] = ProcessSpec(_gateway(config))
-        return processes
+        return processes | _local_sidecar(settings, config)
     if settings.serving.port == 0:
         raise ConfigError(
             f"serving.port: 0 (a free port each) cannot be shared by serving.processes={count}"
@@ -141,7 +145,24 @@ def local_processes(settings: Settings, config: Path) -> dict[str, ProcessSpec]:
                 "RECSYS__MONITORING__METRICS__PORT": str(metrics_port),
             },
         )
-    return processes
+    return processes | _local_sidecar(settings, config)
+
+
+def _local_sidecar(settings: Settings, config: Path) -> dict[str, ProcessSpec]:
+    """`make run`'s experiment controller, when experiments are configured: on the embedded
+    store it reads the gateways' SQLite exposure and event logs and writes the JSON state
+    their routing follows (ab/backends.py). Its metrics go on the port after the last
+    gateway's, as in the stack (a free one when the gateways' base port is 0)."""
+    if not settings.ab_testing.experiments:
+        return {}
+    metrics = settings.monitoring.metrics
+    port = stack_sidecar_metrics_port(settings) if metrics.port else 0
+    argv = [sys.executable, "-m", "ab", "sidecar", "--config", str(config)]
+    env = {
+        "RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST": metrics.host,
+        "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(port),
+    }
+    return {"sidecar": ProcessSpec(argv, env)}
 
 
 def local_metrics_ports(settings: Settings) -> list[int]:
@@ -502,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="recsys-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('recsys')}")
     parser.add_argument("--config", type=Path, default=Path("infra/config/local.yaml"))
     parser.add_argument("--profile", choices=("local", "stack"), default="local")
     parser.add_argument(

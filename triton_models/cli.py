@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,7 @@ def run_pipeline(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recsys-models", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('recsys')}")
     parser.add_argument(
         "--data-dir",
         type=Path,

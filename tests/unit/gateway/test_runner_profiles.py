@@ -5,6 +5,7 @@ processes on the configured ports."""
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway import runner
 from gateway.config import MAX_PROCESSES, ConfigError, available_cores, load_settings
+from gateway.supervision import ProcessSpec
 from tests.infra.tooling import run, system_tool
 
 
@@ -189,11 +191,19 @@ def test_make_run_gateways_share_the_port_with_metrics_after_the_metrics_port(
         },
     )
     processes = runner.local_processes(settings, LOCAL)
-    assert list(processes) == ["gateway1", "gateway2", "gateway3"]
-    assert [p.env for p in processes.values()] == [
+    assert list(processes) == ["gateway1", "gateway2", "gateway3", "sidecar"]
+    assert [p.env for p in processes.values()][:3] == [
         {"RECSYS__SERVING__REUSE_PORT": "true", "RECSYS__MONITORING__METRICS__PORT": str(port)}
         for port in (19465, 19466, 19467)
     ]
+    # the experiment sidecar decides on the embedded store; its metrics after the gateways'
+    assert processes["sidecar"] == ProcessSpec(
+        [sys.executable, "-m", "ab", "sidecar", "--config", str(LOCAL)],
+        {
+            "RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST": "127.0.0.1",
+            "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": "19468",
+        },
+    )
     # The gRPC port is not overridden: all bind `serving.port`; the layout is the stack's.
     assert runner.local_metrics_ports(settings) == runner.stack_metrics_ports(settings)
     free = load_settings(
@@ -207,9 +217,15 @@ def test_a_single_make_run_gateway_keeps_its_ports_and_an_exclusive_bind(tmp_pat
         LOCAL,
         {"RECSYS__SERVING__PROCESSES": "1", "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no")},
     )
-    assert runner.local_processes(settings, LOCAL) == {
-        "gateway": runner.ProcessSpec(runner._gateway(LOCAL))
-    }
+    processes = runner.local_processes(settings, LOCAL)
+    assert processes["gateway"] == ProcessSpec(runner._gateway(LOCAL))
+    assert list(processes) == ["gateway", "sidecar"]
+    port = processes["sidecar"].env["RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT"]
+    assert port == str(settings.monitoring.metrics.port + 2)  # 9464: gateway, 9466: sidecar
+    no_experiments = settings.model_copy(
+        update={"ab_testing": settings.ab_testing.model_copy(update={"experiments": ()})}
+    )
+    assert list(runner.local_processes(no_experiments, LOCAL)) == ["gateway"]
     assert runner.local_metrics_ports(settings) == [settings.monitoring.metrics.port]
     assert not settings.serving.reuse_port
 
