@@ -17,6 +17,14 @@ real users (build/data/users.parquet), `num_items` 10:
     python -m benchmarks.ghz_scenarios sweep ceilings --quick
     python -m benchmarks.ghz_scenarios soak --soak-seconds 600 --base-rps 400
     python -m benchmarks.ghz_scenarios sweep --no-profile
+    python -m benchmarks.ghz_scenarios sweep rate --target recsys.example.com:443 \
+        --ca-file ca.pem --token-file token            # an existing deployment
+
+With `--target` nothing is started: the scenarios that only need the gRPC endpoint (sweep, rate,
+spike, soak) run against it, over TLS (`--tls`, `--ca-file`, `--server-name`) and with a bearer
+token (`--token-file`) when asked; the server's CPU is not measured (its processes run
+elsewhere) and the profile is skipped. Its users should be this data set's customers
+(build/data/users.parquet), as requests for unknown users measure the cold-start path.
 
 While the system runs, py-spy samples the gateway under concurrency 32 (`--no-profile` skips
 it); the report lists where its time goes and keeps the collapsed stacks for a flame graph.
@@ -41,10 +49,14 @@ from typing import Any
 from benchmarks.load import capacity, data, report
 from benchmarks.load import scenarios as sc
 from benchmarks.load.ghz import find_ghz, ghz_version
-from benchmarks.load.procs import System, local_system, stack_system
+from benchmarks.load.procs import System, external_system, local_system, stack_system
 from benchmarks.load.profiling import py_spy_path, py_spy_record, summarize
+from benchmarks.load.target import add_target_arguments, connection_from_args
 
 SCENARIOS = ("sweep", "rate", "spike", "soak", "ceilings", "batching", "capacity")
+REMOTE_SCENARIOS = ("sweep", "rate", "spike", "soak")
+"""What an existing deployment (`--target`) can be measured with: the others start servers of
+their own (echo, Triton alone) or count the server's CPU."""
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,12 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="gRPC connections per ghz run (default: 1, or 4 per gateway process)",
     )
+    add_target_arguments(parser)
     return parser
 
 
 @contextlib.contextmanager
 def _system(args: argparse.Namespace, workdir: Path) -> Iterator[System]:
-    if args.stack:
+    if args.target:
+        with external_system(args.target, args.connection, workdir) as s:
+            yield s
+    elif args.stack:
         with stack_system(
             workdir,
             config=args.config,
@@ -176,6 +192,15 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
     chosen = set(SCENARIOS) if "all" in args.scenarios else set(args.scenarios)
+    if args.target:
+        if "all" in args.scenarios:
+            chosen = set(REMOTE_SCENARIOS)
+        elif chosen - set(REMOTE_SCENARIOS):
+            raise SystemExit(
+                f"{sorted(chosen - set(REMOTE_SCENARIOS))} cannot run against --target; "
+                f"choose from {REMOTE_SCENARIOS}"
+            )
+        args.profile = False  # py-spy samples a local process
     if args.config is None:
         args.config = REPO / "infra" / "config" / ("stack.yaml" if args.stack else "local.yaml")
     durations = sc.Durations.quick() if args.quick else sc.Durations()
@@ -202,13 +227,21 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     scen: dict[str, Any] = {}
     settings: dict[str, Any] = {
         "scenarios": sorted(chosen),
-        "profile": "stack" if args.stack else "local (make run)",
-        "config": str(args.config),
+        "profile": (
+            f"external target {args.target}: {args.connection.describe()}"
+            if args.target
+            else "stack"
+            if args.stack
+            else "local (make run)"
+        ),
+        "config": "(the deployment's own)" if args.target else str(args.config),
         "durations_s": vars(durations),
         "num_items": 10,
         "distinct_requests": args.requests,
         "ghz_timeout_s": 2.0,
-        "rate_limit": "disabled (RECSYS__SERVING__RATE_LIMIT=): ghz is one client address",
+        "rate_limit": "the deployment's own (ghz is one client address)"
+        if args.target
+        else "disabled (RECSYS__SERVING__RATE_LIMIT=): ghz is one client address",
         "prediction_cache": "on"
         if args.prediction_cache
         else "off: every request is scored by Triton (--prediction-cache keeps it on)",
@@ -227,7 +260,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         if args.levels:
             bench.sweep_levels = tuple(args.levels)
         bench.connections = args.connections or (1 if args.processes == 1 else 4 * args.processes)
-        settings["gateway_processes"] = args.processes
+        settings["gateway_processes"] = None if args.target else args.processes
         settings["ghz_connections"] = bench.connections
         settings["sweep_levels"] = list(bench.sweep_levels)
         settings["ceiling_concurrency"] = bench.ceiling_concurrency
@@ -239,10 +272,14 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
                 settings["triton"] = (
                     f"{system.triton_grpc_url} serving {system.ranker_model}"
                     if system.triton_grpc_url
+                    else "the deployment's own"
+                    if system.remote
                     else "not started: build/triton/local does not exist"
                 )
                 sc.warm_up(bench, system)
-                answer = sc.describe_reply(sc.sample_reply(system.target, data_file))
+                answer = sc.describe_reply(
+                    sc.sample_reply(system.target, data_file, system.connection)
+                )
                 settings["gateway_answer"] = answer
                 if "DEGRADED_REASON_NO_MODEL" in answer.get("degraded_reasons", []):
                     notes.append(
@@ -427,7 +464,9 @@ def _profile(bench: sc.Bench, system: System, stem: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.connection = connection_from_args(parser, args)
     json_path, md_path = run(args)
     print(f"report: {json_path}\nsummary: {md_path}")
     print(md_path.read_text(encoding="utf-8"))

@@ -123,6 +123,8 @@ class GhzRun:
     """A compiled FileDescriptorSet (`--protoset`) instead of `proto` + `import_paths`."""
     binary_file: Path | None = None
     """One serialized request message (`--binary-file`) instead of the JSON `data_file`."""
+    transport: tuple[str, ...] = ("--insecure",)
+    """ghz's TLS and metadata options (benchmarks.load.target.Connection.ghz_args)."""
 
     def __post_init__(self) -> None:
         if self.open_loop and not self.rps:
@@ -143,7 +145,7 @@ def ghz_argv(binary: Path, run: GhzRun, output: Path) -> list[str]:
         data = f"--data-file={run.data_file}"
     argv = [
         str(binary),
-        "--insecure",
+        *run.transport,
         *schema,
         f"--call={run.call}",
         data,

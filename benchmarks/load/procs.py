@@ -33,6 +33,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.load.target import PLAINTEXT, Connection
 from gateway import runner
 from gateway.config import load_settings
 from triton_models.tritonserver import (
@@ -53,20 +54,30 @@ class ProcessError(RuntimeError):
     """A process did not start or did not become healthy; the message holds its log tail."""
 
 
-def wait_for_health(target: str, timeout_s: float, *, alive: Process | None = None) -> None:
+def wait_for_health(
+    target: str,
+    timeout_s: float,
+    *,
+    alive: Process | None = None,
+    connection: Connection = PLAINTEXT,
+) -> None:
     """Poll gRPC health (service "") until SERVING.
 
     Raises:
         ProcessError: timeout, or `alive` exited first.
     """
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    with connection.channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if alive is not None and not alive.running():
                 raise ProcessError(f"{alive.name} exited before SERVING:\n{alive.log_tail()}")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                reply = stub.Check(
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=1.0,
+                    metadata=connection.call_metadata(),
+                )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
@@ -354,6 +365,13 @@ class System:
     workdir: Path = Path(".")
     metrics_urls: list[str] = field(default_factory=list)
     """The gateways' Prometheus endpoints (for how many answers the fallback ranked)."""
+    connection: Connection = PLAINTEXT
+    """TLS and token of the calls to `target`."""
+
+    @property
+    def remote(self) -> bool:
+        """A deployment we did not start: its processes cannot be sampled from here."""
+        return self.kind == "external"
 
     def pids(self) -> list[tuple[int, str]]:
         """(pid, role) of every measured process now alive: gateways, Triton (+ stubs), nginx."""
@@ -565,6 +583,17 @@ def stack_system(
         yield system
     finally:
         system.stop()
+
+
+@contextlib.contextmanager
+def external_system(
+    target: str, connection: Connection, workdir: Path, timeout_s: float = 30.0
+) -> Iterator[System]:
+    """A running deployment at `target` (`--target`): waited for until its health check says
+    SERVING; nothing is started or stopped, and no process of it is sampled."""
+    system = System(kind="external", target=target, workdir=workdir, connection=connection)
+    wait_for_health(target, timeout_s, connection=connection)
+    yield system
 
 
 @contextlib.contextmanager

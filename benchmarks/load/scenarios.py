@@ -27,6 +27,7 @@ from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 from benchmarks.load import triton_driver
 from benchmarks.load.ghz import GhzResult, GhzRun, run_ghz
 from benchmarks.load.procs import ProcessSample, System, disturbance, echo_system, machine_cpu
+from benchmarks.load.target import PLAINTEXT, Connection
 from triton_models import repository as repo
 from triton_models.tritonserver import TritonServer, TritonServerOptions
 
@@ -93,6 +94,7 @@ class Bench:
     def ghz_run(self, system: System, name: str, duration_s: float, **kwargs: Any) -> GhzRun:
         workers = kwargs.get("concurrency", GhzRun.concurrency)
         kwargs.setdefault("connections", min(self.connections, workers))
+        kwargs.setdefault("transport", tuple(system.connection.ghz_args(self.workdir)))
         return GhzRun(
             target=system.target,
             data_file=self.data_file,
@@ -168,8 +170,13 @@ def measure(
     server_cpu = sum(cpu_by_role.values())
     cpu_by_role = dict(sorted(cpu_by_role.items()))
     entry = result.as_dict(with_intervals=False)
-    entry["server_cpu_s"] = round(server_cpu, 2)
-    entry["server_cpu_cores"] = round(server_cpu / result.duration_s, 2) if result.duration_s else 0
+    if system.remote:  # its processes run elsewhere: no server CPU to count
+        entry["server_cpu_s"] = entry["server_cpu_cores"] = None
+    else:
+        entry["server_cpu_s"] = round(server_cpu, 2)
+        entry["server_cpu_cores"] = (
+            round(server_cpu / result.duration_s, 2) if result.duration_s else 0
+        )
     # CPU milliseconds per answered request, by process role: where the machine's time goes.
     cpu_by_role["ghz and driver"] = machine_after.bench_s - machine_before.bench_s
     entry["cpu_ms_per_request"] = {
@@ -433,7 +440,9 @@ def soak(bench: Bench, system: System, rate: int) -> dict[str, Any]:
     }
 
 
-def sample_reply(target: str, data_file: Path) -> pb.RecommendResponse | None:
+def sample_reply(
+    target: str, data_file: Path, connection: Connection = PLAINTEXT
+) -> pb.RecommendResponse | None:
     """The answer to the data file's first request, None when the call fails."""
     import json
 
@@ -447,9 +456,9 @@ def sample_reply(target: str, data_file: Path) -> pb.RecommendResponse | None:
         user_id=first["user_id"], num_items=first["num_items"], context=context
     )
     try:
-        with grpc.insecure_channel(target) as channel:
+        with connection.channel(target) as channel:
             reply: pb.RecommendResponse = pb_grpc.RecommendationServiceStub(channel).Recommend(
-                request, timeout=5.0
+                request, timeout=5.0, metadata=connection.call_metadata()
             )
     except grpc.RpcError:
         return None
