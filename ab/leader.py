@@ -115,6 +115,8 @@ class PostgresLease:
                 )
             )
         except _ERRORS as exc:
+            if not self._leading:
+                _log.warning("leader lease: lease connection failed: %r", exc)
             await self._drop(f"lease connection failed: {exc!r}")
             return False
         if got:

@@ -167,6 +167,7 @@ async def test_one_leader_evaluates_and_another_takes_over_after_sigkill(
     successor = await _until_one_leads(followers, timeout_s=30)
     takeover_s = time.monotonic() - killed_at
     assert takeover_s <= 2 * INTERVAL_S, f"takeover took {takeover_s:.2f} s"
+    print(f"\nleader lease: another sidecar evaluating {takeover_s:.2f} s after SIGKILL")
     await _assert_only_leader_evaluates(followers, successor)
 
     rows = await pool.fetch(
