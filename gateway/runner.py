@@ -49,6 +49,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import supervision
+from gateway.call_examples import call_examples, connect_target, find_grpcurl
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.supervision import ProcessSpec
 from triton_models.tritonserver import DEFAULT_GRPC_PORT, http_ready
@@ -498,13 +499,14 @@ def _announce(
             "  Triton is still loading its models: until it is ready, answers come from the\n"
             "  popularity fallback (flagged in degraded_reasons).\n"
         )
+    # Commands whose tool exists here: grpcurl when `make tools` built it, else the Python client.
+    grpcurl = find_grpcurl(Path.cwd() / ".tools" / "bin")
+    examples = call_examples(connect_target(target), grpcurl, sys.executable)
     print(
         f"\n  recsys is SERVING on {target}. From another shell:\n"
-        f"    grpcurl -plaintext {target} list\n"
-        f'    grpcurl -plaintext -d \'{{"user_id": "17850", "num_items": 5}}\' '
-        f"{target} recsys.v1.RecommendationService/Recommend\n"
-        f"{ranking}"
-        "  Ctrl-C stops everything.\n",
+        + "".join(f"    {line}\n" for line in examples)
+        + ranking
+        + "  Ctrl-C stops everything.\n",
         flush=True,
     )
     if triton_ready_url is None or triton_ready:

@@ -1,11 +1,15 @@
 """ghz and grpcurl against a running gateway by server reflection alone (no -proto, no
--import-path): method symbols resolve, and the imported well-known types come with them."""
+-import-path): method symbols resolve, and the imported well-known types come with them. The
+commands `make run` prints work, with grpcurl and without it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
+import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import grpc
 import pytest
 from recsys.v1 import recommendation_pb2 as pb
 
+from gateway.call_examples import call_examples, find_grpcurl
 from gateway.server import RunningServer
 from tests.conftest import REPO, async_stub, timestamp
 
@@ -28,7 +33,7 @@ def _tool(name: str) -> Path:
     return binary
 
 
-async def _run(argv: list[str | Path]) -> subprocess.CompletedProcess[str]:
+async def _run(argv: Sequence[str | Path]) -> subprocess.CompletedProcess[str]:
     done = await asyncio.to_thread(
         subprocess.run, [str(a) for a in argv], capture_output=True, text=True, timeout=60
     )
@@ -150,3 +155,17 @@ async def test_grpcurl_describes_and_calls_by_reflection(gateway: Gateway) -> No
     )
     assert unknown.returncode != 0
     assert "Symbol not found: recsys.v1.RecommendationService.Nope" in unknown.stderr
+
+
+async def test_the_commands_make_run_prints_work(gateway: Gateway) -> None:
+    server, _ = gateway
+    target = f"127.0.0.1:{server.port}"
+    listed, called = call_examples(target, find_grpcurl(TOOLS), sys.executable)
+    assert str(_tool("grpcurl")) in listed
+    assert "recsys.v1.RecommendationService" in (await _run(shlex.split(listed))).stdout.split()
+    reply = json.loads((await _run(shlex.split(called))).stdout)
+    assert len(reply["recommendations"]) == 5
+    # Without grpcurl: the service's own Python and the client module.
+    command, _hint = call_examples(target, None, sys.executable)
+    reply = json.loads((await _run(shlex.split(command))).stdout)
+    assert len(reply["recommendations"]) == 5
