@@ -68,6 +68,14 @@ def test_protobuf_floor_and_major_match_the_gencode() -> None:
     assert protobuf.specifier == Requirement(f"p>={gencode},<{gencode.major + 1}").specifier
 
 
+def test_the_service_requires_what_its_copy_of_the_stubs_needs() -> None:
+    # The service imports the same generated modules (dev-mode-dirs), so its floors are the same.
+    service = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {r.name: r.specifier for r in map(Requirement, service)}
+    for name, requirement in _requirements().items():
+        assert declared[name] == requirement.specifier, name
+
+
 def test_only_grpcio_and_protobuf_are_required() -> None:
     assert set(_requirements()) == {"grpcio", "protobuf"}
 
