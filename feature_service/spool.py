@@ -152,15 +152,20 @@ class EventSpool:
             return 0
 
     def orphans(self) -> list[Path]:
-        """Other files matching `adopt` that are not empty (their writers may be alive)."""
+        """Other non-empty files matching `adopt` whose writer is gone (nobody holds their
+        lock right now)."""
         if self._adopt is None:
             return []
         own = self._path.resolve()
-        return sorted(
-            candidate
-            for candidate in self._path.parent.glob(self._adopt)
-            if candidate.resolve() != own and candidate.is_file() and candidate.stat().st_size
-        )
+        found = []
+        for candidate in sorted(self._path.parent.glob(self._adopt)):
+            with contextlib.suppress(OSError):  # vanished or unreadable: not ours to replay
+                if candidate.resolve() == own or not candidate.stat().st_size:
+                    continue
+                with candidate.open("rb") as probe:
+                    if _try_lock(probe):  # released again when the probe closes
+                        found.append(candidate)
+        return found
 
     def _own(self) -> IO[bytes]:
         if self._handle is None:
