@@ -138,9 +138,12 @@ def _pct(value: float | None) -> str:
 
 
 def _period_name(period: timedelta) -> str:
-    if period == DAY:
-        return "day"
-    return f"{period.total_seconds():g} s"
+    seconds = int(period.total_seconds())
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return unit if count == 1 else f"{count} {unit}s"
+    return f"{period.total_seconds():g} seconds"
 
 
 def render_report(analysis: Analysis, figures: Sequence[str] = ()) -> str:
