@@ -463,10 +463,15 @@ def _profile(bench: sc.Bench, system: System, stem: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, with `connection` (TLS and token for --target) checked and filled in."""
     args = parser.parse_args(argv)
     args.connection = connection_from_args(parser, args)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
     json_path, md_path = run(args)
     print(f"report: {json_path}\nsummary: {md_path}")
     print(md_path.read_text(encoding="utf-8"))

@@ -105,3 +105,12 @@ def test_an_empty_token_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         _parse(["--target", "h:1", "--token-file", str(token)])
     assert "is empty" in capsys.readouterr().err
+
+
+def test_make_bench_checks_the_target_options_too(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import run_all
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_all.main(["--ca-file", "ca.pem"])
+    assert exit_info.value.code == 2
+    assert "--ca-file need --target" in capsys.readouterr().err
