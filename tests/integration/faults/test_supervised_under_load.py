@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,20 +100,28 @@ def test_make_run_keeps_serving_when_triton_then_a_gateway_is_killed(
 def test_make_stack_keeps_serving_when_redis_postgres_and_a_gateway_are_killed(
     build_dir: Path, real_user_ids: list[str], tmp_path: Path
 ) -> None:
-    # No Triton here (the test above kills it, the chaos soak does in the stack): the fallback
-    # ranking keeps the stack light enough for 2 vCPUs.
-    with supervised_system(
-        tmp_path,
-        profile="stack",
-        processes=2,
-        extra_env={"RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no-models")},
-    ) as system:
-        record, faults, end_s = asyncio.run(
-            _faults_under_load(system, real_user_ids, ["redis", "postgres", "gateway1"])
-        )
-        report = _report(record, faults, end_s)
-        assert system.process.running(), "the runner stopped"
-        lost = events_lost(system, record.acknowledged)
+    # Postgres runs as the postgres user when we are root: it must be able to enter the
+    # folder, which pytest's tmp_path (under a 0700 folder) does not allow.
+    work = Path(tempfile.mkdtemp(prefix="recsys-faults-"))
+    try:
+        # No Triton here (the test above kills it, the chaos soak does in the stack): the
+        # fallback ranking keeps the stack light enough for 2 vCPUs.
+        with supervised_system(
+            work,
+            profile="stack",
+            processes=2,
+            extra_env={"RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no-models")},
+        ) as system:
+            record, faults, end_s = asyncio.run(
+                _faults_under_load(system, real_user_ids, ["redis", "postgres", "gateway1"])
+            )
+            report = _report(record, faults, end_s)
+            assert system.process.running(), "the runner stopped"
+            lost = events_lost(system, record.acknowledged)
+    finally:
+        # The processes' logs stay with the test's own folder (pytest keeps the last few).
+        shutil.copytree(work / "logs", tmp_path / "logs", dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     for fault in report:
         # nginx retries a refused connection on the other gateway, and the stores' outages
