@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -238,9 +240,9 @@ def run(options: argparse.Namespace, command: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
-    command = "python -m benchmarks.chaos_soak " + " ".join(argv or [])
-    out = run(options, command.strip())
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = build_parser().parse_args(args)
+    out = run(options, shlex.join(["python", "-m", "benchmarks.chaos_soak", *args]))
     print(out.with_suffix(".md").read_text(encoding="utf-8"))
     return 0
 

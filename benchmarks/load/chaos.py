@@ -95,8 +95,8 @@ class Drive:
     answers: list[Answer] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
     """Ids of events the service acknowledged (RecordEvents answered OK)."""
-    started: float = 0.0
-    """time.monotonic() at the start."""
+    started: float = field(default_factory=time.monotonic)
+    """time.monotonic() at the start (made, so faults can be timed before the first call)."""
 
     def now_s(self) -> float:
         return time.monotonic() - self.started
@@ -123,12 +123,12 @@ async def drive(
 ) -> None:
     """Calls `target` from `callers` concurrent callers over `connections` connections until
     `stop` is set; every `events_every`-th call of a caller is a RecordEvents of one new view.
+    Times are counted from `record.started` (when `record` was made).
 
     `rate` (calls/s over all callers) paces the calls on a fixed schedule (open loop, capped
     by the callers: a late call is sent at once, never skipped); None: each caller sends its
     next call as soon as the previous one is answered (closed loop).
     """
-    record.started = time.monotonic()
     # A subchannel pool per channel: separate TCP connections, which SO_REUSEPORT and nginx
     # spread over the gateways, as separate clients would be.
     channels = [

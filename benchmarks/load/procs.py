@@ -143,7 +143,7 @@ class Process:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(self.popen.pid, signal.SIGKILL)
                     self.popen.wait()
-            # Children left in the group (honcho's, Triton's stubs) go too; no-op when none.
+            # Children left in the group (supervisord's, Triton's stubs) go too; no-op when none.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
             return self.popen.returncode
@@ -414,8 +414,8 @@ class System:
         return summarise_errors(found)
 
     def stop(self) -> None:
-        """Stop what we started; then SIGKILL any process we started indirectly (honcho puts
-        each child in a session of its own) that outlived its parent, by pid and only while
+        """Stop what we started; then SIGKILL any process we started indirectly (supervisord puts
+        each child in a process group of its own) that outlived its parent, by pid and only while
         its command line is unchanged."""
         started = {
             pid: cmdline(pid)
@@ -570,7 +570,7 @@ def stack_system(
             ],
             workdir / "logs",
             env,
-            stop_signal=signal.SIGINT,  # honcho forwards it to every process
+            stop_signal=signal.SIGINT,  # the runner has supervisord stop every process
         )
         system.roots.append(stack)
         if TRITON_REPOSITORY.is_dir():

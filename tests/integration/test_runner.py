@@ -1,4 +1,4 @@
-"""`make run`'s runner: starts the gateways under honcho, announces SERVING, stops on Ctrl-C
+"""`make run`'s runner: starts the gateways under supervisord, announces SERVING, stops on Ctrl-C
 or SIGTERM; several gateways share one port and see each other's events."""
 
 from __future__ import annotations
@@ -50,7 +50,15 @@ def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> Non
         }
     )
     runner = subprocess.Popen(
-        [sys.executable, "-m", "gateway.runner", "--config", str(LOCAL_CONFIG)],
+        [
+            sys.executable,
+            "-m",
+            "gateway.runner",
+            "--config",
+            str(LOCAL_CONFIG),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -100,10 +108,18 @@ def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> Non
                 runner.communicate()  # also closes the pipe, which would leak into later tests
 
 
-def _start_runner(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+def _start_runner(env: dict[str, str], run_dir: Path) -> tuple[subprocess.Popen[str], str]:
     """The runner of the local profile, and its output up to the SERVING banner."""
     runner = subprocess.Popen(
-        [sys.executable, "-m", "gateway.runner", "--config", str(LOCAL_CONFIG)],
+        [
+            sys.executable,
+            "-m",
+            "gateway.runner",
+            "--config",
+            str(LOCAL_CONFIG),
+            "--run-dir",
+            str(run_dir),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -197,7 +213,7 @@ def test_gateways_share_one_port_see_each_others_events_and_stop_on_sigterm(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    runner, banner = _start_runner(env)
+    runner, banner = _start_runner(env, tmp_path / "run")
     channels: list[grpc.Channel] = []
     try:
         assert f"recsys is SERVING on 127.0.0.1:{port}" in banner, banner
@@ -247,7 +263,7 @@ def test_gateways_share_one_port_see_each_others_events_and_stop_on_sigterm(
         runner.send_signal(signal.SIGTERM)  # as a supervisor (systemd, Kubernetes) stops it
         output, _ = runner.communicate(timeout=60)
         assert output.count("stopped") >= 2, output  # both drained and closed their resources
-        # honcho's exit status after stopping everything on a signal: 128 + its number.
+        # The runner's exit status after stopping everything on a signal: 128 + its number.
         assert runner.returncode == 128 + signal.SIGTERM, output
         gateway.runner.ensure_port_free("127.0.0.1", port)  # no gateway holds the port
         for metrics_port in metrics_ports:

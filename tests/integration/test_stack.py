@@ -180,7 +180,7 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
             assert stopped_at is not None and answered > 50
             assert failures == [], [(e.code(), e.details()) for e in failures]
     finally:
-        # honcho runs each process in a session of its own: what outlives the runner is
+        # supervisord runs each process in a group of its own: what outlives the runner is
         # killed by pid (while its command line is unchanged), so no leftover holds the
         # output pipe open and the reader thread, and the close below, always finish.
         launched = {pid: cmdline(pid) for pid in descendants(runner.pid)[1:]}
