@@ -30,6 +30,8 @@ class Assignment:
     model: str
     model_version: int
     bucket: int
+    serve_surface: bool = True
+    """Whether this arm serves the surface the request asks for (`VariantConfig`)."""
 
     @property
     def experiment_id(self) -> str:
@@ -54,7 +56,12 @@ def assign(experiment: ExperimentConfig, user_id: str) -> Assignment | None:
         high = (start + experiment.coverage * variant.weight) * BUCKETS
         if low <= bucket < high:
             return Assignment(
-                experiment.name, variant.name, variant.model, variant.model_version, bucket
+                experiment.name,
+                variant.name,
+                variant.model,
+                variant.model_version,
+                bucket,
+                variant.serve_surface,
             )
         start += variant.weight
     return None

@@ -23,6 +23,10 @@ class VariantConfig(BaseModel):
     """Model version; 0 means the latest version Triton serves."""
     weight: float = Field(ge=0.0, le=1.0)
     """Share of the experiment's traffic; the weights of one experiment sum to 1."""
+    serve_surface: bool = True
+    """Serve the list the request asks for (`RecommendRequest.surface`, MIXED when unset);
+    false serves the ranker's list (BUY_AGAIN) whatever it asks: the behaviour before
+    surfaces, the control arm of an experiment on them."""
 
 
 class GuardrailConfig(BaseModel):

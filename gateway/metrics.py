@@ -75,6 +75,13 @@ class Metrics:
             ["experiment", "variant"],
             registry=r,
         )
+        self.recommended_items = Counter(
+            "recsys_recommended_items",
+            "Items answered by surface (buy_again, discover, mixed) and whether the customer "
+            "had bought them before (novelty: own, new); new / all is the discovery share.",
+            ["surface", "novelty"],
+            registry=r,
+        )
         self.prediction_cache = Counter(
             "recsys_prediction_cache_requests",
             "Prediction cache lookups, by result.",

@@ -49,8 +49,29 @@ def metadata_problem(repository: Path, model: str, version: int) -> str | None:
 
 
 def executing_model(model: str) -> str:
-    """The ONNX model an ensemble's single step runs (`triton_models.triton_repo`)."""
+    """The ONNX model an ensemble's first step runs (`triton_models.triton_repo`)."""
     return f"{model}_onnx"
+
+
+def discovery_model(repository: Path, model: str, version: int) -> str | None:
+    """The discovery model `model` version `version` also runs (its ensemble's second step,
+    answering `discovery_score`), as its metadata names it; None for a ranker without one."""
+    path = repository / model / str(version) / METADATA
+    try:
+        name = json.loads(path.read_text()).get("discovery_model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def composing_models(repository: Path, model: str, version: int) -> list[str]:
+    """The models whose metadata must match before `model` version `version` is used: the
+    ensemble, the ranker's ONNX model and the discovery model's, if any."""
+    names = [model, executing_model(model)]
+    discovery = discovery_model(repository, model, version)
+    if discovery is not None:
+        names.append(executing_model(discovery))
+    return names
 
 
 class ModelRegistry:
@@ -67,6 +88,7 @@ class ModelRegistry:
         self._repository = repository
         self._models = tuple(dict.fromkeys(models))
         self._routable: dict[str, int | None] = {}
+        self._discovery: dict[str, bool] = {}
         self._reported: set[tuple[str, int]] = set()
 
     @property
@@ -85,15 +107,36 @@ class ModelRegistry:
             versions = _versions_on_disk(self._repository / model)
             if not versions:
                 raise ConfigError(f"model {model!r} is configured but not in {self._repository}")
-            for name in (model, executing_model(model)):
-                problem = metadata_problem(self._repository, name, versions[-1])
+            for name in composing_models(self._repository, model, versions[-1]):
+                newest = versions[-1] if name in (model, executing_model(model)) else None
+                problem = self._problem(name, newest)
                 if problem is not None:
                     raise ConfigError(problem)
-            self._routable[model] = versions[-1]
+            self._route(model, versions[-1])
+
+    def _problem(self, name: str, version: int | None) -> str | None:
+        """`metadata_problem` of `name` at `version` (None: its newest version on disk, for a
+        discovery model, whose versions are its own)."""
+        if version is None:
+            versions = _versions_on_disk(self._repository / name)
+            if not versions:
+                return f"model {name!r} is named by an ensemble but not in {self._repository}"
+            version = versions[-1]
+        return metadata_problem(self._repository, name, version)
+
+    def _route(self, model: str, version: int | None) -> None:
+        self._routable[model] = version
+        self._discovery[model] = (
+            version is not None and discovery_model(self._repository, model, version) is not None
+        )
 
     def version(self, model: str) -> int | None:
         """The version to request for `model`; None when it cannot be routed to."""
         return self._routable.get(model)
+
+    def has_discovery(self, model: str) -> bool:
+        """Whether the routed version of `model` also answers `discovery_score`."""
+        return self._discovery.get(model, False)
 
     def update(self, ready: dict[str, list[str]]) -> None:
         """Routes each model to the version its ensemble and ONNX model both serve READY and
@@ -109,8 +152,8 @@ class ModelRegistry:
             if onnx_ready:
                 newest = onnx_ready[-1]
                 problems = [
-                    metadata_problem(self._repository, name, newest)
-                    for name in (model, executing_model(model))
+                    self._problem(name, newest if name in (model, executing_model(model)) else None)
+                    for name in composing_models(self._repository, model, newest)
                 ]
                 problem = next((p for p in problems if p is not None), None)
                 if problem is None and newest in ensemble_ready:
@@ -122,7 +165,7 @@ class ModelRegistry:
                     _log.error("not routing to %s version %d: %s", model, newest, problem)
             if route != self._routable.get(model):
                 _log.warning("routing %s to version %s", model, route)
-            self._routable[model] = route
+            self._route(model, route)
 
     async def poll(self, ranker: TritonRanker, interval_s: float) -> None:
         """Refreshes the routable versions from Triton every `interval_s` until cancelled."""

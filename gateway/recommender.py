@@ -21,11 +21,13 @@ from feature_service.definitions import PurchaseHistory
 from feature_service.history import NO_PURCHASES
 from feature_service.kernels import order_by_score
 from feature_service.store import FeatureStore
+from feature_service.surfaces import Surface
 from gateway.deadline import Budget
 from gateway.errors import ServiceError
 from gateway.metrics import Metrics
 from gateway.models import ModelRegistry
 from gateway.stages.assign import assign_variant
+from gateway.stages.blend import blend_mixed, discovery_order, without_owned
 from gateway.stages.candidates import HISTORY_CANDIDATES, CandidateRetriever, candidate_count
 from gateway.stages.features import RankingFeatures, fetch_user_features
 from gateway.stages.filter import filter_candidates
@@ -163,9 +165,15 @@ class Recommender:
         request_span.set_attribute("recsys.candidates.retrieved", len(candidates))
         request_span.set_attribute("recsys.candidates.filtered", len(kept))
 
+        # An arm that does not serve surfaces (the control of an experiment on them) and the
+        # requests that want no discovery list get exactly the ranker's list.
+        surface = (
+            query.surface if assignment is None or assignment.serve_surface else Surface.BUY_AGAIN
+        )
+        owned = purchases.recent_items
         budget.check("rank")
         with stage("rank"):
-            ranking = await self._rank(query, assignment, history, kept, budget)
+            ranking = await self._rank(query, assignment, history, kept, budget, surface, owned)
         reasons.extend(ranking.degraded_reasons)
         request_span.set_attribute("recsys.model_version", ranking.model_version)
 
@@ -177,15 +185,43 @@ class Recommender:
                 if self.candidates.index is not None
                 else None
             )
-            diverse = diversify(
-                ranking.items, self.catalogue.category, rules.diversity_weight, pool, embeddings
-            )
-            items = truncate(
-                cap_per_category(diverse, self.catalogue.category, rules.max_per_category),
-                query.num_items,
-            )
+
+            def rerank(ranked: Candidates) -> Candidates:
+                diverse = diversify(
+                    ranked, self.catalogue.category, rules.diversity_weight, pool, embeddings
+                )
+                return truncate(
+                    cap_per_category(diverse, self.catalogue.category, rules.max_per_category),
+                    query.num_items,
+                )
+
+            items = rerank(ranking.items)
+            if surface is not Surface.BUY_AGAIN:
+                discover = rerank(
+                    ranking.discover
+                    if ranking.discover is not None
+                    else without_owned(ranking.items, owned)
+                )
+                items = (
+                    discover
+                    if surface is Surface.DISCOVER
+                    else blend_mixed(
+                        items,
+                        discover,
+                        ranking.items,
+                        owned,
+                        query.num_items,
+                        rules.discovery_slots,
+                    )
+                )
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")
+        new_items = int(np.count_nonzero(~np.isin(items.positions, owned)))
+        served = surface.name.lower()
+        self.metrics.child(self.metrics.recommended_items, served, "new").inc(new_items)
+        self.metrics.child(self.metrics.recommended_items, served, "own").inc(
+            len(items) - new_items
+        )
         for reason in reasons:
             self.metrics.child(self.metrics.degraded, reason).inc()
         if reasons:
@@ -215,9 +251,12 @@ class Recommender:
         history: PurchaseHistory,
         candidates: Candidates,
         budget: Budget,
+        surface: Surface,
+        owned: npt.NDArray[np.int32],
     ) -> Ranking:
         """Scores with the arm's model on Triton; the fallback ranker answers when there is no
-        model or Triton fails or is too slow."""
+        model or Triton fails or is too slow. For a DISCOVER or MIXED list the same call also
+        asks the model's discovery head, when its ensemble has one."""
         if self.ranker is None or len(candidates) == 0:
             return self.fallback.rank(candidates, "NO_MODEL")
         ranker = self.ranker
@@ -228,6 +267,7 @@ class Recommender:
         if version is None:
             return self.fallback.rank(candidates, "NO_MODEL")
         context = query.context
+        with_discovery = surface is not Surface.BUY_AGAIN and ranker.registry.has_discovery(model)
         key = PredictionCache.key(
             model,
             version,
@@ -236,31 +276,40 @@ class Recommender:
             (context.device, context.page, hash(context.country), context.time.hour),
             candidates.positions,
         )
-        scores = ranker.cache.get(key)
-        fresh = scores is None
-        if scores is not None:
+        if with_discovery:
+            key = (*key, "discovery")  # cached as two rows: ranker and discovery scores
+        cached = ranker.cache.get(key)
+        fresh = cached is None
+        discovery: npt.NDArray[np.float32] | None = None
+        if cached is not None:
             self.metrics.prediction_cache_hits.inc()
+            scores, discovery = (cached[0], cached[1]) if with_discovery else (cached, None)
         else:
             self.metrics.prediction_cache_misses.inc()
             features = ranker.features.build(query.user_id, history, candidates, context)
             timeout_s = min(budget.remaining(), self.model.ranker.timeout_ms / 1000.0)
             started = time.perf_counter()
             try:
-                scored = await ranker.triton.score(model, version, features, timeout_s)
+                scored = await ranker.triton.score(
+                    model, version, features, timeout_s, discovery=with_discovery
+                )
             except RankerFailure as exc:
                 self.metrics.ranker_failures.labels(model, exc.reason).inc()
                 return self.fallback.rank(candidates, exc.reason)
             finally:
                 duration = self.metrics.child(self.metrics.triton_duration, model)
                 duration.observe(time.perf_counter() - started)
-            scores = scored.scores
-            ranker.cache.put(key, scores)
+            scores, discovery = scored.scores, scored.discovery
+            ranker.cache.put(key, scores if discovery is None else np.stack([scores, discovery]))
         order = order_by_score(scores)
         if fresh and len(order):
             score = self.metrics.child(self.metrics.ranker_score, model)
             score.observe(sorted_median(scores, order))
         return Ranking(
-            Candidates(candidates.positions[order], scores[order]), f"{model}/{version}", ()
+            Candidates(candidates.positions[order], scores[order]),
+            f"{model}/{version}",
+            (),
+            None if discovery is None else discovery_order(candidates, discovery, owned),
         )
 
     def _log_exposure(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from feature_service.surfaces import DEFAULT_DISCOVERY_SLOTS
+
 
 class CandidateGeneratorSettings(BaseModel):
     """Candidate retrieval (Annoy over item embeddings, merged with popular items)."""
@@ -80,6 +82,9 @@ class RerankerSettings(BaseModel):
     """Drop items the user viewed within the recent-activity window."""
     filter_recently_purchased: bool = False
     """Drop items the user bought recently. Off: customers in this data re-buy the same items."""
+    discovery_slots: int = Field(DEFAULT_DISCOVERY_SLOTS, ge=0, le=100)
+    """Items new to the customer a MIXED list holds at least (`feature_service.surfaces`); each
+    one trades re-order recall for discovery (build/reports/evaluation.md measures 1 to 5)."""
 
 
 class ModelSettings(BaseModel):

@@ -31,6 +31,10 @@ INPUT_NAME = "features"
 """Input tensor of every ranker: FP32 [n, F], columns in the model's feature order."""
 OUTPUT_NAME = "score"
 """Output tensor of every ranker: FP32 [n, 1], purchase probability."""
+DISCOVERY_OUTPUT_NAME = "discovery_score"
+"""Second output of a ranker ensemble that runs a discovery model (`triton_models.discovery`):
+FP32 [n, 1], probability of buying the item as a product new to the customer (meaningful for
+candidates the customer never bought)."""
 
 
 class FallbackRanker:
@@ -124,6 +128,8 @@ class Scored:
     scores: npt.NDArray[np.float32]
     model_version: str
     """`<model>/<version>`, e.g. `ranker_v2/1`."""
+    discovery: npt.NDArray[np.float32] | None = None
+    """The discovery model's scores of the same rows, when they were asked for."""
 
 
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -169,11 +175,14 @@ class InferRequestEncoder:
     during serialization (`benchmarks/triton_client_bench.py` measures the difference).
     """
 
-    def __init__(self, model: str, version: int) -> None:
+    def __init__(self, model: str, version: int, outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
         request = service_pb2.ModelInferRequest(
             model_name=model,
             model_version=str(version) if version else "",
-            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)],
+            outputs=[
+                service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=name)
+                for name in outputs
+            ],
         )
         self.prefix: bytes = request.SerializeToString()
         """The serialized fields every request to this model and version carries."""
@@ -202,16 +211,37 @@ class InferRequestEncoder:
         )
 
 
+def read_outputs(
+    reply: Any, rows: int, names: Sequence[str]
+) -> dict[str, npt.NDArray[np.float32]] | None:
+    """The named vectors of a `ModelInferResponse` to a `rows`-row request, or None when the
+    reply does not hold exactly those FP32 outputs, `rows` values each."""
+    if len(reply.raw_output_contents) != len(names) or len(reply.outputs) != len(names):
+        return None
+    found = {}
+    for output, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
+        if output.datatype != "FP32":
+            return None
+        values = np.frombuffer(raw, dtype=np.float32)
+        if values.shape[0] != rows:
+            return None
+        found[output.name] = values
+    return found if sorted(found) == sorted(names) else None
+
+
 def read_scores(reply: Any, rows: int) -> npt.NDArray[np.float32] | None:
     """The `score` vector of a `ModelInferResponse` to a `rows`-row request, or None when the
     reply does not hold exactly one FP32 output of `rows` values."""
-    if len(reply.raw_output_contents) != 1 or len(reply.outputs) != 1:
-        return None
-    output = reply.outputs[0]
-    if output.name != OUTPUT_NAME or output.datatype != "FP32":
-        return None
-    scores = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)
-    return scores if scores.shape[0] == rows else None
+    outputs = read_outputs(reply, rows, (OUTPUT_NAME,))
+    return None if outputs is None else outputs[OUTPUT_NAME]
+
+
+_Key = tuple[str, int, bool]
+"""What a Triton call is for: model, version, and whether it asks the discovery output too."""
+
+
+def _outputs(discovery: bool) -> tuple[str, ...]:
+    return (OUTPUT_NAME, DISCOVERY_OUTPUT_NAME) if discovery else (OUTPUT_NAME,)
 
 
 @dataclass(eq=False)
@@ -291,7 +321,7 @@ class TritonRanker:
             # as the generated stub registers its methods (types-grpcio lacks the flag)
             _registered_method=True,  # type: ignore[call-arg]
         )
-        self._encoders: dict[tuple[str, int], InferRequestEncoder] = {}
+        self._encoders: dict[_Key, InferRequestEncoder] = {}
         self._breaker = CircuitBreaker(
             failure_threshold=failure_threshold,
             recovery_timeout=recovery_timeout_s,
@@ -303,8 +333,8 @@ class TritonRanker:
         self._max_calls_in_flight = max_calls_in_flight
         self._max_batch_rows = max_batch_rows
         self._abandoned: set[asyncio.Task[None]] = set()
-        self._waiting: dict[tuple[str, int], deque[_Batch]] = {}
-        self._in_flight: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
+        self._waiting: dict[_Key, deque[_Batch]] = {}
+        self._in_flight: dict[_Key, set[asyncio.Task[None]]] = {}
         self._observe_call_requests = observe_call_requests
         self.calls = 0
         """Calls sent to Triton so far."""
@@ -327,18 +357,26 @@ class TritonRanker:
             self._abandoned.add(call)
             call.add_done_callback(self._abandoned.discard)
 
-    def _encoder(self, model: str, version: int) -> InferRequestEncoder:
-        encoder = self._encoders.get((model, version))
+    def _encoder(self, key: _Key) -> InferRequestEncoder:
+        encoder = self._encoders.get(key)
         if encoder is None:
             if len(self._encoders) >= _MAX_ENCODERS:  # versions retired by many rollouts
                 self._encoders.clear()
-            encoder = self._encoders[(model, version)] = InferRequestEncoder(model, version)
+            model, version, discovery = key
+            encoder = self._encoders[key] = InferRequestEncoder(model, version, _outputs(discovery))
         return encoder
 
     async def score(
-        self, model: str, version: int, features: npt.NDArray[np.float32], timeout_s: float
+        self,
+        model: str,
+        version: int,
+        features: npt.NDArray[np.float32],
+        timeout_s: float,
+        *,
+        discovery: bool = False,
     ) -> Scored:
-        """Scores `features` (`[n, F]`) with `model` (version 0: the latest Triton serves).
+        """Scores `features` (`[n, F]`) with `model` (version 0: the latest Triton serves);
+        with `discovery`, also asks the ensemble's discovery model (in the same call).
 
         Raises:
             RankerFailure: Triton failed, timed out, or the circuit is open.
@@ -348,7 +386,7 @@ class TritonRanker:
         # Refusing while open is ours to do: the library's `call_async` only counts outcomes.
         if self._breaker.opened:
             raise RankerFailure("RANKER_UNAVAILABLE", "circuit open after repeated failures")
-        key = (model, version)
+        key = (model, version, discovery)
         self._refuse_when_unanswered(key)
         rows = np.ascontiguousarray(features, dtype=np.float32)
         batch, start = self._join(key, rows)
@@ -364,9 +402,14 @@ class TritonRanker:
         except asyncio.CancelledError:
             self._abandon(batch)
             raise
-        return Scored(scored.scores[start : start + len(rows)], scored.model_version)
+        end = start + len(rows)
+        return Scored(
+            scored.scores[start:end],
+            scored.model_version,
+            None if scored.discovery is None else scored.discovery[start:end],
+        )
 
-    def _refuse_when_unanswered(self, key: tuple[str, int]) -> None:
+    def _refuse_when_unanswered(self, key: _Key) -> None:
         """Fails at once when too many calls nobody waits for are outstanding, or when every
         outstanding call of this model has been given up on (a new request would only queue
         behind calls Triton is not answering)."""
@@ -384,7 +427,7 @@ class TritonRanker:
                 outage=False,
             )
 
-    def _join(self, key: tuple[str, int], rows: npt.NDArray[np.float32]) -> tuple[_Batch, int]:
+    def _join(self, key: _Key, rows: npt.NDArray[np.float32]) -> tuple[_Batch, int]:
         """Adds `rows` to the batch now forming for `key` (a new one when it would grow past
         `max_batch_rows`) and sends what a free slot allows; returns the batch and the
         index of the request's first row in it."""
@@ -400,7 +443,7 @@ class TritonRanker:
         self._send_waiting(key)
         return batch, start
 
-    def _send_waiting(self, key: tuple[str, int]) -> None:
+    def _send_waiting(self, key: _Key) -> None:
         waiting = self._waiting[key]
         in_flight = self._in_flight.setdefault(key, set())
         while waiting and len(in_flight) < self._max_calls_in_flight:
@@ -413,7 +456,7 @@ class TritonRanker:
             if self._observe_call_requests is not None:
                 self._observe_call_requests(len(batch.parts))
 
-    async def _call(self, key: tuple[str, int], batch: _Batch) -> None:
+    async def _call(self, key: _Key, batch: _Batch) -> None:
         """One call to Triton for `batch`; its outcome goes to the batch's waiters."""
         outcome = batch.scored
         try:
@@ -433,9 +476,9 @@ class TritonRanker:
             self._in_flight[key].discard(asyncio.current_task())  # type: ignore[arg-type]
             self._send_waiting(key)
 
-    async def _infer(self, key: tuple[str, int], batch: _Batch) -> Scored:
-        model, version = key
-        request = self._encoder(model, version).encode_parts(batch.parts)
+    async def _infer(self, key: _Key, batch: _Batch) -> Scored:
+        model, _, discovery = key
+        request = self._encoder(key).encode_parts(batch.parts)
         try:
             reply = await self._model_infer(
                 request, timeout=self._call_deadline_s, metadata=batch.headers or None
@@ -446,10 +489,14 @@ class TritonRanker:
                 "RANKER_TIMEOUT" if timed_out else "RANKER_UNAVAILABLE",
                 f"{exc.code().name}: {exc.details()}",
             ) from exc
-        scores = read_scores(reply, batch.rows)
-        if scores is None:
+        outputs = read_outputs(reply, batch.rows, _outputs(discovery))
+        if outputs is None:
             raise RankerFailure("RANKER_UNAVAILABLE", f"{model} returned no or misshapen scores")
-        return Scored(scores, f"{model}/{reply.model_version}")
+        return Scored(
+            outputs[OUTPUT_NAME],
+            f"{model}/{reply.model_version}",
+            outputs.get(DISCOVERY_OUTPUT_NAME),
+        )
 
     async def model_config(self, model: str) -> dict[str, Any]:
         """Triton's configuration of `model` as JSON (protobuf's JSON mapping, field names as

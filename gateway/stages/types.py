@@ -8,6 +8,8 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
+from feature_service.surfaces import Surface
+
 Positions = npt.NDArray[np.int32]
 """Item positions in the catalogue arrays."""
 Scores = npt.NDArray[np.float32]
@@ -40,6 +42,8 @@ class RecommendQuery:
     context: RequestContext
     exclude_item_ids: tuple[str, ...]
     request_id: str
+    surface: Surface = Surface.MIXED
+    """Which list the caller asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +70,6 @@ class Ranking:
     model_version: str
     degraded_reasons: tuple[str, ...]
     """Names of `DegradedReason` values (without the prefix) explaining a fallback."""
+    discover: Candidates | None = None
+    """The candidates the customer never bought, best discovery score first, when the model's
+    discovery head scored them."""

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.events import Event, EventType
+from feature_service.surfaces import Surface
 from gateway.errors import InvalidArgument
 from gateway.stages.types import RecommendQuery, RequestContext
 
@@ -36,6 +37,7 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 # line and paragraph separators.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _DEVICES = frozenset(pb.Device.values())
+_SURFACES = frozenset(pb.Surface.values())
 _PAGES = frozenset(pb.Page.values())
 _EVENT_TYPES = frozenset(int(t) for t in EventType)
 
@@ -80,12 +82,16 @@ def validate_recommend(
         for i, item_id in enumerate(request.exclude_item_ids)
     )
     request_id = check_id("request_id", request.request_id, MAX_ID, required=False)
+    if request.surface not in _SURFACES:
+        raise InvalidArgument("surface", f"unknown Surface value {request.surface}")
     return RecommendQuery(
         user_id=user_id,
         num_items=num_items,
         context=_validate_context(request.context, now),
         exclude_item_ids=exclude,
         request_id=request_id or uuid.uuid4().hex,
+        # Unset (SURFACE_UNSPECIFIED, 0) is MIXED: what a client built before the field gets.
+        surface=Surface(request.surface or pb.SURFACE_MIXED),
     )
 
 

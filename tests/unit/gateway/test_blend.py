@@ -1,0 +1,75 @@
+"""The surface stage: validation of `surface`, the discovery order and the MIXED blend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from recsys.v1 import recommendation_pb2 as pb
+
+from feature_service.surfaces import Surface
+from gateway.errors import InvalidArgument
+from gateway.stages.blend import blend_mixed, discovery_order, without_owned
+from gateway.stages.types import Candidates
+from gateway.stages.validate import validate_recommend
+from tests.unit.gateway.test_stages import LIMITS
+
+NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
+
+
+def a(*values: int) -> npt.NDArray[np.int32]:
+    return np.asarray(values, dtype=np.int32)
+
+
+def c(positions: list[int], scores: list[float]) -> Candidates:
+    return Candidates(a(*positions), np.asarray(scores, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("value", "surface"),
+    [
+        (pb.SURFACE_UNSPECIFIED, Surface.MIXED),  # an old client gets MIXED
+        (pb.SURFACE_MIXED, Surface.MIXED),
+        (pb.SURFACE_BUY_AGAIN, Surface.BUY_AGAIN),
+        (pb.SURFACE_DISCOVER, Surface.DISCOVER),
+    ],
+)
+def test_surface_is_validated(value: int, surface: Surface) -> None:
+    request = pb.RecommendRequest(user_id="17850", surface=value)  # type: ignore[arg-type]
+    assert validate_recommend(request, LIMITS, NOW).surface is surface
+
+
+def test_unknown_surface_is_invalid_argument() -> None:
+    request = pb.RecommendRequest(user_id="17850")
+    request.surface = 7  # type: ignore[assignment]  # what a newer client could send
+    with pytest.raises(InvalidArgument, match="surface: unknown Surface value 7"):
+        validate_recommend(request, LIMITS, NOW)
+
+
+def test_discovery_order_skips_owned_and_sorts_by_discovery_score() -> None:
+    candidates = c([5, 6, 7, 8], [0.9, 0.8, 0.7, 0.6])
+    order = discovery_order(candidates, np.asarray([0.1, 0.5, 0.9, 0.3], np.float32), a(6))
+    assert order.positions.tolist() == [7, 8, 5]
+    assert order.scores.tolist() == pytest.approx([0.9, 0.3, 0.1])
+
+
+def test_without_owned_keeps_the_ranker_order() -> None:
+    assert without_owned(c([5, 6, 7], [3, 2, 1]), a(6)).positions.tolist() == [5, 7]
+
+
+def test_mixed_lists_discovery_items_with_the_rankers_scores() -> None:
+    ranked = c([1, 2, 3, 7, 8, 9], [0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    buy_again = c([1, 2, 3], [0.9, 0.8, 0.7])
+    discover = c([9, 8], [0.6, 0.5])  # the discovery model prefers 9
+    mixed = blend_mixed(buy_again, discover, ranked, a(1, 2, 3), 3, 1)
+    # 3, the last owned item, gives way to 9; the list is ordered by the ranker's scores.
+    assert mixed.positions.tolist() == [1, 2, 9]
+    assert mixed.scores.tolist() == pytest.approx([0.9, 0.8, 0.1])
+
+
+def test_mixed_with_enough_new_items_is_the_ranker_list() -> None:
+    ranked = c([7, 1, 2], [0.9, 0.8, 0.7])
+    mixed = blend_mixed(c([7, 1], [0.9, 0.8]), c([2], [0.1]), ranked, a(1, 2), 2, 1)
+    assert mixed.positions.tolist() == [7, 1]
