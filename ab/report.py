@@ -139,8 +139,8 @@ def _pct(value: float | None) -> str:
 
 def _period_name(period: timedelta) -> str:
     seconds = int(period.total_seconds())
-    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
-        if seconds % size == 0:
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        if seconds and seconds % size == 0 and period.microseconds == 0:
             count = seconds // size
             return unit if count == 1 else f"{count} {unit}s"
     return f"{period.total_seconds():g} seconds"

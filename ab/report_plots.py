@@ -129,7 +129,7 @@ def arms_figure(analysis: Analysis) -> Figure:
     srm_ax.set_ylabel("SRM p-value (log)")
     handles, labels = ax.get_legend_handles_labels()
     srm_handles, srm_labels = srm_ax.get_legend_handles_labels()
-    ax.legend(handles + srm_handles, labels + srm_labels, loc="upper left", fontsize=8)
+    ax.legend(handles + srm_handles, labels + srm_labels, loc="center left", fontsize=8)
     last = analysis.srm
     summary = f", final SRM p = {last.p_value:.3g}" if last is not None else ""
     fig.suptitle(f"{experiment.name}: arm sizes{summary}", fontsize=11)

@@ -1,11 +1,14 @@
 """Experiments end to end: two ranker versions served by Triton, gateway traffic with simulated
 outcomes recorded through RecordEvents, and the controller deciding from the recorded data:
 a worse treatment is rolled back (every gateway then routes to control), a better one is
-promoted."""
+promoted. The rollback runs on the production stores (Redis and Postgres), the promotion on the
+embedded store of `make run` (SQLite logs, JSON state), where `analyze` then writes its report,
+plots and tables from the real traffic (the README's plot comes from this run)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -13,19 +16,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 from recsys.v1 import recommendation_pb2 as pb
 
+from ab.__main__ import main as ab_main
+from ab.backends import open_backend
 from ab.config import (
-    ABTestingSettings,
     ControllerSettings,
     ExperimentConfig,
     GuardrailConfig,
     VariantConfig,
 )
-from ab.controller import Controller, PostgresSumsSource
-from ab.store import PostgresStateStore, open_pool
+from ab.controller import Controller
+from ab.settings import SidecarSettings
 from ab.telemetry import SidecarMetrics
 from feature_service.local_servers import PostgresServer, RedisServer
 from gateway.config import Settings
@@ -107,62 +112,103 @@ async def _traffic(
     return arms, models
 
 
-async def _decide(postgres: PostgresServer, experiment: ExperimentConfig) -> str:
-    settings = Settings().feature_store.postgres.model_copy(update={"dsn": postgres.dsn})
-    pool = await open_pool(settings, max_size=2)
-    try:
+def _sidecar_settings(settings: Settings) -> SidecarSettings:
+    """The sections of the gateway's settings the sidecar and the ab CLI read."""
+    return SidecarSettings(ab_testing=settings.ab_testing, feature_store=settings.feature_store)
+
+
+async def _decide(settings: Settings, experiment: ExperimentConfig) -> str:
+    """One evaluation round, as the sidecar runs it, on the gateway's backend."""
+    async with open_backend(_sidecar_settings(settings), max_connections=2) as backend:
         controller = Controller(
-            [experiment],
-            PostgresSumsSource(pool),
-            PostgresStateStore(pool),
-            SidecarMetrics(CollectorRegistry()),
+            [experiment], backend.metrics, backend.store, SidecarMetrics(CollectorRegistry())
         )
         await asyncio.sleep(1.0)  # the exposure recorder flushes every 0.5 s
         [evaluation] = await controller.run_once()
         return evaluation.decision
-    finally:
-        await pool.close()
+
+
+def _analyze(settings: Settings, experiment: ExperimentConfig, out: Path) -> None:
+    """`python -m ab analyze` on the embedded files the gateways wrote."""
+    store = settings.feature_store
+    ab = settings.ab_testing
+    config = out.parent / "ab-config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "feature_store": {
+                    "backend": "embedded",
+                    "embedded": {"event_log_path": str(store.embedded.event_log_path)},
+                },
+                "ab_testing": {
+                    "experiments": [experiment.model_dump(mode="json")],
+                    "exposure_log_path": str(ab.exposure_log_path),
+                    "controller": {"state_file": str(ab.controller.state_file)},
+                },
+            }
+        )
+    )
+    # 1-second periods: both traffic runs take seconds to a minute
+    argv = ["analyze", "--config", str(config), "--experiment", experiment.name,
+            "--out", str(out), "--period", "1s"]  # fmt: skip
+    assert ab_main(argv) == 0
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "decision", "routed_to"),
+    ("behaviour", "decision", "routed_to", "backend"),
     [
         # Treatment clicks much less: the CTR guardrail breaks and the controller rolls back.
-        ({"control": (0.30, 0.2), "treatment": (0.15, 0.2)}, "rollback", "ranker_v2"),
+        (
+            {"control": (0.30, 0.2), "treatment": (0.15, 0.2)},
+            "rollback",
+            "ranker_v2",
+            "redis_postgres",
+        ),
         # Treatment converts far better with the same clicks: it wins and is promoted.
-        ({"control": (0.30, 0.10), "treatment": (0.30, 0.45)}, "promote", "ranker_v3"),
+        ({"control": (0.30, 0.10), "treatment": (0.30, 0.45)}, "promote", "ranker_v3", "embedded"),
     ],
-    ids=["worse-rolled-back", "better-promoted"],
+    ids=["worse-rolled-back-postgres", "better-promoted-embedded"],
 )
 async def test_controller_decides_from_gateway_traffic(
     behaviour: dict[str, tuple[float, float]],
     decision: str,
     routed_to: str,
+    backend: str,
     make_settings: Callable[..., Settings],
     start_tritonserver: Callable[..., TritonServer],
     models: Path,
-    redis_server: RedisServer,
-    postgres_server: PostgresServer,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
     triton = start_tritonserver(models)
     experiment = _experiment(f"e2e_{decision}")
+    stores: dict[str, str] = {}
+    if backend == "redis_postgres":  # started only for this case
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        stores = {
+            "FEATURE_STORE__BACKEND": "redis_postgres",
+            "FEATURE_STORE__REDIS__URL": redis.url,
+            "FEATURE_STORE__POSTGRES__DSN": postgres.dsn,
+            "FEATURE_STORE__SPOOL_PATH": str(tmp_path / "spool.jsonl"),
+        }
     base = make_settings(
         MODEL__REPOSITORY_DIR=str(models),
         MODEL__RANKER__TRITON_GRPC_URL=triton.grpc_url,
         MODEL__RANKER__TIMEOUT_MS="2000",
         SERVING__DEFAULT_DEADLINE_MS="5000",
         SERVING__RATE_LIMIT="",
-        FEATURE_STORE__BACKEND="redis_postgres",
-        FEATURE_STORE__REDIS__URL=redis_server.url,
-        FEATURE_STORE__POSTGRES__DSN=postgres_server.dsn,
-        FEATURE_STORE__SPOOL_PATH=str(tmp_path / "spool.jsonl"),
+        **stores,
     )
     settings = base.model_copy(
         update={
-            "ab_testing": ABTestingSettings(
-                experiments=(experiment,),
-                controller=ControllerSettings(routing_refresh_s=0.2),
+            "ab_testing": base.ab_testing.model_copy(
+                update={
+                    "experiments": (experiment,),
+                    "controller": ControllerSettings(
+                        routing_refresh_s=0.2, state_file=tmp_path / "experiment_state.json"
+                    ),
+                }
             )
         }
     )
@@ -170,10 +216,24 @@ async def test_controller_decides_from_gateway_traffic(
     assert set(arms) == {f"{experiment.name}_control", f"{experiment.name}_treatment"}
     assert set(served) == {"ranker_v2", "ranker_v3"}  # both versions ranked on Triton
 
-    assert await _decide(postgres_server, experiment) == decision
+    assert await _decide(settings, experiment) == decision
 
     # Every new request now goes where the decision sent it, without a restart.
     arms_after, served_after = await _traffic(settings, behaviour, seed=2)
     winner = "control" if decision == "rollback" else "treatment"
     assert set(arms_after) == {f"{experiment.name}_{winner}"}
     assert set(served_after) == {routed_to}
+
+    if backend == "embedded":
+        out = tmp_path / "analysis"
+        await asyncio.to_thread(_analyze, settings, experiment, out)
+        document = json.loads((out / f"{experiment.name}.json").read_text())
+        assert [d["decision"] for d in document["decisions"]] == [decision]
+        users = document["variants"]
+        # every Recommend of the first run exposed a new user; the second run all went to
+        # the winner
+        assert users["control"]["users"] + users["treatment"]["users"] == 2 * USERS
+        assert users["control"]["users"] == arms[f"{experiment.name}_control"]
+        conversion = next(e for e in document["effects"] if e["metric"] == "conversion_rate")
+        assert conversion["ci"][0] > 0  # the better treatment's lift, interval above zero
+        assert (out / f"{experiment.name}_lift.png").stat().st_size > 10_000
