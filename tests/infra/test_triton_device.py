@@ -23,6 +23,7 @@ from triton_models import repository as repo
 from triton_models.triton_repo import ServingOptions, write_ranker
 
 PRODUCTION = CHART / "ci" / "production-values.yaml"
+CPU = CHART / "ci" / "cpu-values.yaml"
 KIND_GPU = model_config_pb2.ModelInstanceGroup.KIND_GPU
 KIND_CPU = model_config_pb2.ModelInstanceGroup.KIND_CPU
 
@@ -91,8 +92,9 @@ def _gpus(container: dict[str, Any]) -> int:
         ((), ["triton.gpus=2"], 2),
         ((), ["triton.device=cpu"], 0),
         ((PRODUCTION,), ["triton.device=cpu"], 0),
+        ((CPU,), [], 0),
     ],
-    ids=["production", "default", "two-gpus", "cpu", "production-on-cpu"],
+    ids=["production", "default", "two-gpus", "cpu", "production-on-cpu", "ci-cpu-values"],
 )
 def test_chart_resources_and_model_configs_agree(
     production_repository: Path, values: tuple[Path, ...], sets: list[str], expected_gpus: int
