@@ -13,17 +13,19 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from recsys.client import AsyncRecommendationClient, CallPolicy
+from recsys.client import AsyncRecommendationClient, CallPolicy, user_event
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
+from gateway.config import Settings
 from gateway.server import RunningServer
-from tests.conftest import REPO
+from tests.conftest import REPO, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +169,20 @@ async def test_calls_get_the_policy_deadline_by_default() -> None:
             elapsed = time.monotonic() - started
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert 0.15 < elapsed < 1.5, elapsed
+
+
+async def test_the_token_reaches_a_protected_gateway(
+    make_settings: Callable[..., Settings],
+) -> None:
+    token = "client-package-token"
+    event = user_event("client-token-1", pb.EVENT_TYPE_CLICK, "17850", "85123A", datetime.now(UTC))
+    async with running_gateway(make_settings(SERVING__AUTH__TOKEN=token)) as (server, _):
+        target = f"127.0.0.1:{server.port}"
+        async with AsyncRecommendationClient(target) as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await anonymous.record_events([event], deadline_s=5.0)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with AsyncRecommendationClient(target, token=token) as client:
+            reply = await client.record_events([event], deadline_s=5.0)
+            assert (reply.accepted, reply.duplicates) == (1, 0)
+            assert (await client.recommend("17850", 2, deadline_s=5.0)).recommendations
