@@ -3,8 +3,8 @@ that are safe to repeat, and the default deadlines the clients put on every call
 
 Both RPCs of `recsys.v1.RecommendationService` are idempotent: Recommend only reads, and
 RecordEvents stores each event once by its `event_id` (the server counts a repeat as a
-duplicate). UNAVAILABLE is what gRPC reports for a call that never reached a server (no
-connection, a refused stream, a draining gateway), so repeating it cannot do the work twice.
+duplicate), so repeating either is harmless. UNAVAILABLE is the transient failure: no
+connection, a refused stream, a gateway draining or not ready yet.
 Retries are throttled per channel (gRPC's retryThrottling): when most calls fail, the client
 stops retrying instead of multiplying the load.
 
