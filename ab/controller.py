@@ -555,6 +555,7 @@ class Controller:
         self._health = health
         self._clock = clock
         self._rng = rng if rng is not None else np.random.default_rng()
+        self._lease: LeaderLease | None = None
         metrics.initialise(self._experiments)
 
     async def evaluate_experiment(
@@ -585,6 +586,10 @@ class Controller:
         )
         export_gauges(self._metrics, experiment, evaluation)
         if evaluation.status is not None and not _same_weights(evaluation, state):
+            if self._lease is not None and not await self._lease.hold():
+                # The lease went while evaluating: the new leader decides, once.
+                _log.warning("leader lease lost; %s left to the new leader", experiment.name)
+                return evaluation
             await apply_decision(
                 self._store,
                 experiment.name,
@@ -625,7 +630,9 @@ class Controller:
         self, stop: asyncio.Event, interval_s: float, lease: LeaderLease | None = None
     ) -> None:
         """Evaluates every `interval_s` until `stop` is set; with a `lease`, only in rounds
-        where this process holds it (the others wait, see `ab.leader`)."""
+        where this process holds it (the others wait, see `ab.leader`), checked again just
+        before a decision is written."""
+        self._lease = lease
         while not stop.is_set():
             leading = lease is None or await lease.hold()
             self._metrics.leader.set(1 if leading else 0)

@@ -104,6 +104,9 @@ class PostgresLease:
     async def hold(self) -> bool:
         timeout = self._settings.timeout_s
         try:
+            if self._connection is not None and self._connection.is_closed():
+                # The session ended (Postgres restarted or terminated it): so did the lock.
+                await self._drop("lease session ended")
             connection = await self._connect()
             if self._leading:
                 # The lock lives as long as this session: a live session still holds it.
@@ -125,7 +128,7 @@ class PostgresLease:
         return got
 
     async def _connect(self) -> asyncpg.Connection:
-        if self._connection is not None and not self._connection.is_closed():
+        if self._connection is not None:
             return self._connection
         settings = self._settings
         password = settings.password.get_secret_value() if settings.password else None
