@@ -211,3 +211,102 @@ async def test_triton_down_degrades_then_recovers(
             assert reply.model_version.startswith("ranker_v")
         finally:
             restarted.stop()
+
+
+def _onnx_scores(
+    resources: Resources, models: Path, onnx_model: str, user_id: str, item_ids: list[str]
+) -> npt.NDArray[np.float32]:
+    """onnxruntime on the newest version of `onnx_model`, features built for `item_ids`."""
+    ranker = resources.recommender.ranker
+    index = resources.recommender.candidates.index
+    assert ranker is not None and index is not None
+    positions = resources.catalogue.positions(item_ids)
+    row = index.user_row[user_id]
+    candidates = Candidates(
+        positions, (index.item_vectors[positions] @ index.user_vectors[row]).astype(np.float32)
+    )
+    context = RequestContext(
+        device=pb.DEVICE_MOBILE,
+        page=pb.PAGE_HOME,
+        locale="",
+        country="GB",
+        session_id="",
+        time=CLIENT_TIME,
+    )
+    features = ranker.features.build(
+        user_id, ranker.features.histories.history(user_id), candidates, context
+    )
+    version = max(int(p.name) for p in (models / onnx_model).iterdir() if p.name.isdigit())
+    session = ort.InferenceSession(
+        str(models / onnx_model / str(version) / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (scores,) = session.run(["score"], {"features": features})
+    return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+async def test_surfaces_each_in_one_triton_call(
+    ranked_settings: Callable[..., Settings], models: Path
+) -> None:
+    # No prediction cache: every Recommend must reach Triton, and exactly once.
+    settings = ranked_settings(MODEL__RANKER__PREDICTION_CACHE_SIZE="0")
+    async with open_resources(settings) as resources:
+        server = await start_server(settings, resources)
+        try:
+            import grpc
+
+            ranker = resources.recommender.ranker
+            assert ranker is not None and ranker.registry.has_discovery("ranker_v2")
+            owned = set(
+                resources.catalogue.item_ids[
+                    ranker.features.histories.purchases(USER).recent_items
+                ].tolist()
+            )
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = async_stub(channel)
+                replies = {}
+                for surface in (pb.SURFACE_BUY_AGAIN, pb.SURFACE_DISCOVER, pb.SURFACE_MIXED):
+                    calls = ranker.triton.calls
+                    reply = await stub.Recommend(
+                        _request(num_items=10, surface=surface), timeout=10
+                    )
+                    assert ranker.triton.calls == calls + 1
+                    assert len(reply.recommendations) == 10
+                    assert not reply.degraded, reply.degraded_reasons
+                    replies[surface] = reply
+                unset = await stub.Recommend(_request(num_items=10), timeout=10)
+        finally:
+            await server.drain_and_stop(0)
+        model, _ = replies[pb.SURFACE_MIXED].model_version.split("/")
+        slots = settings.model.reranker.discovery_slots
+        for surface, onnx_model, new_at_least in (
+            (pb.SURFACE_BUY_AGAIN, f"{model}_onnx", 0),
+            (pb.SURFACE_DISCOVER, "discovery_v1_onnx", 10),
+            (pb.SURFACE_MIXED, f"{model}_onnx", slots),
+        ):
+            items = [r.item_id for r in replies[surface].recommendations]
+            scores = [r.score for r in replies[surface].recommendations]
+            assert scores == sorted(scores, reverse=True)
+            assert len(set(items) - owned) >= new_at_least, (surface, items)
+            expected = _onnx_scores(resources, models, onnx_model, USER, items)
+            np.testing.assert_allclose(scores, expected, atol=1e-4)
+        # The customer re-orders a lot: today's list is mostly own items, MIXED is not.
+        buy_again = [r.item_id for r in replies[pb.SURFACE_BUY_AGAIN].recommendations]
+        assert len(set(buy_again) - owned) < slots
+        # An old client (no surface) gets MIXED.
+        assert [r.item_id for r in unset.recommendations] == [
+            r.item_id for r in replies[pb.SURFACE_MIXED].recommendations
+        ]
+
+
+async def test_unknown_surface_is_invalid_argument(
+    ranked_settings: Callable[..., Settings],
+) -> None:
+    import grpc
+
+    async with running_gateway(ranked_settings()) as (_, channel):
+        request = _request()
+        request.surface = 9  # type: ignore[assignment]  # a value this server does not know
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await async_stub(channel).Recommend(request, timeout=10)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "surface: unknown Surface value 9" in str(caught.value.details())
