@@ -17,10 +17,12 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 SERVICE_NAME: str = reflection.SERVICE_NAME
 """The reflection service's own name (list it among the served services)."""
+V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
+"""The stable reflection service's name, served with the same servicer."""
 
 
 class MethodAwarePool:
@@ -69,7 +71,22 @@ class MethodAwarePool:
 
 
 def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    """Adds the reflection service (v1alpha, which grpcurl and ghz both speak) to `server`,
-    listing `service_names`."""
+    """Adds server reflection to `server`, listing `service_names`: the v1alpha service, which
+    grpcurl and ghz speak, and the same servicer as `grpc.reflection.v1.ServerReflection` for
+    clients that ask only for the stable version (grpcio-reflection ships v1alpha alone).
+
+    The two versions' messages are the same fields under another package name, so the v1alpha
+    messages parse and answer v1 calls. The v1 name is served but not listed: its descriptor is
+    not in the pool, and a tool that describes every listed service would stop at it.
+    """
     pool: Any = MethodAwarePool()  # duck-typed: the servicer only calls the methods above
-    reflection.enable_server_reflection(tuple(service_names), server, pool=pool)
+    servicer = reflection.aio.ReflectionServicer(tuple(service_names), pool=pool)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    stable: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {"ServerReflectionInfo": stable}),)
+    )

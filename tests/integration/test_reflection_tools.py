@@ -12,9 +12,12 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from recsys.v1 import recommendation_pb2 as pb
 
 from gateway.call_examples import call_examples, find_grpcurl
@@ -169,3 +172,30 @@ async def test_the_commands_make_run_prints_work(gateway: Gateway) -> None:
     command, _hint = call_examples(target, None, sys.executable)
     reply = json.loads((await _run(shlex.split(command))).stdout)
     assert len(reply["recommendations"]) == 5
+
+
+async def test_the_stable_reflection_version_answers_too(gateway: Gateway) -> None:
+    _, channel = gateway
+    # grpc.reflection.v1 has v1alpha's messages under another package: same bytes on the wire.
+    info: grpc.aio.StreamStreamMultiCallable[Any, Any] = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="recsys.v1.RecommendationService.Recommend"
+        ),
+    ]
+    listed, found = [response async for response in info(iter(requests), timeout=5)]
+    services = {s.name for s in listed.list_services_response.service}
+    assert {
+        "recsys.v1.RecommendationService",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+    files = {
+        descriptor_pb2.FileDescriptorProto.FromString(raw).name
+        for raw in found.file_descriptor_response.file_descriptor_proto
+    }
+    assert files == {"recsys/v1/recommendation.proto", "google/protobuf/timestamp.proto"}
