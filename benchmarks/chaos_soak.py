@@ -205,6 +205,7 @@ def run(options: argparse.Namespace, command: str) -> Path:
             record, faults = asyncio.run(_soak(system, users, rate, duration_s, schedule))
             end_s = record.now_s()
             runner_alive = system.process.running()
+            ranked = system.ranks()
             lost = events_lost(system, record.acknowledged)
     finally:
         # The processes' logs beside the report (git-ignored), for what a fault left there.
@@ -230,8 +231,8 @@ def run(options: argparse.Namespace, command: str) -> Path:
         "sustainable": sustainable,
         "runner_kept_running": runner_alive,
         "non_ok": dict(Counter(a.code for a in record.answers if a.code != "OK")),
-        "baseline": baseline_report(record, faults, end_s),
-        "faults": fault_report(record, faults, end_s),
+        "baseline": baseline_report(record, faults, end_s, ranked=ranked),
+        "faults": fault_report(record, faults, end_s, ranked=ranked),
         "error_budget": error_budget(len(record.answers), failed, options.objective),
         "events": {"acknowledged": acknowledged, "stored": acknowledged - lost, "lost": lost},
     }

@@ -7,9 +7,9 @@ The driver is ours rather than ghz because a fault's figures need each answer's 
 which are then counted in the store: an acknowledged event missing there is lost.
 
 Per fault (`summarise_fault`): non-OK answers by status code, the share of degraded answers,
-p99 latency while it lasted, the seconds until answers were whole again (OK, ranked by Triton,
-features available, for `HEALTHY_SPAN_S` in a row) and, for a killed gateway, until its
-restarted process reported healthy.
+p99 latency while it lasted, the seconds until answers were whole again (OK, features
+available and, when the system runs Triton, ranked by it, for `HEALTHY_SPAN_S` in a row) and
+until the killed process served again (a gateway's /health, Triton ready, a store's new pid).
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ class Answer:
     features: bool = True
     """No FEATURES_UNAVAILABLE among the degraded reasons."""
 
-    @property
-    def whole(self) -> bool:
-        return self.code == "OK" and self.ranked and self.features
+    def whole(self, ranked: bool) -> bool:
+        """Answered as if nothing had failed (`ranked`: the system has a ranker to rank it)."""
+        return self.code == "OK" and self.features and (self.ranked or not ranked)
 
 
 @dataclass
@@ -212,7 +212,9 @@ async def drive(
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
-def recovery_s(answers: Sequence[Answer], fault_s: float, until_s: float) -> float | None:
+def recovery_s(
+    answers: Sequence[Answer], fault_s: float, until_s: float, *, ranked: bool = True
+) -> float | None:
     """Seconds from `fault_s` until the first answer from which every Recommend answer started
     within `HEALTHY_SPAN_S` is whole; None when that does not happen before `until_s`."""
     window = sorted(
@@ -221,7 +223,7 @@ def recovery_s(answers: Sequence[Answer], fault_s: float, until_s: float) -> flo
     )
     last_bad = None
     for answer in window:
-        if not answer.whole:
+        if not answer.whole(ranked):
             last_bad = answer.started_s
             continue
         start = fault_s if last_bad is None else last_bad
@@ -231,14 +233,19 @@ def recovery_s(answers: Sequence[Answer], fault_s: float, until_s: float) -> flo
 
 
 def summarise_fault(
-    answers: Sequence[Answer], fault_s: float, until_s: float, *, back_s: float | None
+    answers: Sequence[Answer],
+    fault_s: float,
+    until_s: float,
+    *,
+    back_s: float | None,
+    ranked: bool = True,
 ) -> dict[str, Any]:
     """The figures of one fault: every answer started in [fault_s, until_s)."""
     window = [a for a in answers if fault_s <= a.started_s < until_s]
     recommends = [a for a in window if a.method == "Recommend" and a.code == "OK"]
     codes = Counter(a.code for a in window if a.code != "OK")
     latencies = sorted(a.latency_s * 1000 for a in window if a.code == "OK")
-    recovered = recovery_s(answers, fault_s, until_s)
+    recovered = recovery_s(answers, fault_s, until_s, ranked=ranked)
     return {
         "answers": len(window),
         "non_ok": dict(codes),
@@ -290,6 +297,10 @@ class Supervised:
     def programs(self) -> list[str]:
         with self._rpc() as rpc:
             return [str(info["name"]) for info in rpc.getAllProcessInfo()]
+
+    def ranks(self) -> bool:
+        """Whether Triton runs here (built models): answers are then expected ranked by it."""
+        return "triton" in self.programs()
 
     def kill(self, program: str) -> int:
         """SIGKILL the program's process (the fault); returns its pid."""
@@ -494,17 +505,21 @@ async def inject(
     return fault
 
 
-async def wait_until_whole(record: Drive, since_s: float, timeout_s: float) -> bool:
+async def wait_until_whole(
+    record: Drive, since_s: float, timeout_s: float, *, ranked: bool = True
+) -> bool:
     """Waits until the answers since `since_s` have recovered (see `recovery_s`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if recovery_s(record.answers, since_s, record.now_s()) is not None:
+        if recovery_s(record.answers, since_s, record.now_s(), ranked=ranked) is not None:
             return True
         await asyncio.sleep(0.5)
     return False
 
 
-def fault_report(record: Drive, faults: Sequence[Fault], end_s: float) -> list[dict[str, Any]]:
+def fault_report(
+    record: Drive, faults: Sequence[Fault], end_s: float, *, ranked: bool = True
+) -> list[dict[str, Any]]:
     """Per fault, its figures over the answers until the next fault (or `end_s`)."""
     out = []
     for fault, following in zip(faults, [*faults[1:], None], strict=True):
@@ -513,13 +528,17 @@ def fault_report(record: Drive, faults: Sequence[Fault], end_s: float) -> list[d
             {
                 "program": fault.program,
                 "at_s": round(fault.at_s, 3),
-                **summarise_fault(record.answers, fault.at_s, until, back_s=fault.back_s),
+                **summarise_fault(
+                    record.answers, fault.at_s, until, back_s=fault.back_s, ranked=ranked
+                ),
             }
         )
     return out
 
 
-def baseline_report(record: Drive, faults: Sequence[Fault], end_s: float) -> dict[str, Any]:
+def baseline_report(
+    record: Drive, faults: Sequence[Fault], end_s: float, *, ranked: bool = True
+) -> dict[str, Any]:
     """The figures before the first fault: what the faults are compared with."""
     first = faults[0].at_s if faults else end_s
-    return summarise_fault(record.answers, 0.0, first, back_s=None)
+    return summarise_fault(record.answers, 0.0, first, back_s=None, ranked=ranked)

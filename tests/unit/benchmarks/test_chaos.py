@@ -70,3 +70,10 @@ def test_error_budget_used() -> None:
     assert budget["allowed_failures"] == 20.0
     assert budget["budget_used"] == 0.25
     assert error_budget(answers=0, failed=0, objective=0.999)["budget_used"] is None
+
+
+def test_without_a_ranker_unranked_answers_are_whole() -> None:
+    # No Triton in the system: every answer comes from the fallback, which is then normal.
+    answers = [_ok(t / 10, ranked=False) for t in range(0, 40)]
+    assert recovery_s(answers, fault_s=1.0, until_s=4.0, ranked=False) == 0.0
+    assert recovery_s(answers, fault_s=1.0, until_s=4.0, ranked=True) is None
