@@ -23,8 +23,9 @@ HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION
 GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 COMPOSE_SPEC := compose-spec=github.com/compose-spec/compose-go/v2/cmd@v2.16.2
 GHZ := github.com/bojand/ghz/cmd/ghz@v0.120.0
-# Lints the .proto files and checks them for breaking changes (protos/buf.yaml).
-BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
+# Lints the .proto files and checks them for breaking changes (protos/buf.yaml). The npm
+# package ships buf's release binary: building it with `go install` takes minutes.
+BUF := buf=@bufbuild/buf@1.75.0
 # Debian packages the test suite starts for real.
 APT_TEST := nginx redis-server postgresql prometheus prometheus-alertmanager
 
@@ -48,7 +49,8 @@ system: ## install the Debian packages the tests need (when missing)
 
 tools: ## build the pinned Go tools (helm, grpcurl, ghz, buf, compose-spec) into .tools/bin (when missing)
 	GO_LDFLAGS="$(HELM_LDFLAGS)" infra/scripts/bootstrap.sh go $(HELM)
-	infra/scripts/bootstrap.sh go $(GRPCURL) $(GHZ) $(BUF) $(COMPOSE_SPEC)
+	infra/scripts/bootstrap.sh go $(GRPCURL) $(GHZ) $(COMPOSE_SPEC)
+	infra/scripts/bootstrap.sh npm $(BUF)
 
 models: setup ## build canonical tables, indexes and models from ../shared/data into build/
 	$(VENV)/recsys-models --data-dir $(DATA_DIR) --out $(BUILD_DIR) $(if $(CI),--no-progress,)

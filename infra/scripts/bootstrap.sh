@@ -3,9 +3,11 @@
 #   bootstrap.sh apt PACKAGE...     Debian packages (as root, or through sudo)
 #   bootstrap.sh go [NAME=]MODULE@VERSION...  Go tools into .tools/bin (as NAME when given);
 #                                  GO_LDFLAGS, when set, is passed to `go install -ldflags`
+#   bootstrap.sh npm NAME=PACKAGE@VERSION...  a prebuilt binary an npm package ships (its bin
+#                                  NAME) into .tools/bin, for tools slow to build from source
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-mode=${1:?usage: bootstrap.sh apt PACKAGE... | go MODULE@VERSION...}
+mode=${1:?usage: bootstrap.sh apt PACKAGE... | go MODULE@VERSION... | npm NAME=PACKAGE@VERSION...}
 shift
 
 case "$mode" in
@@ -53,6 +55,27 @@ go)
     mv "$scratch/$(basename "$module")" "$binary"
     rmdir "$scratch"
     echo "$spec ${GO_LDFLAGS:-}" > "$stamp"
+  done
+  ;;
+npm)
+  bin="$root/.tools/bin"
+  mkdir -p "$bin"
+  for spec in "$@"; do
+    name=${spec%%=*}
+    package=${spec#*=}
+    binary="$bin/$name"
+    stamp="$binary.version"
+    if [ -x "$binary" ] && [ "$(cat "$stamp" 2>/dev/null)" = "npm $package" ]; then
+      continue
+    fi
+    echo "bootstrap: npm install $package"
+    prefix="$root/.tools/npm/$name"
+    rm -rf "$prefix"
+    npm install --silent --no-audit --no-fund --prefix "$prefix" "$package"
+    rm -f "$binary"
+    ln -s "$prefix/node_modules/.bin/$name" "$binary"
+    "$binary" --version >/dev/null
+    echo "npm $package" > "$stamp"
   done
   ;;
 *)
