@@ -8,10 +8,12 @@ values are converted to the field's type by validation (`RECSYS__SERVING__PORT=5
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import limits
 from pydantic import (
@@ -24,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_settings import NoDecode
 
 from ab.config import ABTestingSettings
 from feature_service.config import FeatureStoreSettings
@@ -172,7 +175,7 @@ class ServingSettings(BaseModel):
     """Per-client request limit in `limits` notation (`100/second`, `10000/minute`); clients
     are told apart by peer address, or by the address a `trusted_proxies` peer forwards. Each
     process counts its own connections. None or empty disables it."""
-    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
     """Proxies (addresses or CIDR networks: nginx, the ingress controller's pods) whose
     X-Forwarded-For / X-Real-IP name the real client for the rate limit; from any other peer
     those headers are ignored. Empty: the peer address is the client."""
@@ -180,8 +183,10 @@ class ServingSettings(BaseModel):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
-        # RECSYS__SERVING__TRUSTED_PROXIES="10.0.0.0/8,127.0.0.1": overrides arrive as text.
+        # RECSYS__SERVING__TRUSTED_PROXIES="10.0.0.0/8,127.0.0.1" or a JSON list.
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 

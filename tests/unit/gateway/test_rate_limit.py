@@ -4,13 +4,16 @@ and who the client is behind a trusted proxy."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
+from gateway.config import ConfigError, load_settings
 from gateway.errors import ResourceExhausted
 from gateway.security import ClientIdentity, RateLimitGuard
 
 METHOD = "/recsys.v1.RecommendationService/Recommend"
+LOCAL_CONFIG = Path(__file__).resolve().parents[3] / "infra" / "config" / "local.yaml"
 
 
 class FakeClock:
@@ -136,3 +139,23 @@ def test_a_garbled_forwarded_address_falls_back_to_the_proxy() -> None:
     assert identity.of({"x-forwarded-for": "203.0.113.9:443"}, PROXY) == "ipv4:10.1.0.7"
     assert identity.of({"x-real-ip": "bogus"}, PROXY) == "ipv4:10.1.0.7"
     assert identity.of({}, PROXY) == "ipv4:10.1.0.7"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("127.0.0.1", ["127.0.0.1/32"]),
+        ("10.0.0.0/8, ::1", ["10.0.0.0/8", "::1/128"]),
+        ('["192.168.0.0/16"]', ["192.168.0.0/16"]),
+        ("", []),
+    ],
+)
+def test_trusted_proxies_setting(override: str, expected: list[str]) -> None:
+    environ = {"RECSYS__SERVING__TRUSTED_PROXIES": override}
+    settings = load_settings(LOCAL_CONFIG, environ)
+    assert [str(n) for n in settings.serving.trusted_proxies] == expected
+
+
+def test_a_trusted_proxy_that_is_no_address_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="serving.trusted_proxies.0: value is not a valid IPv4"):
+        load_settings(LOCAL_CONFIG, {"RECSYS__SERVING__TRUSTED_PROXIES": "nginx"})
