@@ -17,6 +17,10 @@ interval once the leader is gone.
 
 Who leads is visible as `recsys_experiment_controller_leader` (1 on the leader, 0 on
 followers) and as one log line at each change.
+
+The controller asks again just before it writes a decision, so a leader whose session ended
+during an evaluation writes nothing. What remains is the instant between that check and the
+write's commit; closing it would take checking the lock inside the write's transaction.
 """
 
 from __future__ import annotations
