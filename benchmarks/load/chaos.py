@@ -240,8 +240,9 @@ def summarise_fault(
     back_s: float | None,
     ranked: bool = True,
 ) -> dict[str, Any]:
-    """The figures of one fault: every answer started in [fault_s, until_s)."""
-    window = [a for a in answers if fault_s <= a.started_s < until_s]
+    """The figures of one fault: every answer that came back in [fault_s, until_s) (a call sent
+    just before a fault and failed by it belongs to that fault)."""
+    window = [a for a in answers if fault_s <= a.started_s + a.latency_s < until_s]
     recommends = [a for a in window if a.method == "Recommend" and a.code == "OK"]
     codes = Counter(a.code for a in window if a.code != "OK")
     latencies = sorted(a.latency_s * 1000 for a in window if a.code == "OK")

@@ -77,3 +77,9 @@ def test_without_a_ranker_unranked_answers_are_whole() -> None:
     answers = [_ok(t / 10, ranked=False) for t in range(0, 40)]
     assert recovery_s(answers, fault_s=1.0, until_s=4.0, ranked=False) == 0.0
     assert recovery_s(answers, fault_s=1.0, until_s=4.0, ranked=True) is None
+
+
+def test_a_call_sent_before_a_fault_and_failed_by_it_belongs_to_the_fault() -> None:
+    in_flight = Answer(0.99, 0.2, "Recommend", "UNAVAILABLE", ranked=False, features=False)
+    assert summarise_fault([in_flight], 0.0, 1.0, back_s=None)["non_ok"] == {}
+    assert summarise_fault([in_flight], 1.0, 5.0, back_s=None)["non_ok"] == {"UNAVAILABLE": 1}
