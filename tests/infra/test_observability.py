@@ -55,6 +55,7 @@ FUTURE_METRICS = {
     "recsys_experiment_decisions_total",  # ab sidecar: {experiment, decision}
     "recsys_experiment_srm_p_value",  # ab sidecar: gauge {experiment}
     "recsys_experiment_metric",  # ab sidecar: gauge {experiment, variant, metric}
+    "recsys_experiment_controller_leader",  # ab sidecar: gauge, 1 on the lease holder
 }
 # Exporters outside the project: Triton, client libraries' process collectors,
 # kube-state-metrics, and Prometheus itself.
