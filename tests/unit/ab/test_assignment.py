@@ -77,3 +77,20 @@ def test_coverage_and_disabled_experiments() -> None:
     assert assign(off, "17850") is None
     found = assign_first((off, _experiment((1.0, 0.0))), "17850")
     assert found is not None and found.experiment_id == "exp_v0"
+
+
+def test_an_arm_says_whether_it_serves_the_requested_surface() -> None:
+    experiment = ExperimentConfig(
+        name="mixed_vs_today",
+        salt="s",
+        variants=(
+            VariantConfig(name="control", model="ranker_v2", weight=0.5, serve_surface=False),
+            VariantConfig(name="treatment", model="ranker_v2", weight=0.5),
+        ),
+    )
+    found = {}
+    for user in IDS[:200]:
+        assignment = assign(experiment, user)
+        assert assignment is not None
+        found[assignment.variant] = assignment.serve_surface
+    assert found == {"control": False, "treatment": True}
