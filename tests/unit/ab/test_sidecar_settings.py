@@ -1,9 +1,11 @@
-"""The sidecar's config loading and the admin commands on the embedded JSON state."""
+"""The sidecar's config loading, the admin commands on the embedded JSON state, and the sidecar
+opening the embedded backend."""
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -60,13 +62,31 @@ def test_admin_commands_on_the_embedded_state_file(
     assert "unknown experiment 'missing'" in capsys.readouterr().err
 
 
-def test_sidecar_refuses_the_embedded_backend(capsys: pytest.CaptureFixture[str]) -> None:
+def test_sidecar_on_the_embedded_backend_names_a_taken_metrics_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The embedded backend opens (its SQLite files are created here); a metrics port held by
+    # another process then stops the sidecar with the key's name, before any evaluation.
+    for key, name in (
+        ("FEATURE_STORE__EMBEDDED__EVENT_LOG_PATH", "events.sqlite3"),
+        ("AB_TESTING__EXPOSURE_LOG_PATH", "exposures.sqlite3"),
+        ("AB_TESTING__CONTROLLER__STATE_FILE", "state.json"),
+    ):
+        monkeypatch.setenv(f"RECSYS__{key}", str(tmp_path / name))
     config = str(REPO / "infra" / "config" / "local.yaml")
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    try:
-        assert main(["sidecar", "--config", config]) == 2
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    assert "redis_postgres" in capsys.readouterr().err
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        monkeypatch.setenv("RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST", "127.0.0.1")
+        monkeypatch.setenv(
+            "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT", str(held.getsockname()[1])
+        )
+        try:
+            assert main(["sidecar", "--config", config]) == 2
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+    assert "ab_testing.controller.metrics_port: cannot listen" in capsys.readouterr().err
+    assert (tmp_path / "exposures.sqlite3").is_file() and (tmp_path / "events.sqlite3").is_file()
