@@ -11,7 +11,13 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 
 from triton_models import repository as repo
-from triton_models.triton_repo import ServingOptions, git_sha, write_ranker
+from triton_models.triton_repo import (
+    DISCOVERY_OUTPUT,
+    ServingOptions,
+    git_sha,
+    write_discovery,
+    write_ranker,
+)
 
 F = 5
 
@@ -126,3 +132,25 @@ def test_dynamic_batching_with_every_field_at_its_default_is_still_on() -> None:
 
     assert config.HasField("dynamic_batching")
     assert "dynamic_batching {" in repo.config_text(config)
+
+
+def test_ranker_ensemble_runs_the_discovery_model_as_second_step(tmp_path: Path) -> None:
+    model = _onnx(tmp_path / "model.onnx")
+    options = ServingOptions()
+    root = tmp_path / "local"
+    discovery_dir = write_discovery(
+        root, "discovery_v1", model, F, {"objective": "discovery"}, options, repo.Flavour.LOCAL
+    )
+    assert discovery_dir.name == "discovery_v1_onnx"
+    assert not (root / "discovery_v1").exists()  # served inside the rankers' ensembles only
+    assert repo.read_config(discovery_dir).dynamic_batching.max_queue_delay_microseconds == 2000
+    _, ensemble_dir = write_ranker(
+        root, "ranker_v2", model, F, {}, options, repo.Flavour.LOCAL, discovery="discovery_v1"
+    )
+    ensemble = repo.read_config(ensemble_dir)
+    assert [t.name for t in ensemble.output] == ["score", DISCOVERY_OUTPUT]
+    ranker, discovery = ensemble.ensemble_scheduling.step
+    assert (ranker.model_name, dict(ranker.output_map)) == ("ranker_v2_onnx", {"score": "score"})
+    assert discovery.model_name == "discovery_v1_onnx"
+    assert dict(discovery.input_map) == {"features": "features"}
+    assert dict(discovery.output_map) == {"score": DISCOVERY_OUTPUT}
