@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 StartTriton = Callable[..., TritonServer]  # the start_tritonserver fixture
 RANKERS = ("ranker_v2", "ranker_v3")
+DISCOVERY = "discovery_v1"
 SAMPLE = 300
 
 
@@ -108,6 +109,20 @@ def test_report_and_metadata(build: tuple[Path, dict[str, float]]) -> None:
         report["metrics"]
     )
     assert (out / "reports" / "evaluation.md").read_text().startswith("# Offline evaluation")
+    # Every list is scored on re-orders and on new products apart; the surfaces are measured.
+    segments = report["segments"]
+    assert {"popularity_skip_own", "item_to_item", f"{DISCOVERY}_int8", "DISCOVER"} <= set(segments)
+    assert segments["DISCOVER"]["own_item_share@10"] == 0.0
+    assert segments["popularity_skip_own"]["own_item_share@10"] == 0.0
+    assert segments["BUY_AGAIN"] == segments["ranker_v2_int8"]
+    for slots in range(1, 6):
+        mixed = segments[f"MIXED ({slots} discovery slots)"]
+        assert mixed["own_item_share@10"] <= 1 - slots / 10 + 1e-9
+    assert set(report["discovery_targets"]) and DISCOVERY in report["quantization"]
+    discovery_meta = json.loads(
+        (out / "triton" / "local" / f"{DISCOVERY}_onnx" / "1" / "metadata.json").read_text()
+    )
+    assert discovery_meta["objective"] == "discovery"
     for flavour in ("local", "production"):
         for name in RANKERS:
             meta = json.loads(
@@ -129,7 +144,10 @@ async def test_models_ready_and_ensemble_matches_onnxruntime(
     out, _ = build
     index = await client.get_model_repository_index(as_json=True)
     states = {model["name"]: model.get("state") for model in index["models"]}
-    assert states == {name: "READY" for r in RANKERS for name in (r, f"{r}_onnx")}
+    assert states == {
+        **{name: "READY" for r in RANKERS for name in (r, f"{r}_onnx")},
+        f"{DISCOVERY}_onnx": "READY",
+    }
 
     test = RankingSet.load(out / "datasets" / "test.npz")
     features = np.ascontiguousarray(test.features[: test.offsets[3]])
@@ -137,12 +155,19 @@ async def test_models_ready_and_ensemble_matches_onnxruntime(
     for name in RANKERS:
         tensor = grpcclient.InferInput("features", list(features.shape), "FP32")
         tensor.set_data_from_numpy(features)
+        # One call answers both heads: the ranker's and the discovery model's scores.
         result = await client.infer(
-            name, [tensor], outputs=[grpcclient.InferRequestedOutput("score")]
+            name,
+            [tensor],
+            outputs=[
+                grpcclient.InferRequestedOutput("score"),
+                grpcclient.InferRequestedOutput("discovery_score"),
+            ],
         )
-        served = np.asarray(result.as_numpy("score"))
-        offline = export.session(out / "onnx" / name / "int8.onnx").run(
-            ["score"], {"features": features}
-        )[0]
-        assert served.shape == (len(features), 1) and served.dtype == np.float32
-        np.testing.assert_allclose(served, offline, rtol=0, atol=1e-5)
+        for output, model in (("score", name), ("discovery_score", DISCOVERY)):
+            served = np.asarray(result.as_numpy(output))
+            offline = export.session(out / "onnx" / model / "int8.onnx").run(
+                ["score"], {"features": features}
+            )[0]
+            assert served.shape == (len(features), 1) and served.dtype == np.float32
+            np.testing.assert_allclose(served, offline, rtol=0, atol=1e-5)

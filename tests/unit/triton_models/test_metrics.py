@@ -83,3 +83,25 @@ def test_split_by_history() -> None:
 def test_own_share_and_coverage_of_nothing() -> None:
     assert own_item_share([], []) == 0.0
     assert catalogue_coverage([], 10) == 0.0
+
+
+def test_ranking_metrics_equal_the_per_list_functions() -> None:
+    rng = np.random.default_rng(7)
+    ranked = [rng.permutation(300)[: rng.integers(1, 150)].astype(np.int32) for _ in range(200)]
+    relevant = [rng.integers(0, 300, size=rng.integers(0, 30)).astype(np.int32) for _ in ranked]
+    rows = [
+        (
+            ndcg_at_k(r, rel, 10),
+            recall_at_k(r, rel, 10),
+            hit_rate_at_k(r, rel, 10),
+            reciprocal_rank(r, rel),
+        )
+        for r, rel in zip(ranked, relevant, strict=True)
+        if len(rel)
+    ]
+    expected = np.asarray(rows).mean(axis=0)
+    result = ranking_metrics(ranked, relevant, k=10)
+    assert [result["ndcg@10"], result["recall@10"], result["hr@10"], result["mrr"]] == list(
+        expected
+    )
+    assert result["queries"] == len(rows)
