@@ -12,9 +12,9 @@ start and stop by `priority`, and a control socket for `supervisorctl` (status, 
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
+import pwd
 import re
 import shlex
 import sys
@@ -123,7 +123,8 @@ def supervisord_config(
         f"pidfile={_escape(str(files.pidfile))}",
         f"directory={_escape(str(cwd))}",
         # Said explicitly when root (as in CI containers), else supervisord logs a CRIT line.
-        *([f"user={getpass.getuser()}"] if os.geteuid() == 0 else []),
+        # The effective user's own name (not $USER, which may name someone else under sudo).
+        *([f"user={pwd.getpwuid(0).pw_name}"] if os.geteuid() == 0 else []),
         "",
         "[unix_http_server]",
         f"file={_escape(str(files.socket))}",
