@@ -125,17 +125,20 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"({settings['rate_fraction']:.0%} of {report['sustainable']['ok_per_s']} req/s answered "
         f"by {CALLERS} closed-loop callers), {settings['duration_s']:.0f} s, each of "
         f"{', '.join(settings['faults'])} killed (SIGKILL) once at a random moment "
-        f"(seed {settings['seed']}); supervisord restarts it.",
+        f"(seed {settings['seed']}); supervisord restarts it. Failures count until the next "
+        "fault; degraded shares and p99 while the fault lasted (until answers were whole for "
+        "2 s and the process served again).",
         "",
-        "| fault | at s | answers | non-OK (beyond shedding) | degraded | unranked | p99 ms "
-        "| recovered after s | process back after s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| fault | at s | answers until the next | non-OK (beyond shedding) | lasted s "
+        "| degraded | unranked | p99 ms | recovered after s | process back after s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in [{"program": "(before)", "at_s": 0.0, **report["baseline"]}, *report["faults"]]:
         codes = ", ".join(f"{code} {n}" for code, n in sorted(row["non_ok"].items())) or "none"
         lines.append(
             f"| {row['program']} | {row['at_s']:.1f} | {row['answers']} | {codes} "
-            f"({row['non_ok_beyond_shedding']}) | {_share(row['degraded_share'])} "
+            f"({row['non_ok_beyond_shedding']}) | {row['lasted_s']} "
+            f"| {_share(row['degraded_share'])} "
             f"| {_share(row['unranked_share'])} | {row['p99_ms']} | {row['recovery_s']} "
             f"| {row['process_back_s']} |"
         )

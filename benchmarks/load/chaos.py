@@ -240,17 +240,26 @@ def summarise_fault(
     back_s: float | None,
     ranked: bool = True,
 ) -> dict[str, Any]:
-    """The figures of one fault: every answer that came back in [fault_s, until_s) (a call sent
-    just before a fault and failed by it belongs to that fault)."""
+    """The figures of one fault. Failures count over every answer that came back in
+    [fault_s, until_s) (a call sent just before a fault and failed by it belongs to that
+    fault); the degraded shares and p99 over the fault itself: until answers recovered and the
+    process served again (at least `HEALTHY_SPAN_S`; to `until_s` when it never recovered)."""
     window = [a for a in answers if fault_s <= a.started_s + a.latency_s < until_s]
-    recommends = [a for a in window if a.method == "Recommend" and a.code == "OK"]
     codes = Counter(a.code for a in window if a.code != "OK")
-    latencies = sorted(a.latency_s * 1000 for a in window if a.code == "OK")
     recovered = recovery_s(answers, fault_s, until_s, ranked=ranked)
+    lasted = (
+        max(recovered, back_s or 0.0, HEALTHY_SPAN_S)
+        if recovered is not None
+        else until_s - fault_s
+    )
+    during = [a for a in window if a.started_s + a.latency_s < fault_s + lasted]
+    recommends = [a for a in during if a.method == "Recommend" and a.code == "OK"]
+    latencies = sorted(a.latency_s * 1000 for a in during if a.code == "OK")
     return {
         "answers": len(window),
         "non_ok": dict(codes),
         "non_ok_beyond_shedding": sum(n for code, n in codes.items() if code not in SHEDDING),
+        "lasted_s": round(min(lasted, until_s - fault_s), 3),
         "degraded_share": (
             round(sum(a.degraded for a in recommends) / len(recommends), 4) if recommends else None
         ),

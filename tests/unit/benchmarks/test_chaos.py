@@ -83,3 +83,14 @@ def test_a_call_sent_before_a_fault_and_failed_by_it_belongs_to_the_fault() -> N
     in_flight = Answer(0.99, 0.2, "Recommend", "UNAVAILABLE", ranked=False, features=False)
     assert summarise_fault([in_flight], 0.0, 1.0, back_s=None)["non_ok"] == {}
     assert summarise_fault([in_flight], 1.0, 5.0, back_s=None)["non_ok"] == {"UNAVAILABLE": 1}
+
+
+def test_shares_and_p99_cover_the_fault_while_it_lasted() -> None:
+    answers = [_ok(0.5, ranked=False, latency_s=0.5)]  # the fault's one fallback answer
+    answers += [_ok(1.0 + t / 10) for t in range(0, 90)]  # 1.0 .. 9.9, whole
+    summary = summarise_fault(answers, 0.0, 10.0, back_s=3.0)
+    assert summary["recovery_s"] == 0.5
+    assert summary["lasted_s"] == 3.0  # until the process served again
+    assert summary["degraded_share"] == round(1 / 21, 4)  # 1 of the 21 back before 3.0 s
+    assert summary["p99_ms"] == 500.0
+    assert summary["answers"] == 91
