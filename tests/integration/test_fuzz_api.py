@@ -25,7 +25,16 @@ from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 from tests.conftest import LOCAL_CONFIG, REPO
 
 pytestmark = pytest.mark.integration
-FIELDS = ("user_id", "num_items", "context", "exclude_item_ids", "request_id", "request", "events")
+FIELDS = (
+    "user_id",
+    "num_items",
+    "context",
+    "exclude_item_ids",
+    "request_id",
+    "surface",
+    "request",
+    "events",
+)
 PROFILE = settings(
     max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -113,6 +122,7 @@ timestamps = st.builds(
     client_time=st.one_of(st.none(), timestamps),
     exclude=st.lists(texts, max_size=600),
     request_id=texts,
+    surface=st.one_of(st.integers(0, 3), int32),
 )
 @PROFILE
 def test_recommend_never_fails_unexpectedly(
@@ -127,6 +137,7 @@ def test_recommend_never_fails_unexpectedly(
     client_time: Timestamp | None,
     exclude: list[str],
     request_id: str,
+    surface: int,
 ) -> None:
     context = pb.RequestContext(
         device=pb.Device.ValueType(device),
@@ -138,7 +149,11 @@ def test_recommend_never_fails_unexpectedly(
     if client_time is not None:
         context.client_time.CopyFrom(client_time)
     request = pb.RecommendRequest(
-        user_id=user_id, context=context, exclude_item_ids=exclude, request_id=request_id
+        user_id=user_id,
+        context=context,
+        exclude_item_ids=exclude,
+        request_id=request_id,
+        surface=pb.Surface.ValueType(surface),
     )
     if num_items is not None:
         request.num_items = num_items
