@@ -98,11 +98,21 @@ async def _soak(
     rate: float,
     duration_s: float,
     schedule: Sequence[tuple[float, str]],
+    client_retries: bool,
 ) -> tuple[Drive, list[Fault]]:
     record = Drive()
     stop = asyncio.Event()
     load = asyncio.create_task(
-        drive(system.target, users, record, stop, callers=CALLERS, rate=rate, run_id="soak")
+        drive(
+            system.target,
+            users,
+            record,
+            stop,
+            callers=CALLERS,
+            rate=rate,
+            run_id="soak",
+            client_retries=client_retries,
+        )
     )
     faults: list[Fault] = []
     try:
@@ -127,7 +137,13 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"{', '.join(settings['faults'])} killed (SIGKILL) once at a random moment "
         f"(seed {settings['seed']}); supervisord restarts it. Failures count until the next "
         "fault; degraded shares and p99 while the fault lasted (until answers were whole for "
-        "2 s and the process served again).",
+        "2 s and the process served again). "
+        + (
+            "Callers retry UNAVAILABLE with recsys-client's retry policy (3 attempts, "
+            "throttled), as the client package does."
+            if settings.get("client_retries")
+            else "Callers do not retry: every failure is counted."
+        ),
         "",
         "| fault | at s | answers until the next | non-OK (beyond shedding) | lasted s "
         "| degraded | unranked | p99 ms | recovered after s | process back after s |",
@@ -179,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--objective", type=float, default=0.999, help="availability objective")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-client-retries",
+        dest="client_retries",
+        action="store_false",
+        help="callers do not retry UNAVAILABLE (recsys-client's retry policy is on by default)",
+    )
     parser.add_argument("--users", type=Path, default=Path("build/data/users.parquet"))
     parser.add_argument("--out", type=Path, help="JSON report (the .md goes beside it)")
     return parser
@@ -205,7 +227,9 @@ def run(options: argparse.Namespace, command: str) -> Path:
             )
             rate = float(sustainable["ok_per_s"]) * options.rate_fraction
             time.sleep(2.0)  # the probe's queued work drains before the soak starts
-            record, faults = asyncio.run(_soak(system, users, rate, duration_s, schedule))
+            record, faults = asyncio.run(
+                _soak(system, users, rate, duration_s, schedule, options.client_retries)
+            )
             end_s = record.now_s()
             runner_alive = system.process.running()
             ranked = system.ranks()
@@ -224,6 +248,7 @@ def run(options: argparse.Namespace, command: str) -> Path:
             "profile": options.profile,
             "processes": options.processes,
             "callers": CALLERS,
+            "client_retries": options.client_retries,
             "rate": round(rate, 1),
             "rate_fraction": options.rate_fraction,
             "duration_s": round(end_s, 1),

@@ -34,6 +34,7 @@ from typing import Any, cast
 import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from recsys.client import CallPolicy, channel_options
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 from supervisor.xmlrpc import SupervisorTransport
@@ -123,6 +124,7 @@ async def drive(
     events_every: int = 10,
     timeout_s: float = 2.0,
     run_id: str = "chaos",
+    client_retries: bool = True,
 ) -> None:
     """Calls `target` from `callers` concurrent callers over `connections` connections until
     `stop` is set; every `events_every`-th call of a caller is a RecordEvents of one new view.
@@ -131,13 +133,18 @@ async def drive(
     `rate` (calls/s over all callers) paces the calls on a fixed schedule (open loop, capped
     by the callers: a late call is sent at once, never skipped); None: each caller sends its
     next call as soon as the previous one is answered (closed loop).
+
+    `client_retries`: each channel carries recsys-client's retry policy (UNAVAILABLE retried,
+    throttled), as callers using the client package do: a call in flight on a gateway that is
+    killed ends UNAVAILABLE (neither SO_REUSEPORT nor nginx can hand it to another gateway),
+    and the retry gets it answered. False: every failure reaches the caller.
     """
     # A subchannel pool per channel: separate TCP connections, which SO_REUSEPORT and nginx
     # spread over the gateways, as separate clients would be.
-    channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(connections)
-    ]
+    options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+    if client_retries:
+        options += channel_options(CallPolicy(recommend_timeout_s=timeout_s))
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
     slots = itertools.count()
 
     async def caller(index: int) -> None:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from recsys.client import CallPolicy, RecommendationClient, user_event
+from recsys.v1 import recommendation_pb2 as pb
+from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from tests.infra.tooling import INFRA, require_tool, run
 
@@ -188,3 +194,122 @@ def test_no_gateway_left_is_grpc_unavailable(
     assert isinstance(error, grpc.Call)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == "no gateway available"
+
+
+class DyingGateway:
+    """A TCP listener that takes each call nginx sends it and closes the connection without
+    answering: a gateway killed (SIGKILL, OOM, a deleted pod) with the call in flight."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self.calls_taken = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                # nginx opens a connection to send a call: the preface, SETTINGS, the call's
+                # HEADERS and DATA come in one burst. Take it all, then close unanswered.
+                connection.settimeout(2.0)
+                received = 0
+                try:
+                    while chunk := connection.recv(65536):
+                        received += len(chunk)
+                        connection.settimeout(0.1)
+                except TimeoutError:
+                    pass
+                if received:
+                    self.calls_taken += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+
+
+class CountingService(pb_grpc.RecommendationServiceServicer):
+    """A gateway that answers every call and counts the ones that reached it."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {"Recommend": 0, "RecordEvents": 0}
+
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> Any:
+        self.calls["Recommend"] += 1
+        return pb.RecommendResponse(model_version="counting")
+
+    def RecordEvents(self, request: pb.RecordEventsRequest, context: grpc.ServicerContext) -> Any:
+        self.calls["RecordEvents"] += 1
+        return pb.RecordEventsResponse(accepted=len(request.events))
+
+
+@pytest.fixture
+def dying_and_live_gateways() -> Iterator[tuple[DyingGateway, CountingService, int]]:
+    dying = DyingGateway()
+    service = CountingService()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_RecommendationServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield dying, service, port
+    finally:
+        server.stop(grace=None).wait()
+        dying.close()
+
+
+def test_a_call_in_flight_on_a_dying_gateway_is_unavailable_and_the_client_retry_recovers_it(
+    tmp_path: Path,
+    dying_and_live_gateways: tuple[DyingGateway, CountingService, int],
+    nginx_factory: list[subprocess.Popen[str]],
+) -> None:
+    """nginx cannot send a gRPC call again once a gateway took it (it streams request bodies
+    unbuffered, so `grpc_next_upstream ... non_idempotent` changes nothing): the caller sees
+    UNAVAILABLE, and the recsys-client retry policy (both calls are idempotent) gets the answer
+    from the gateway that is still up."""
+    dying, service, live = dying_and_live_gateways
+    upstreams = [f"127.0.0.1:{dying.port}", f"127.0.0.1:{live}"]
+
+    # A bare stub, no retries: each call the dying gateway took fails UNAVAILABLE.
+    process, listen, _ = start_nginx(tmp_path / "bare", upstreams)
+    nginx_factory.append(process)
+    outcomes: list[grpc.StatusCode | None] = []
+    with grpc.insecure_channel(f"127.0.0.1:{listen}") as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        for _ in range(4):
+            try:
+                stub.Recommend(pb.RecommendRequest(user_id="17850"), timeout=5)
+                outcomes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                outcomes.append(error.code() if isinstance(error, grpc.Call) else None)
+    taken = dying.calls_taken
+    assert taken >= 1, "nginx never sent a call to the dying gateway"
+    assert [code for code in outcomes if code != grpc.StatusCode.OK] == [
+        grpc.StatusCode.UNAVAILABLE
+    ] * taken
+    assert service.calls["Recommend"] == outcomes.count(grpc.StatusCode.OK)
+
+    # The client package through a fresh nginx (which has not yet marked the dying gateway
+    # down): every call is answered, those the dying gateway took included.
+    process, listen, _ = start_nginx(tmp_path / "client", upstreams)
+    nginx_factory.append(process)
+    answered_before = dict(service.calls)
+    policy = CallPolicy(recommend_timeout_s=5.0, record_events_timeout_s=5.0)
+    with RecommendationClient(f"127.0.0.1:{listen}", policy=policy) as client:
+        for _ in range(3):
+            assert client.recommend("17850", 5).model_version == "counting"
+        for number in range(3):
+            event = user_event(
+                f"e{number}", pb.EVENT_TYPE_CLICK, "17850", "85123A", datetime.now(UTC)
+            )
+            assert client.record_events([event]).accepted == 1
+    assert dying.calls_taken > taken, "nginx never sent a client call to the dying gateway"
+    assert service.calls["Recommend"] - answered_before["Recommend"] == 3
+    assert service.calls["RecordEvents"] - answered_before["RecordEvents"] == 3
