@@ -44,7 +44,7 @@ from scipy import stats
 
 from benchmarks.load.report import machine_description
 from gateway.config import load_settings
-from gateway.metrics import Metrics
+from gateway.prometheus_metrics import Metrics
 from gateway.resources import open_resources
 from gateway.server import start_server
 

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from gateway.config import AdmissionSettings
 from gateway.deadline import Budget
 from gateway.errors import DeadlineExceeded, ResourceExhausted
-from gateway.metrics import Metrics
+from gateway.prometheus_metrics import Metrics
 
 
 class AdmissionControl:

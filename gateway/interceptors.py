@@ -28,7 +28,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
 from gateway.errors import InvalidArgument, ServiceError
-from gateway.metrics import Metrics
+from gateway.prometheus_metrics import Metrics
 from gateway.security import Guard
 
 _log = logging.getLogger(__name__)

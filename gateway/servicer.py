@@ -17,7 +17,7 @@ from feature_service.store import FeatureStore, FeatureStoreError
 from gateway.admission import AdmissionControl
 from gateway.deadline import Budget
 from gateway.errors import Unavailable
-from gateway.metrics import Metrics
+from gateway.prometheus_metrics import Metrics
 from gateway.recommender import Recommender
 from gateway.stages.validate import Limits, validate_events, validate_recommend
 

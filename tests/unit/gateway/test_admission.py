@@ -10,7 +10,7 @@ from gateway.admission import AdmissionControl
 from gateway.config import AdmissionSettings
 from gateway.deadline import Budget
 from gateway.errors import DeadlineExceeded, ResourceExhausted
-from gateway.metrics import Metrics
+from gateway.prometheus_metrics import Metrics
 
 
 def _control(

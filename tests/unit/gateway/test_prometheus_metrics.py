@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.metrics import Metrics
+from gateway.prometheus_metrics import Metrics
 
 
 def test_child_is_the_labelled_child_kept_for_reuse() -> None:
