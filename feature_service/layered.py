@@ -46,8 +46,8 @@ from prometheus_client import CollectorRegistry
 from feature_service.catalogue import ItemCatalogue
 from feature_service.config import FeatureStoreSettings
 from feature_service.events import Event, RecordResult
-from feature_service.metrics import Entity, FeatureStoreMetrics
 from feature_service.postgres import PostgresStore, SnapshotCounts
+from feature_service.prometheus_metrics import Entity, FeatureStoreMetrics
 from feature_service.records import ITEM_DTYPE, Activity, ItemRecord, ItemRows, UserState
 from feature_service.redis_cache import (
     ROW_SLOT,

@@ -129,7 +129,7 @@ def metric_names(expr: str) -> set[str]:
 def gateway_metric_names() -> set[str]:
     """Exposition names of every metric gateway/prometheus_metrics.py and the feature store
     (served on the gateway's /metrics) declare."""
-    from feature_service.metrics import FeatureStoreMetrics
+    from feature_service.prometheus_metrics import FeatureStoreMetrics
     from gateway.prometheus_metrics import Metrics
 
     suffixes = {
