@@ -24,7 +24,7 @@ from feature_service.store import FeatureStore
 from feature_service.surfaces import Surface
 from gateway.deadline import Budget
 from gateway.errors import ServiceError
-from gateway.models import ModelRegistry
+from gateway.model_registry import ModelRegistry
 from gateway.prometheus_metrics import Metrics
 from gateway.stages.assign import assign_variant
 from gateway.stages.blend import blend_mixed, discovery_order, without_owned

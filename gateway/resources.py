@@ -37,7 +37,7 @@ from feature_service.layered import LayeredFeatureStore
 from feature_service.store import FeatureStore
 from gateway.config import Settings
 from gateway.http_endpoint import HealthState, HttpEndpoint
-from gateway.models import ModelRegistry
+from gateway.model_registry import ModelRegistry
 from gateway.prometheus_metrics import Metrics
 from gateway.recommender import Ranker, Recommender
 from gateway.stages.candidates import CandidateRetriever, PopularCandidates, RetrievalIndex

@@ -9,7 +9,7 @@ import pytest
 
 from feature_service.definitions import FEATURE_NAMES
 from gateway.config import ConfigError
-from gateway.models import ModelRegistry, composing_models
+from gateway.model_registry import ModelRegistry, composing_models
 
 
 def _model(root: Path, name: str, version: int, **metadata: object) -> None:
