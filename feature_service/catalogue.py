@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
 
-from triton_models.categories import top_categories
+from feature_service.categories import top_categories
 
 ITEMS_FILE = "items.parquet"
 CURRENCY = "GBP"

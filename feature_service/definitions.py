@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from feature_service import kernels
 from feature_service.catalogue import ItemCatalogue
-from triton_models.categories import top_categories
+from feature_service.categories import top_categories
 
 CATEGORY_NAMES: tuple[str, ...] = top_categories()
 """Top-level categories, in the order of the category one-hot and affinity vectors."""

@@ -20,7 +20,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from triton_models import categories, ingest
+from feature_service import categories
+from triton_models import ingest
 
 _log = logging.getLogger("triton_models")
 STAMP = ".inputs.sha256"

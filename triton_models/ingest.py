@@ -17,8 +17,8 @@ Cleaning rules, applied in this order (each one's row count goes into the report
    item catalogue (price, popularity, availability) but not as user events.
 
 Derived columns, labelled as such: ``category``/``subcategory`` (title keyword rules, see
-``categories``) and ``available`` (the item sold within ``AVAILABILITY_WINDOW`` before the
-snapshot time; the data has no stock levels).
+``feature_service.categories``) and ``available`` (the item sold within
+``AVAILABILITY_WINDOW`` before the snapshot time; the data has no stock levels).
 
 The data is split by time into train / validation / test periods of whole days; features of a
 period only ever use events before it.
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from triton_models.categories import categorise
+from feature_service.categories import categorise
 
 RAW_FILE = "online_retail.csv.gz"
 NON_PRODUCT_CODES = frozenset(
@@ -224,7 +224,7 @@ def write_tables(tables: Tables, out_dir: Path) -> None:
         "cleaning_rows": tables.cleaning,
         "split": {k: v.isoformat() for k, v in asdict(tables.split).items()},
         "derived_columns": {
-            "items.category": "derived from titles by keyword rules (triton_models.categories)",
+            "items.category": "derived from titles by keyword rules (feature_service.categories)",
             "items.subcategory": "derived from titles by keyword rules",
             "items.available": f"derived: sold within {AVAILABILITY_WINDOW.days} days of data_end",
         },

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from triton_models.categories import OTHER, categorise, top_categories
 from triton_models.ingest import build_tables
 
 COLUMNS = [
@@ -132,11 +131,3 @@ def test_items_have_derived_category_and_availability() -> None:
     assert items.loc["85123A", "category"] == "lighting"
     assert tables.split.data_end.isoformat() == "2011-03-03T00:00:00"
     assert tables.split.test_start < tables.split.data_end
-
-
-def test_categories_first_rule_wins() -> None:
-    assert categorise("CHRISTMAS TREE T-LIGHT HOLDER") == ("seasonal", "christmas")
-    assert categorise("JUMBO BAG RED RETROSPOT") == ("bags", "bags")
-    assert categorise("INFLATABLE POLITICAL GLOBE") == OTHER
-    assert top_categories()[-1] == "other"
-    assert len(set(top_categories())) == len(top_categories())
