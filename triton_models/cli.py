@@ -163,7 +163,7 @@ def run_pipeline(
                 *_files(folders["onnx"], folders["retrieval"]),
                 *_code(
                     "triton_models/evaluate.py",
-                    "triton_models/metrics.py",
+                    "triton_models/ranking_quality.py",
                     "triton_models/discovery.py",
                     "feature_service/surfaces.py",
                 ),

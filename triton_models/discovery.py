@@ -18,8 +18,8 @@ import numpy.typing as npt
 
 from feature_service.definitions import FEATURE_NAMES
 from triton_models.dataset import RankingSet
-from triton_models.metrics import rank_by_score
 from triton_models.rankers import RankerKind
+from triton_models.ranking_quality import rank_by_score
 
 DISCOVERY_MODELS: dict[str, RankerKind] = {"discovery_v1": "mlp"}
 """Served discovery model name -> architecture. The MLP was kept by measurement: on the test

@@ -2,7 +2,7 @@
 
 Every method ranks items for the same queries (users buying in the test period, at their first
 test-period purchase; see :mod:`triton_models.dataset`) and is scored against everything the
-user bought in the rest of the test period (:mod:`triton_models.metrics`):
+user bought in the rest of the test period (:mod:`triton_models.ranking_quality`):
 
 - ``popularity``: the catalogue by popularity as of ``test_start``;
 - ``repeat_purchase``: the user's past items by order count (then recency), then popularity;
@@ -19,7 +19,7 @@ user bought in the rest of the test period (:mod:`triton_models.metrics`):
   ``DISCOVER`` (the discovery model) and ``MIXED`` with 1 to 5 discovery slots.
 
 Every list is scored overall, on re-orders and on products new to the user apart
-(:func:`triton_models.metrics.segment_metrics`), with its share of own items and its
+(:func:`triton_models.ranking_quality.segment_metrics`), with its share of own items and its
 catalogue coverage.
 """
 
@@ -39,7 +39,7 @@ from feature_service.definitions import FEATURE_NAMES
 from feature_service.surfaces import DEFAULT_DISCOVERY_SLOTS, mixed_order
 from triton_models.dataset import RankingSet
 from triton_models.discovery import discovery_lists
-from triton_models.metrics import (
+from triton_models.ranking_quality import (
     ndcg_at_k,
     rank_by_score,
     ranking_metrics,

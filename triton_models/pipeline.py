@@ -52,7 +52,6 @@ from triton_models.evaluate import (
     targets,
     write_report,
 )
-from triton_models.metrics import rank_by_score, ranking_metrics
 from triton_models.rankers import (
     RANKERS,
     RankerKind,
@@ -62,6 +61,7 @@ from triton_models.rankers import (
     split_users,
     train_ranker,
 )
+from triton_models.ranking_quality import rank_by_score, ranking_metrics
 from triton_models.triton_repo import ServingOptions, git_sha, write_discovery, write_ranker
 
 _log = logging.getLogger(__name__)

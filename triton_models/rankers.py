@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from triton_models.dataset import RankingSet
-from triton_models.metrics import rank_by_score, ranking_metrics
+from triton_models.ranking_quality import rank_by_score, ranking_metrics
 
 _log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from triton_models.metrics import (
+from triton_models.ranking_quality import (
     catalogue_coverage,
     hit_rate_at_k,
     ndcg_at_k,
