@@ -1,6 +1,7 @@
 """The Triton ensemble against its single composing model (issue #3, step 9).
 
-``ranker_v2`` is an ensemble of one step, ``ranker_v2_onnx`` (see triton_models/triton_repo.py);
+``ranker_v2`` is an ensemble of one step, ``ranker_v2_onnx`` (see
+triton_models/ranker_repositories.py);
 clients call the ensemble so that steps can change without client changes. This measures what
 that indirection costs: the real ``tritonserver`` of the nvidia-pytriton wheel is started on
 ``build/triton/local`` (free ports, explicit model control, only the two models loaded), and

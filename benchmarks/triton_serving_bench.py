@@ -2,7 +2,7 @@
 
 One real ``tritonserver`` (the nvidia-pytriton wheel's, local flavour: Python backend running
 onnxruntime) serves the real ``ranker_v2`` ONNX model of ``build/`` several times over, once
-per variant of :class:`triton_models.triton_repo.ServingOptions` (each variant a model pair
+per variant of :class:`triton_models.ranker_repositories.ServingOptions` (each variant a model pair
 ``<variant>_onnx`` plus its one-step ensemble ``<variant>``, written by ``write_ranker`` as
 ``make models`` writes the real ones). One server for all variants keeps the comparison side
 by side: the variants take turns in every round, under the same background load.
@@ -56,7 +56,7 @@ from benchmarks.load.triton_driver import statistics as statistics_of
 from gateway.stages.rank import MODEL_INFER_METHOD, InferRequestEncoder, read_scores
 from triton_models import repository as repo
 from triton_models.dataset import RankingSet
-from triton_models.triton_repo import ServingOptions, write_ranker
+from triton_models.ranker_repositories import ServingOptions, write_ranker
 from triton_models.tritonserver import TritonServer, TritonServerOptions
 
 LOADS = ("open450", "open1000", "closed32")

@@ -49,7 +49,7 @@ def metadata_problem(repository: Path, model: str, version: int) -> str | None:
 
 
 def executing_model(model: str) -> str:
-    """The ONNX model an ensemble's first step runs (`triton_models.triton_repo`)."""
+    """The ONNX model an ensemble's first step runs (`triton_models.ranker_repositories`)."""
     return f"{model}_onnx"
 
 

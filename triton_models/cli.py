@@ -184,7 +184,7 @@ def run_pipeline(
             lambda: [
                 *_files(folders["onnx"], folders["reports"]),
                 *_code(
-                    "triton_models/triton_repo.py",
+                    "triton_models/ranker_repositories.py",
                     "triton_models/repository.py",
                     "triton_models/python_backend/onnx_model.py",
                 ),

@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 from feature_service.definitions import NUM_FEATURES
 from tests.infra.tooling import CHART, Manifest, helm_template, one, render
 from triton_models import repository as repo
-from triton_models.triton_repo import ServingOptions, write_ranker
+from triton_models.ranker_repositories import ServingOptions, write_ranker
 
 PRODUCTION = CHART / "ci" / "production-values.yaml"
 CPU = CHART / "ci" / "cpu-values.yaml"

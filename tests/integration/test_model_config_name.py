@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from feature_service.definitions import NUM_FEATURES
 from tests.integration.conftest import StartTriton
 from triton_models import repository as repo
-from triton_models.triton_repo import ServingOptions, write_ranker
+from triton_models.ranker_repositories import ServingOptions, write_ranker
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from tritonclient.utils import InferenceServerException
 from benchmarks.load.scenarios import tiny_ranker_onnx
 from gateway.stages.rank import RankerFailure, TritonRanker
 from triton_models import repository as repo
-from triton_models.triton_repo import ServingOptions, write_ranker
+from triton_models.ranker_repositories import ServingOptions, write_ranker
 from triton_models.tritonserver import (
     TritonServer,
     TritonServerError,
@@ -50,7 +50,7 @@ ENSEMBLE = "ranker_ensemble"
 SLOW_QUEUE = "ranker_slow_queue"
 """Holds a lone request 300 ms in its queue, waiting for a batch."""
 SERVED = "ranker_served"
-"""An ensemble configured as `make models` configures the real rankers (triton_repo)."""
+"""An ensemble configured as `make models` configures the real rankers (ranker_repositories)."""
 MAX_BATCH = 1024
 
 FEATURES_SPEC = repo.TensorSpec("features", np.float32, (FEATURES,))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from benchmarks.triton_serving_bench import targets, variants
-from triton_models.triton_repo import ServingOptions
+from triton_models.ranker_repositories import ServingOptions
 
 
 def test_the_former_settings_come_first_and_the_defaults_are_among_the_variants() -> None:

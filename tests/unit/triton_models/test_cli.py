@@ -10,7 +10,7 @@ import pytest
 
 from triton_models.cli import batch_sizes, build_options, run_step
 from triton_models.pipeline import PipelineOptions
-from triton_models.triton_repo import ServingOptions
+from triton_models.ranker_repositories import ServingOptions
 
 
 def test_step_runs_once_per_input_hash(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 
 from triton_models import repository as repo
-from triton_models.triton_repo import (
+from triton_models.ranker_repositories import (
     DISCOVERY_OUTPUT,
     ServingOptions,
     git_sha,
