@@ -52,6 +52,7 @@ from triton_models.evaluate import (
     targets,
     write_report,
 )
+from triton_models.ranker_repositories import ServingOptions, git_sha, write_discovery, write_ranker
 from triton_models.rankers import (
     RANKERS,
     RankerKind,
@@ -62,7 +63,6 @@ from triton_models.rankers import (
     train_ranker,
 )
 from triton_models.ranking_quality import rank_by_score, ranking_metrics
-from triton_models.ranker_repositories import ServingOptions, git_sha, write_discovery, write_ranker
 
 _log = logging.getLogger(__name__)
 WINDOW = pd.Timedelta(days=28)
