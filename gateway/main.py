@@ -12,8 +12,8 @@ import uvloop
 
 from feature_service.catalogue import CatalogueError
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.json_logging import configure_logging
 from gateway.server import serve
-from gateway.telemetry import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ from gateway.stages.rank import (
 from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.respond import ResponseBuilder
 from gateway.stages.types import Candidates, Ranking, RecommendQuery
-from gateway.telemetry import PipelineStage
+from gateway.tracing import PipelineStage
 from triton_models.config import ModelSettings
 
 # Share of the request budget the feature stage may use before it falls back to defaults.

@@ -44,7 +44,7 @@ from gateway.stages.candidates import CandidateRetriever, PopularCandidates, Ret
 from gateway.stages.features import RankingFeatures
 from gateway.stages.rank import FallbackRanker, PredictionCache, TritonRanker
 from gateway.stages.respond import ResponseBuilder
-from gateway.telemetry import build_tracer_provider
+from gateway.tracing import build_tracer_provider
 
 
 @dataclass(frozen=True)

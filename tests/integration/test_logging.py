@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from recsys.v1 import recommendation_pb2 as pb
 
 from gateway.config import Settings
+from gateway.json_logging import configure_logging
 from gateway.servicer import hash_user
-from gateway.telemetry import configure_logging
 from tests.conftest import async_stub, running_gateway
 
 pytestmark = pytest.mark.integration

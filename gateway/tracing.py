@@ -1,17 +1,15 @@
-"""Traces and structured logs: the OpenTelemetry tracer provider and JSON log lines.
+"""Traces: the OpenTelemetry tracer provider and the per-stage span and timer.
 
 - One span per request (opened by the interceptor, continuing the caller's W3C trace context
   from gRPC metadata) and one child span per pipeline stage, named after the stage.
 - Spans are exported over OTLP only when `monitoring.tracing.enabled`; sampling is parent
   based with `sample_ratio` for new traces. The provider is injectable (tests use an
   in-memory exporter).
-- Log lines are JSON, one per event, and carry the current trace and span ids.
+- Log lines carry the current trace and span ids (see `gateway.json_logging`).
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -21,7 +19,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from pythonjsonlogger.json import JsonFormatter
 
 from gateway.config import MonitoringSettings
 
@@ -77,29 +74,3 @@ class PipelineStage:
         self._observe(time.perf_counter() - self._started)
         if self._span is not None:
             self._span.__exit__(kind, error, traceback)  # records the exception on the span
-
-
-class _TraceContextFilter(logging.Filter):
-    """Adds the current trace and span ids (hex, empty outside a span) to every record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        context = trace.get_current_span().get_span_context()
-        record.trace_id = format(context.trace_id, "032x") if context.is_valid else ""
-        record.span_id = format(context.span_id, "016x") if context.is_valid else ""
-        return True
-
-
-def configure_logging(level: str) -> None:
-    """JSON log lines on stderr with time, level, logger, message, trace and span ids."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_TraceContextFilter())
-    handler.setFormatter(
-        JsonFormatter(
-            "{asctime}{levelname}{name}{message}{trace_id}{span_id}",
-            style="{",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
