@@ -3,7 +3,7 @@
 - `redis_postgres`: exposures, events, decisions and state in Postgres (one pool).
 - `embedded` (`make run`): exposures in `ab_testing.exposure_log_path`, events in
   `feature_store.embedded.event_log_path` (SQLite files the gateways write; opened here with
-  the event log attached, so the one metric query of `ab.metrics_sql` joins them), decisions
+  the event log attached, so the one metric query of `ab.variant_sums` joins them), decisions
   and state in `ab_testing.controller.state_file` (JSON, read by every gateway's routing).
 
 Both give the same `ExperimentMetrics` and a `StateStore`, so the controller decides, audits
@@ -25,7 +25,9 @@ import asyncpg
 
 from ab.config import ExperimentConfig
 from ab.exposures import EXPOSURES_SCHEMA
-from ab.metrics_sql import (
+from ab.sidecar_settings import SidecarSettings
+from ab.store import ExperimentStoreError, JsonStateStore, PostgresStateStore, StateStore, open_pool
+from ab.variant_sums import (
     POSTGRES,
     SQLITE,
     Dialect,
@@ -33,8 +35,6 @@ from ab.metrics_sql import (
     MetricsConnection,
     VariantSums,
 )
-from ab.settings import SidecarSettings
-from ab.store import ExperimentStoreError, JsonStateStore, PostgresStateStore, StateStore, open_pool
 from feature_service.event_log import SqliteEventLog
 from feature_service.sqlite_file import SqliteFile
 from feature_service.store import FeatureStoreError
@@ -63,7 +63,7 @@ class _PostgresConnection:
 
 
 class PostgresMetricsDatabase:
-    """`ab.metrics_sql.MetricsDatabase` on a pool (borrowed: its owner closes it)."""
+    """`ab.variant_sums.MetricsDatabase` on a pool (borrowed: its owner closes it)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -122,7 +122,7 @@ class _SqliteConnection:
 
 
 class SqliteMetricsDatabase:
-    """`ab.metrics_sql.MetricsDatabase` on the embedded profile's files: the exposure log,
+    """`ab.variant_sums.MetricsDatabase` on the embedded profile's files: the exposure log,
     with the event log attached (both in WAL mode, so reading never blocks the gateways'
     writes). Open with `await SqliteMetricsDatabase.open(...)`, then `close()`."""
 

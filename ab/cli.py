@@ -1,6 +1,6 @@
 """Handlers of the sidecar, admin and report commands of `python -m ab` (see `ab.__main__`).
 
-Every command reads the service's YAML config (`--config`) through `ab.settings`. With the
+Every command reads the service's YAML config (`--config`) through `ab.sidecar_settings`. With the
 `redis_postgres` feature store backend, state and audit log live in Postgres; with the
 embedded backend (`make run`) in `ab_testing.controller.state_file`, and `analyze` and
 `sidecar` read the gateways' SQLite exposure and event logs (`ab.backends`). Output is JSON
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ab import admin
-from ab.settings import SettingsError, SidecarSettings, load_sidecar_settings
+from ab.sidecar_settings import SettingsError, SidecarSettings, load_sidecar_settings
 from ab.store import ExperimentStoreError, JsonStateStore, PostgresStateStore, StateStore, open_pool
 
 

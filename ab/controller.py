@@ -50,13 +50,13 @@ from ab.bandit import thompson_weights
 from ab.config import ExperimentConfig
 from ab.health import HealthSource, VariantHealth
 from ab.leader import LeaderLease
-from ab.metrics_sql import METRICS, MetricName, VariantSums
 from ab.multitest import adjust_p_values
 from ab.power import PowerInputError, sample_size_mean
+from ab.prometheus_metrics import SidecarMetrics
 from ab.srm import srm_test
 from ab.statistics import AnalysisResult, StatisticsError, analyze
 from ab.store import ExperimentState, StateStore, Status
-from ab.telemetry import SidecarMetrics
+from ab.variant_sums import METRICS, MetricName, VariantSums
 
 _log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ FINAL_STATUSES: frozenset[Status] = frozenset({"rolled_back", "promoted", "stopp
 
 
 class SumsSource(Protocol):
-    """Per-variant user-level sums of an experiment (`ab.metrics_sql.ExperimentMetrics` on
+    """Per-variant user-level sums of an experiment (`ab.variant_sums.ExperimentMetrics` on
     Postgres or the embedded SQLite files)."""
 
     async def variant_sums(self, experiment: ExperimentConfig) -> Mapping[str, VariantSums]:
@@ -74,7 +74,7 @@ class SumsSource(Protocol):
 
 
 class PostgresSumsSource:
-    """`SumsSource` running `ab.metrics_sql` on the pool (borrowed)."""
+    """`SumsSource` running `ab.variant_sums` on the pool (borrowed)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

@@ -38,7 +38,7 @@ from typing import IO, Protocol
 
 import asyncpg
 
-from ab.settings import SidecarSettings
+from ab.sidecar_settings import SidecarSettings
 from feature_service.config import PostgresSettings
 
 _log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 from ab.config import ExperimentConfig
 from ab.controller import MetricTest, compare_arms
-from ab.metrics_sql import METRICS, ExperimentMetrics, VariantSums, period_ends
 from ab.srm import SrmResult, srm_test
 from ab.store import DecisionRecord, ExperimentState, StateStore
+from ab.variant_sums import METRICS, ExperimentMetrics, VariantSums, period_ends
 
 DAY = timedelta(days=1)
 
@@ -97,7 +97,7 @@ async def build_analysis(
     """Reads the experiment from its backend and computes every figure.
 
     Raises:
-        ValueError: the exposures span more than `ab.metrics_sql.MAX_PERIODS` periods.
+        ValueError: the exposures span more than `ab.variant_sums.MAX_PERIODS` periods.
         ab.store.ExperimentStoreError: the backend failed.
     """
     span = await metrics.exposure_span(experiment)

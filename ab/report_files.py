@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ab.controller import MetricTest
-from ab.metrics_sql import METRICS
 from ab.report import Analysis, PeriodPoint
 from ab.srm import SrmResult
+from ab.variant_sums import METRICS
 
 LIFT_COLUMNS = (
     "period_end",

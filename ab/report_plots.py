@@ -25,8 +25,8 @@ import numpy.typing as npt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ab.metrics_sql import METRICS
 from ab.report import Analysis
+from ab.variant_sums import METRICS
 
 _DECISION_COLOURS = {
     "rollback": "tab:red",

@@ -28,8 +28,8 @@ from ab.backends import open_backend
 from ab.controller import Controller
 from ab.health import HealthSource, PrometheusHealthSource
 from ab.leader import LeaderLease, lease_for, leased
-from ab.settings import SidecarSettings
-from ab.telemetry import SidecarMetrics
+from ab.prometheus_metrics import SidecarMetrics
+from ab.sidecar_settings import SidecarSettings
 
 _log = logging.getLogger(__name__)
 

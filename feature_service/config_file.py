@@ -8,7 +8,7 @@ the file named on the command line and the mapping `main()` passes down, never `
 secret folders or `os.environ` itself.
 
 Shared by the gateway (`gateway.config`, every section) and the experiment sidecar
-(`ab.settings`, its sections only); it lives here because both may import `feature_service`
+(`ab.sidecar_settings`, its sections only); it lives here because both may import `feature_service`
 and neither may import the other's package. Each caller's settings class derives from
 :class:`FileSettings`; the section models stay with their packages.
 """

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from ab.__main__ import main
 from ab.config import ExperimentConfig, GuardrailConfig, VariantConfig
 from ab.controller import Controller, PostgresSumsSource
+from ab.prometheus_metrics import SidecarMetrics
 from ab.routing import RoutingPoller, RoutingTable
 from ab.store import PostgresStateStore
-from ab.telemetry import SidecarMetrics
 from feature_service.config import PostgresSettings
 from feature_service.local_servers import free_port
 from tests.integration.ab.simulate import ArmBehaviour, load, simulate

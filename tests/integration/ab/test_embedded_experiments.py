@@ -26,10 +26,10 @@ from ab.__main__ import main
 from ab.backends import PostgresMetricsDatabase, SqliteMetricsDatabase
 from ab.config import ExperimentConfig, GuardrailConfig, VariantConfig
 from ab.controller import Controller, Evaluation
-from ab.metrics_sql import ExperimentMetrics
+from ab.prometheus_metrics import SidecarMetrics
 from ab.routing import RoutingPoller, RoutingTable
 from ab.store import JsonStateStore, PostgresStateStore, StateStore
-from ab.telemetry import SidecarMetrics
+from ab.variant_sums import ExperimentMetrics
 from feature_service.local_servers import free_port
 from tests.integration.ab.simulate import ArmBehaviour, load, load_sqlite, simulate
 

@@ -18,8 +18,8 @@ from ab.assignment import assign
 from ab.backends import PostgresMetricsDatabase, SqliteMetricsDatabase, fetch_variant_sums
 from ab.config import ExperimentConfig, VariantConfig
 from ab.exposures import Exposure
-from ab.metrics_sql import ExperimentMetrics, VariantSums, period_ends
 from ab.store import PostgresExposureSink, load_migrations, migrate, open_pool
+from ab.variant_sums import ExperimentMetrics, VariantSums, period_ends
 from feature_service.config import PostgresSettings
 from feature_service.postgres import PostgresStore
 from feature_service.postgres import load_migrations as feature_migrations
@@ -138,7 +138,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 def _pandas_sums(
     exposures: list[Exposure], events: list[EventRow], end: pd.Timestamp
 ) -> dict[str, dict[str, float]]:
-    """The metric definitions of ab.metrics_sql, computed independently with pandas."""
+    """The metric definitions of ab.variant_sums, computed independently with pandas."""
     exp = pd.DataFrame(
         {
             "request_id": [e.request_id for e in exposures],
@@ -218,7 +218,7 @@ def _extra_events(rng: np.random.Generator, users: int) -> list[EventRow]:
     return rows
 
 
-async def test_metrics_sql_equals_pandas(backend: Backend) -> None:
+async def test_variant_sums_equal_pandas(backend: Backend) -> None:
     behaviour = {"control": ArmBehaviour(0.2, 0.3), "treatment": ArmBehaviour(0.25, 0.2)}
     exposures, events = simulate(EXPERIMENT, 300, behaviour, seed=11)
     events += _extra_events(np.random.default_rng(5), 300)

@@ -30,12 +30,12 @@ from ab.config import (
     VariantConfig,
 )
 from ab.controller import Controller
-from ab.settings import SidecarSettings
-from ab.telemetry import SidecarMetrics
+from ab.prometheus_metrics import SidecarMetrics
+from ab.sidecar_settings import SidecarSettings
 from feature_service.local_servers import PostgresServer, RedisServer
 from gateway.config import Settings
 from tests.conftest import async_stub, running_gateway
-from triton_models.tritonserver import TritonServer
+from infra.local.tritonserver import TritonServer
 
 pytestmark = pytest.mark.integration
 USERS = 700  # per run; the minimum sample is 250 users per arm

@@ -13,9 +13,9 @@ from scipy import integrate, stats
 from ab.bandit import thompson_weights
 from ab.config import ExperimentConfig, VariantConfig
 from ab.controller import Controller, evaluate
+from ab.prometheus_metrics import SidecarMetrics
 from ab.routing import RoutingTable
 from ab.store import JsonStateStore
-from ab.telemetry import SidecarMetrics
 from tests.unit.ab.test_controller import _Sums, simulated
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)

@@ -15,9 +15,9 @@ from scipy import stats
 from ab.config import ExperimentConfig, GuardrailConfig, VariantConfig
 from ab.controller import Controller, evaluate, required_users
 from ab.health import VariantHealth
-from ab.metrics_sql import VariantSums
+from ab.prometheus_metrics import SidecarMetrics
 from ab.store import JsonStateStore
-from ab.telemetry import SidecarMetrics
+from ab.variant_sums import VariantSums
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
 

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from ab.controller import Controller
 from ab.leader import FileLease
+from ab.prometheus_metrics import SidecarMetrics
 from ab.store import JsonStateStore
-from ab.telemetry import SidecarMetrics
 from tests.unit.ab.test_controller import NOW, _Sums, arms, experiment, simulated
 
 REPO = Path(__file__).resolve().parents[3]

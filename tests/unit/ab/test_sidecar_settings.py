@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ab.__main__ import main
-from ab.settings import SettingsError, load_sidecar_settings
+from ab.sidecar_settings import SettingsError, load_sidecar_settings
 
 REPO = Path(__file__).resolve().parents[3]
 

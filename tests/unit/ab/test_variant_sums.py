@@ -1,4 +1,4 @@
-"""The backend differences of the one metric query (`ab.metrics_sql.Dialect`) and the period
+"""The backend differences of the one metric query (`ab.variant_sums.Dialect`) and the period
 grid of the cumulative figures; the query itself runs on real SQLite and Postgres in
 tests/integration/ab/test_recording_metrics.py."""
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ab.__main__ import parse_period
-from ab.metrics_sql import MAX_PERIODS, POSTGRES, SQLITE, period_ends
+from ab.variant_sums import MAX_PERIODS, POSTGRES, SQLITE, period_ends
 
 T = datetime(2026, 3, 2, 8, 30, 15, 250_000, tzinfo=UTC)
 
