@@ -31,11 +31,27 @@ CANDIDATE_BUCKETS = (0, 10, 50, 100, 200, 300, 400, 500, 750, 1000, 2000)
 
 
 class Metrics:
-    """The gateway's metrics, registered in `registry`."""
+    """The gateway's metrics, registered in `registry`, declared by concern (registration order
+    is exposition order)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        self._declare_calls(self.registry)
+        self._declare_pipeline(self.registry)
+        self._declare_ranking(self.registry)
+        self._declare_experiment_guardrails(self.registry)
+        self._declare_intake(self.registry)
+        self._declare_admission(self.registry)
+        self._declare_process(self.registry)
+        # Children with fixed labels, bound once: a labels() lookup costs ~3 us per call.
+        self.candidates_retrieved = self.candidates.labels("retrieved")
+        self.candidates_filtered = self.candidates.labels("filtered")
+        self.prediction_cache_hits = self.prediction_cache.labels("hit")
+        self.prediction_cache_misses = self.prediction_cache.labels("miss")
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
+
+    def _declare_calls(self, r: CollectorRegistry) -> None:
+        """Every gRPC call, by method and status code."""
         self.requests = Counter(
             "recsys_grpc_requests",
             "gRPC requests handled, by method and status code.",
@@ -49,6 +65,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _declare_pipeline(self, r: CollectorRegistry) -> None:
+        """The Recommend pipeline: its stages, candidates, and what it answered."""
         self.stage_duration = Histogram(
             "recsys_stage_duration_seconds",
             "Time spent in each Recommend pipeline stage.",
@@ -88,6 +107,9 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def _declare_ranking(self, r: CollectorRegistry) -> None:
+        """Triton calls and the ranker's answers."""
         self.triton_duration = Histogram(
             "recsys_triton_request_duration_seconds",
             "Latency of one Triton ranking call.",
@@ -121,6 +143,9 @@ class Metrics:
             buckets=SCORE_BUCKETS,
             registry=r,
         )
+
+    def _declare_experiment_guardrails(self, r: CollectorRegistry) -> None:
+        """Per-arm errors and latency, read by the experiment controller's guardrails."""
         self.arm_requests = Counter(
             "recsys_experiment_requests",
             "Recommend calls per experiment arm and status code "
@@ -130,11 +155,14 @@ class Metrics:
         )
         self.arm_duration = Histogram(
             "recsys_experiment_request_duration_seconds",
-            "Recommend latency per experiment arm " "(the controller's latency guardrail).",
+            "Recommend latency per experiment arm (the controller's latency guardrail).",
             ["experiment", "variant"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _declare_intake(self, r: CollectorRegistry) -> None:
+        """What the gateway records: exposures (dropped when the queue is full) and events."""
         self.exposures_dropped = Counter(
             "recsys_exposures_dropped",
             "Exposures not logged because the queue was full.",
@@ -146,7 +174,9 @@ class Metrics:
             ["type", "result"],
             registry=r,
         )
-        # Admission control, by method: Recommend and RecordEvents have bounds of their own.
+
+    def _declare_admission(self, r: CollectorRegistry) -> None:
+        """Admission control, by method: Recommend and RecordEvents have bounds of their own."""
         self.pipelines_running = Gauge(
             "recsys_admission_running_requests",
             "Calls running now under admission control, by method.",
@@ -173,17 +203,13 @@ class Metrics:
             ["method", "reason"],
             registry=r,
         )
+
+    def _declare_process(self, r: CollectorRegistry) -> None:
+        """Build and model versions; CPU, memory and file descriptors of this process
+        (process_*), Python version."""
         self.build = Info("recsys_build", "Build and model versions of this process.", registry=r)
-        # CPU, memory and file descriptors of this process (process_*), Python version.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-
-        # Children with fixed labels, bound once: a labels() lookup costs ~3 us per call.
-        self.candidates_retrieved = self.candidates.labels("retrieved")
-        self.candidates_filtered = self.candidates.labels("filtered")
-        self.prediction_cache_hits = self.prediction_cache.labels("hit")
-        self.prediction_cache_misses = self.prediction_cache.labels("miss")
-        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
 
     def stage_observer(self, name: str) -> Callable[[float], None]:
         """Records one duration (seconds) of pipeline stage `name`; the labelled child is
