@@ -42,9 +42,9 @@ from benchmarks.load.report import (
     write_json_and_markdown,
 )
 from benchmarks.load.triton_driver import BatchStats, parse_statistics
+from infra.local.tritonserver import TritonServer, TritonServerOptions
 from triton_models import repository as repo
 from triton_models.dataset import RankingSet
-from triton_models.tritonserver import TritonServer, TritonServerOptions
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"

@@ -51,8 +51,8 @@ from benchmarks.load.report import (
     write_json_and_markdown,
 )
 from gateway.stages.rank import InferRequestEncoder, TritonRanker, read_scores
+from infra.local.tritonserver import TritonServer, TritonServerOptions
 from triton_models.dataset import RankingSet
-from triton_models.tritonserver import TritonServer, TritonServerOptions
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"

@@ -54,10 +54,10 @@ from benchmarks.load.report import (
 )
 from benchmarks.load.triton_driver import statistics as statistics_of
 from gateway.stages.rank import MODEL_INFER_METHOD, InferRequestEncoder, read_scores
+from infra.local.tritonserver import TritonServer, TritonServerOptions
 from triton_models import repository as repo
 from triton_models.dataset import RankingSet
 from triton_models.ranker_repositories import ServingOptions, write_ranker
-from triton_models.tritonserver import TritonServer, TritonServerOptions
 
 LOADS = ("open450", "open1000", "closed32")
 

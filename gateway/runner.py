@@ -52,7 +52,8 @@ from gateway import supervision
 from gateway.call_examples import call_examples, connect_target, find_grpcurl
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.supervision import ProcessSpec
-from triton_models.tritonserver import DEFAULT_GRPC_PORT, http_ready
+from infra.local.health import http_ok
+from infra.local.tritonserver import DEFAULT_GRPC_PORT
 
 READY_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def _triton(settings: Settings) -> dict[str, ProcessSpec]:
     argv = [
         sys.executable,
         "-m",
-        "triton_models.tritonserver",
+        "infra.local.tritonserver",
         "--model-repository",
         str(repository),
         "--model-control-mode",
@@ -452,7 +453,7 @@ def wait_until_http_ok(url: str, timeout_s: float, stopped: threading.Event) -> 
     loaded, a gateway's /health once it serves); False on timeout or stop."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stopped.is_set():
-        if http_ready(url, timeout_s=1.0):  # false while not listening or still loading (400)
+        if http_ok(url, timeout_s=1.0):  # false while not listening or still loading (400)
             return True
         stopped.wait(0.5)
     return False

@@ -51,7 +51,7 @@ from benchmarks.load.procs import (
 from gateway import runner
 from gateway.config import Settings, load_settings
 from gateway.supervision import SupervisorFiles
-from triton_models.tritonserver import free_port_block
+from infra.local.ports import free_port_block
 
 HEALTHY_SPAN_S = 2.0
 """Answers count as recovered once those started in this long a span are whole..."""

@@ -1,7 +1,7 @@
 """Start, watch and stop what the load scenarios measure.
 
 - `local` (the `make run` profile): `python -m gateway.main` on a free port, and the real
-  `tritonserver` (triton_models.tritonserver.TritonServer, free ports) when
+  `tritonserver` (infra.local.tritonserver.TritonServer, free ports) when
   `build/triton/local` exists, the way gateway/runner.py does; the gateway is pointed at that
   Triton through `RECSYS__MODEL__RANKER__TRITON_GRPC_URL`.
 - `stack` (the `make stack` profile): `python -m gateway.runner --profile stack` (nginx in front
@@ -36,12 +36,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks.load.target import PLAINTEXT, Connection
 from gateway import runner
 from gateway.config import load_settings
-from triton_models.tritonserver import (
-    TritonServer,
-    TritonServerOptions,
-    free_port,
-    free_port_block,
-)
+from infra.local.ports import free_port, free_port_block
+from infra.local.tritonserver import TritonServer, TritonServerOptions
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = REPO / "infra" / "config" / "local.yaml"

@@ -28,8 +28,8 @@ from benchmarks.load import triton_driver
 from benchmarks.load.ghz import GhzResult, GhzRun, run_ghz
 from benchmarks.load.procs import ProcessSample, System, disturbance, echo_system, machine_cpu
 from benchmarks.load.target import PLAINTEXT, Connection
+from infra.local.tritonserver import TritonServer, TritonServerOptions
 from triton_models import repository as repo
-from triton_models.tritonserver import TritonServer, TritonServerOptions
 
 P99_BOUNDS_MS = (100, 50, 25)
 """Rate search reports the highest rate keeping p99 under each bound."""

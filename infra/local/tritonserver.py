@@ -18,9 +18,10 @@ this module starts it (see DESIGN.md, "Known facts about the environment"):
   itself makes its stubs see the caller's environment.
 
 Three ways in: :func:`tritonserver_command` returns the exact argv and environment (for
-Procfiles and docs), ``python -m triton_models.tritonserver --model-repository PATH`` execs the
-server (for process supervisors), and :class:`TritonServer` starts, waits for and stops one
-(for tests and the local runner).
+Procfiles and docs), ``python -m infra.local.tritonserver --model-repository PATH`` execs the
+server (for process supervisors: `make run`, `make stack`), and :class:`TritonServer` starts,
+waits for and stops one (for tests and benchmarks). Production runs the NGC Triton image
+instead (infra/docker/triton.Dockerfile), so none of this is part of the service.
 """
 
 from __future__ import annotations
@@ -34,19 +35,20 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Self
+
+from infra.local.health import http_ok
+from infra.local.logs import log_tail
+from infra.local.ports import free_port
 
 ModelControlMode = Literal["none", "poll", "explicit"]
 """How Triton picks up models: all at start (none), by polling the repository, or on request."""
@@ -60,7 +62,7 @@ _STUB_NAME = "triton_python_backend_stub"
 # Files of the wheel's Python backend copied into our backend directory, next to the stub.
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 # The repository root when the project is checked out (editable install): build/ is git-ignored.
-_DEFAULT_BACKEND_ROOT = Path(__file__).resolve().parents[1] / "build" / "tritonserver"
+_DEFAULT_BACKEND_ROOT = Path(__file__).resolve().parents[2] / "build" / "tritonserver"
 
 
 class TritonServerError(RuntimeError):
@@ -194,38 +196,6 @@ def prepare_backend_directory(
         _copy_if_changed(distribution.backends / "python" / name, python_backend / name)
     _copy_if_changed(stub, python_backend / _STUB_NAME)
     return backends
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def free_port_block(size: int, host: str = "127.0.0.1") -> int:
-    """A port p such that p .. p+size-1 were all free a moment ago (for processes that take
-    consecutive ports, started side by side with others).
-
-    Raises:
-        OSError: no such block turned up in 50 tries.
-    """
-    for _ in range(50):
-        first = free_port(host)
-        block = range(first, first + size)
-        if block.stop > 65536:
-            continue
-        with contextlib.ExitStack() as probes:
-            try:
-                for port in block[1:]:
-                    probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).bind(
-                        (host, port)
-                    )
-            except OSError:
-                continue
-        return first
-    raise OSError(f"found no block of {size} free ports")
 
 
 @dataclass(frozen=True)
@@ -385,23 +355,6 @@ def tritonserver_command(
     )
 
 
-def http_ready(url: str, timeout_s: float) -> bool:
-    """Whether a GET of `url` (``/v2/health/ready``) answers 200 within `timeout_s`."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 class TritonServer:
     """One ``tritonserver`` process: start, wait until ready, stop.
 
@@ -442,11 +395,6 @@ class TritonServer:
         return f"{self._client_host}:{self.options.grpc_port}"
 
     @property
-    def metrics_url(self) -> str:
-        """The Prometheus metrics URL."""
-        return f"http://{self._client_host}:{self.options.metrics_port}/metrics"
-
-    @property
     def _client_host(self) -> str:
         return "127.0.0.1" if self.options.address in ("0.0.0.0", "") else self.options.address
 
@@ -471,7 +419,7 @@ class TritonServer:
 
     def log_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines the server wrote."""
-        return _tail(self._log_path, lines) if self._log_path is not None else ""
+        return log_tail(self._log_path, lines)
 
     def start(self) -> None:
         """Start the process and wait until ``/v2/health/ready`` answers 200.
@@ -521,7 +469,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready\n"
                     f"{self._describe()}"
                 )
-            if http_ready(url, timeout_s=2.0):
+            if http_ok(url, timeout_s=2.0):
                 return
             if time.monotonic() >= deadline:
                 raise TritonServerError(
@@ -596,7 +544,7 @@ class TritonServer:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m triton_models.tritonserver",
+        prog="python -m infra.local.tritonserver",
         description="Exec the nvidia-pytriton wheel's tritonserver with the environment it needs.",
     )
     parser.add_argument("--model-repository", type=Path, required=True)

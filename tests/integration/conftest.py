@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from triton_models.tritonserver import TritonServer, TritonServerError, TritonServerOptions
+from infra.local.tritonserver import TritonServer, TritonServerError, TritonServerOptions
 
 # Generous: on a busy 2-core machine the first Python-backend stub can take a while to start.
 TRITON_STARTUP_TIMEOUT_S = 120.0

@@ -18,13 +18,13 @@ import tritonclient.grpc.aio as grpcclient
 from annoy import AnnoyIndex
 
 from feature_service.definitions import FEATURE_NAMES, NUM_FEATURES
+from infra.local.tritonserver import TritonServer
 from tests.conftest import DATA_DIR
 from triton_models import export
 from triton_models.cli import run_pipeline
 from triton_models.dataset import RankingSet
 from triton_models.pipeline import PipelineOptions
 from triton_models.rankers import TrainConfig
-from triton_models.tritonserver import TritonServer
 
 pytestmark = pytest.mark.integration
 

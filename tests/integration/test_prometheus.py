@@ -19,8 +19,8 @@ import pytest
 from recsys.v1 import recommendation_pb2 as pb
 
 from gateway.config import Settings
+from infra.local.tritonserver import TritonServer
 from tests.conftest import async_stub, running_gateway
-from triton_models.tritonserver import TritonServer
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 import gateway.runner
+from infra.local.ports import free_port_block
 from tests.conftest import LOCAL_CONFIG, REPO, metric_samples, user_event
-from triton_models.tritonserver import free_port_block
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from gateway.config import Settings
 from gateway.resources import Resources, open_resources
 from gateway.server import start_server
 from gateway.stages.types import Candidates, RequestContext
+from infra.local.tritonserver import TritonServer
 from tests.conftest import async_stub, running_gateway
-from triton_models.tritonserver import TritonServer
 
 pytestmark = pytest.mark.integration
 StartTriton = Callable[..., TritonServer]

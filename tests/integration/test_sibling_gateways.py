@@ -16,8 +16,8 @@ from recsys.v1 import recommendation_pb2 as pb
 from gateway.config import Settings
 from gateway.resources import open_resources
 from gateway.server import start_server
+from infra.local.ports import free_port, free_port_block
 from tests.conftest import async_stub, running_gateway, user_event
-from triton_models.tritonserver import free_port, free_port_block
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from benchmarks.load.procs import cmdline, descendants
+from infra.local.ports import free_port_block
 from tests.conftest import REPO, user_event
-from triton_models.tritonserver import free_port_block
 
 STACK_CONFIG = REPO / "infra" / "config" / "stack.yaml"
 

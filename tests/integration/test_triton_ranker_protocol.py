@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from gateway.stages.rank import RankerFailure, TritonRanker
-from triton_models.tritonserver import free_port
+from infra.local.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -30,15 +30,15 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks.load.scenarios import tiny_ranker_onnx
 from gateway.stages.rank import RankerFailure, TritonRanker
-from triton_models import repository as repo
-from triton_models.ranker_repositories import ServingOptions, write_ranker
-from triton_models.tritonserver import (
+from infra.local.tritonserver import (
     TritonServer,
     TritonServerError,
     TritonServerOptions,
     prepare_backend_directory,
     tritonserver_command,
 )
+from triton_models import repository as repo
+from triton_models.ranker_repositories import ServingOptions, write_ranker
 
 pytestmark = pytest.mark.integration
 
@@ -209,7 +209,7 @@ def test_module_entry_point_prints_the_command(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "triton_models.tritonserver",
+            "infra.local.tritonserver",
             "--model-repository",
             str(tmp_path),
             "--model-control-mode=poll",

@@ -34,8 +34,8 @@ from ab.prometheus_metrics import SidecarMetrics
 from ab.sidecar_settings import SidecarSettings
 from feature_service.local_servers import PostgresServer, RedisServer
 from gateway.config import Settings
-from tests.conftest import async_stub, running_gateway
 from infra.local.tritonserver import TritonServer
+from tests.conftest import async_stub, running_gateway
 
 pytestmark = pytest.mark.integration
 USERS = 700  # per run; the minimum sample is 250 users per arm

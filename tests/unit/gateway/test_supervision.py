@@ -31,7 +31,7 @@ def test_every_program_restarts_and_stores_start_first_and_stop_last(tmp_path: P
     processes = {
         "gateway2": ProcessSpec(["python", "-m", "gateway.main"]),
         "postgres": ProcessSpec(["postgres", "-D", "data"]),
-        "triton": ProcessSpec(["python", "-m", "triton_models.tritonserver"]),
+        "triton": ProcessSpec(["python", "-m", "infra.local.tritonserver"]),
         "nginx": ProcessSpec(["nginx", "-g", "daemon off;"]),
     }
     config = _parsed(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from triton_models.tritonserver import free_port_block
+from infra.local.ports import free_port_block
 
 
 def test_every_port_of_the_block_can_be_bound() -> None:
