@@ -185,6 +185,7 @@ def run_pipeline(
                 *_files(folders["onnx"], folders["reports"]),
                 *_code(
                     "triton_models/ranker_repositories.py",
+                    "triton_models/two_heads.py",
                     "triton_models/repository.py",
                     "triton_models/python_backend/onnx_model.py",
                 ),

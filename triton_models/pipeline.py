@@ -15,8 +15,8 @@ rankers                 build/rankers/<name>: model.pt, training.json (the ranke
 export                  build/onnx/<name>: fp32.onnx, int8_dynamic.onnx, int8_static.onnx,
                         int8.onnx (the kept one), export.json
 evaluation              build/reports/evaluation.{json,md}
-triton                  build/triton/{local,production}: ranker_vN and discovery_vN (ensembles),
-                        ranker_vN_onnx, discovery_vN_onnx
+triton                  build/triton/{local,production}: ranker_vN (ensembles), ranker_vN_onnx
+                        (two heads: score and discovery_score), discovery_vN_onnx
 ======================  =========================================================
 """
 
@@ -52,7 +52,14 @@ from triton_models.evaluate import (
     targets,
     write_report,
 )
-from triton_models.ranker_repositories import ServingOptions, git_sha, write_discovery, write_ranker
+from triton_models.ranker_repositories import (
+    DISCOVERY_OUTPUT,
+    DiscoveryHead,
+    ServingOptions,
+    git_sha,
+    write_discovery,
+    write_ranker,
+)
 from triton_models.rankers import (
     RANKERS,
     RankerKind,
@@ -436,8 +443,15 @@ def run_triton(
         root = out / flavour.value
         if root.exists():
             shutil.rmtree(root)
-        # Discovery models first: the ranker ensembles run them as their second step.
         (discovery,) = DISCOVERY_MODELS
+        production = flavour is repository.Flavour.PRODUCTION
+        # Each ranker's graph carries the discovery model as its second head (one execution
+        # answers both); the discovery model's own folder is written too.
+        head = DiscoveryHead(
+            discovery,
+            onnx_dir / discovery / "int8.onnx",
+            onnx_dir / discovery / "fp32.onnx" if production else None,
+        )
         for name in [*DISCOVERY_MODELS, *RANKERS]:
             metadata = {
                 "model": name,
@@ -458,20 +472,22 @@ def run_triton(
                 "sample": opts.sample,
             }
             # GPUs serve the fp32 graph (TensorRT FP16): the INT8 graphs suit the CPU.
-            gpu_onnx_model = (
-                onnx_dir / name / "fp32.onnx" if flavour is repository.Flavour.PRODUCTION else None
-            )
+            gpu_onnx_model = onnx_dir / name / "fp32.onnx" if production else None
             args = (root, name, onnx_dir / name / "int8.onnx", NUM_FEATURES, metadata)
             if name in DISCOVERY_MODELS:
                 write_discovery(*args, opts.serving, flavour, gpu_onnx_model=gpu_onnx_model)
             else:
                 metadata["discovery_model"] = discovery
+                metadata["outputs"] = {
+                    export.OUTPUT_NAME: ["FP32", [-1, 1]],
+                    DISCOVERY_OUTPUT: ["FP32", [-1, 1]],
+                }
                 write_ranker(
                     *args,
                     opts.serving,
                     flavour,
                     gpu_onnx_model=gpu_onnx_model,
-                    discovery=discovery,
+                    discovery=head,
                 )
         written[flavour.value] = sorted(p.name for p in root.iterdir())
     return written

@@ -6,16 +6,19 @@ tritonserver, ``build/triton/production`` for the NGC image):
 
 - ``<name>_onnx``: the quantized ONNX model, with dynamic batching and CPU instances; in the
   production flavour also ``configs/gpu.pbtxt``, GPU instances serving the fp32 graph through
-  TensorRT (see :mod:`triton_models.repository`);
-- ``<name>``: an ensemble (``platform: "ensemble"``) of that model, and of the discovery
-  model when there is one.
+  TensorRT (see :mod:`triton_models.repository`). With a discovery model it has two heads
+  (:mod:`triton_models.two_heads`): the ranker's graph and the discovery model's side by side
+  on the same ``features``, answering ``score`` and ``discovery_score`` in one execution;
+- ``<name>``: an ensemble (``platform: "ensemble"``) of that model.
 
-The discovery model (``discovery_vN``, :mod:`triton_models.discovery`) is written as
-``discovery_vN_onnx`` only, served the same way (quantized, dynamic batching, two versions
-loaded). It takes the same feature matrix, so every ranker ensemble runs it as a second step
-on the same input and answers ``discovery_score`` beside ``score``: a Recommend that wants the
-DISCOVER or MIXED list gets both in the one Triton call it already makes, and a client asking
-only for ``score`` is served as before.
+The discovery model (``discovery_vN``, :mod:`triton_models.discovery`) is also written as
+``discovery_vN_onnx`` on its own (quantized, dynamic batching, two versions loaded): the
+folder that names its features and offline figures, which the gateway checks at start, and
+a model to score with directly. No ensemble runs it: when it was the ensembles' second step,
+every Recommend cost Triton two executions (0.99 -> 1.41 ms of Triton CPU per Recommend,
+``benchmarks/serving_cost.py``), since an ensemble runs all its steps whatever outputs the
+caller asks for. Joined into each ranker's graph it costs one, and each ranker version
+carries the discovery head it was built with, so a rollout moves both together.
 
 The ensemble has one step because everything else is already inside the graph:
 standardisation and the sigmoid were folded into it at export, so a preprocessing model would
@@ -24,7 +27,8 @@ ensemble name; a future version can add steps (or swap the composing model) with
 change. The hop was measured against calling ``<name>_onnx`` directly
 (``benchmarks/triton_serving_bench.py``): Triton's CPU per request differed by -6% to +8%
 depending on the load, within the noise between rounds, so the indirection stays. Tensors:
-input ``features`` FP32 ``[-1, F]``, output ``score`` FP32 ``[-1, 1]``.
+input ``features`` FP32 ``[-1, F]``, outputs ``score`` (and ``discovery_score``) FP32
+``[-1, 1]``.
 """
 
 from __future__ import annotations
@@ -39,9 +43,22 @@ import numpy as np
 
 from triton_models import repository as repo
 from triton_models.export import INPUT_NAME, OUTPUT_NAME
+from triton_models.two_heads import DISCOVERY_PREFIX, join_files
 
-DISCOVERY_OUTPUT = "discovery_score"
-"""The ensemble output carrying the discovery model's score of each row."""
+DISCOVERY_OUTPUT = DISCOVERY_PREFIX + OUTPUT_NAME
+"""The output carrying the discovery head's score of each row (``discovery_score``)."""
+
+
+@dataclass(frozen=True)
+class DiscoveryHead:
+    """The discovery model a ranker's graph is joined with (:mod:`triton_models.two_heads`)."""
+
+    name: str
+    """Its served name, e.g. ``discovery_v1`` (the ranker's metadata names it)."""
+    onnx_model: Path
+    """Its CPU (INT8) graph."""
+    gpu_onnx_model: Path | None = None
+    """Its fp32 graph, joined with the ranker's GPU graph (production flavour)."""
 
 
 @dataclass(frozen=True)
@@ -124,49 +141,50 @@ def write_ranker(
     flavour: repo.Flavour,
     version: int = 1,
     gpu_onnx_model: Path | None = None,
-    discovery: str | None = None,
+    discovery: DiscoveryHead | None = None,
 ) -> tuple[Path, Path]:
     """Writes ``<name>_onnx`` and the ensemble ``<name>`` into ``root``; returns both folders.
 
     ``gpu_onnx_model`` (production flavour) is the graph GPU deployments serve. With
-    ``discovery`` (a model :func:`write_discovery` wrote), the ensemble also runs
-    ``<discovery>_onnx`` on the same features and answers its scores as ``discovery_score``.
+    ``discovery``, ``<name>_onnx`` is the ranker's graph joined with the discovery model's
+    (its GPU graph with the discovery model's ``gpu_onnx_model``), and both it and the
+    ensemble answer ``discovery_score`` beside ``score``.
     """
     features, score = tensor_specs(num_features)
+    outputs: tuple[repo.TensorSpec, ...] = (score,)
+    model: Path | bytes = onnx_model
+    gpu_model: Path | bytes | None = gpu_onnx_model
+    if discovery is not None:
+        outputs = (score, repo.TensorSpec(DISCOVERY_OUTPUT, np.float32, (1,)))
+        model = join_files(onnx_model, discovery.onnx_model, INPUT_NAME, OUTPUT_NAME)
+        if gpu_onnx_model is not None:
+            if discovery.gpu_onnx_model is None:
+                raise ValueError(f"{name} has a GPU graph but {discovery.name} has none")
+            gpu_model = join_files(
+                gpu_onnx_model, discovery.gpu_onnx_model, INPUT_NAME, OUTPUT_NAME
+            )
     model_name = f"{name}_onnx"
     model_dir = repo.write_onnx_model(
         root,
-        onnx_spec(model_name, num_features, options),
-        onnx_model,
+        onnx_spec(model_name, num_features, options, outputs),
+        model,
         flavour=flavour,
         version=version,
         metadata=metadata,
-        gpu_onnx_model=gpu_onnx_model,
+        gpu_onnx_model=gpu_model,
     )
-    steps = [
-        repo.EnsembleStep(
-            model_name=model_name,
-            input_map={INPUT_NAME: INPUT_NAME},
-            output_map={OUTPUT_NAME: OUTPUT_NAME},
-        )
-    ]
-    outputs = [score]
-    if discovery is not None:
-        steps.append(
-            repo.EnsembleStep(
-                model_name=f"{discovery}_onnx",
-                input_map={INPUT_NAME: INPUT_NAME},
-                output_map={OUTPUT_NAME: DISCOVERY_OUTPUT},
-            )
-        )
-        outputs.append(repo.TensorSpec(DISCOVERY_OUTPUT, np.float32, (1,)))
+    step = repo.EnsembleStep(
+        model_name=model_name,
+        input_map={INPUT_NAME: INPUT_NAME},
+        output_map={output.name: output.name for output in outputs},
+    )
     ensemble_dir = repo.write_ensemble(
         root,
         repo.EnsembleSpec(
             name=name,
             inputs=(features,),
-            outputs=tuple(outputs),
-            steps=tuple(steps),
+            outputs=outputs,
+            steps=(step,),
             max_batch_size=options.max_batch_size,
             version_policy=repo.LatestVersions(options.loaded_versions),
         ),
@@ -187,8 +205,8 @@ def write_discovery(
     version: int = 1,
     gpu_onnx_model: Path | None = None,
 ) -> Path:
-    """Writes the discovery model ``<name>_onnx`` (no ensemble of its own: the rankers'
-    ensembles run it); returns its folder."""
+    """Writes the discovery model ``<name>_onnx`` on its own (no ensemble: the rankers'
+    graphs carry it as their second head); returns its folder."""
     return repo.write_onnx_model(
         root,
         onnx_spec(f"{name}_onnx", num_features, options),
@@ -200,13 +218,19 @@ def write_discovery(
     )
 
 
-def onnx_spec(model_name: str, num_features: int, options: ServingOptions) -> repo.OnnxModelSpec:
-    """How Triton serves one of the ONNX models (a ranker's or the discovery model)."""
+def onnx_spec(
+    model_name: str,
+    num_features: int,
+    options: ServingOptions,
+    outputs: tuple[repo.TensorSpec, ...] | None = None,
+) -> repo.OnnxModelSpec:
+    """How Triton serves one of the ONNX models (a ranker's, two-headed or not, or the
+    discovery model); ``outputs`` defaults to ``score`` alone."""
     features, score = tensor_specs(num_features)
     return repo.OnnxModelSpec(
         name=model_name,
         inputs=(features,),
-        outputs=(score,),
+        outputs=outputs if outputs is not None else (score,),
         max_batch_size=options.max_batch_size,
         dynamic_batching=repo.DynamicBatching(
             preferred_batch_size=options.preferred_batch_sizes,

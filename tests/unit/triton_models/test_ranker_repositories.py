@@ -1,11 +1,14 @@
-"""The rankers' Triton repository: one quantized model plus a one-step ensemble, both flavours."""
+"""The rankers' Triton repository: one quantized model (two heads with a discovery model) plus a
+one-step ensemble, both flavours."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
@@ -13,6 +16,7 @@ from tritonclient.grpc import model_config_pb2
 from triton_models import repository as repo
 from triton_models.ranker_repositories import (
     DISCOVERY_OUTPUT,
+    DiscoveryHead,
     ServingOptions,
     git_sha,
     write_discovery,
@@ -22,8 +26,8 @@ from triton_models.ranker_repositories import (
 F = 5
 
 
-def _onnx(path: Path) -> Path:
-    weights = numpy_helper.from_array(np.ones((F, 1), np.float32), "w")
+def _onnx(path: Path, weight: float = 1.0) -> Path:
+    weights = numpy_helper.from_array(np.full((F, 1), weight, np.float32), "w")
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["features", "w"], ["logit"]),
@@ -134,23 +138,79 @@ def test_dynamic_batching_with_every_field_at_its_default_is_still_on() -> None:
     assert "dynamic_batching {" in repo.config_text(config)
 
 
-def test_ranker_ensemble_runs_the_discovery_model_as_second_step(tmp_path: Path) -> None:
-    model = _onnx(tmp_path / "model.onnx")
+def _scores(
+    model: Path | bytes, outputs: list[str], rows: npt.NDArray[np.float32]
+) -> list[npt.NDArray[np.float32]]:
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return [np.asarray(out) for out in session.run(outputs, {"features": rows})]
+
+
+def test_ranker_graph_carries_the_discovery_head_in_one_step(tmp_path: Path) -> None:
+    ranker, discovery_graph = _onnx(tmp_path / "r.onnx", 1.0), _onnx(tmp_path / "d.onnx", -0.5)
     options = ServingOptions()
     root = tmp_path / "local"
     discovery_dir = write_discovery(
-        root, "discovery_v1", model, F, {"objective": "discovery"}, options, repo.Flavour.LOCAL
+        root,
+        "discovery_v1",
+        discovery_graph,
+        F,
+        {"objective": "discovery"},
+        options,
+        repo.Flavour.LOCAL,
     )
     assert discovery_dir.name == "discovery_v1_onnx"
-    assert not (root / "discovery_v1").exists()  # served inside the rankers' ensembles only
+    assert not (root / "discovery_v1").exists()  # its own folder, no ensemble of its own
     assert repo.read_config(discovery_dir).dynamic_batching.max_queue_delay_microseconds == 2000
-    _, ensemble_dir = write_ranker(
-        root, "ranker_v2", model, F, {}, options, repo.Flavour.LOCAL, discovery="discovery_v1"
+    head = DiscoveryHead("discovery_v1", discovery_graph)
+    model_dir, ensemble_dir = write_ranker(
+        root, "ranker_v2", ranker, F, {}, options, repo.Flavour.LOCAL, discovery=head
     )
     ensemble = repo.read_config(ensemble_dir)
     assert [t.name for t in ensemble.output] == ["score", DISCOVERY_OUTPUT]
-    ranker, discovery = ensemble.ensemble_scheduling.step
-    assert (ranker.model_name, dict(ranker.output_map)) == ("ranker_v2_onnx", {"score": "score"})
-    assert discovery.model_name == "discovery_v1_onnx"
-    assert dict(discovery.input_map) == {"features": "features"}
-    assert dict(discovery.output_map) == {"score": DISCOVERY_OUTPUT}
+    (step,) = ensemble.ensemble_scheduling.step  # one model execution answers both
+    assert step.model_name == "ranker_v2_onnx"
+    assert dict(step.input_map) == {"features": "features"}
+    assert dict(step.output_map) == {"score": "score", DISCOVERY_OUTPUT: DISCOVERY_OUTPUT}
+    config = repo.read_config(model_dir)
+    assert [(t.name, list(t.dims)) for t in config.output] == [
+        ("score", [1]),
+        (DISCOVERY_OUTPUT, [1]),
+    ]
+    # Each head scores exactly as its model alone.
+    rows = np.random.default_rng(3).normal(size=(7, F)).astype(np.float32)
+    score, discovery = _scores(model_dir / "1" / "model.onnx", ["score", DISCOVERY_OUTPUT], rows)
+    np.testing.assert_array_equal(score, _scores(ranker, ["score"], rows)[0])
+    np.testing.assert_array_equal(discovery, _scores(discovery_graph, ["score"], rows)[0])
+
+
+def test_production_ranker_joins_both_gpu_graphs(tmp_path: Path) -> None:
+    ranker, discovery_graph = _onnx(tmp_path / "r.onnx", 1.0), _onnx(tmp_path / "d.onnx", -0.5)
+    gpu_ranker, gpu_discovery = _onnx(tmp_path / "rg.onnx", 2.0), _onnx(tmp_path / "dg.onnx", 3.0)
+    model_dir, _ = write_ranker(
+        tmp_path,
+        "ranker_v2",
+        ranker,
+        F,
+        {},
+        ServingOptions(),
+        repo.Flavour.PRODUCTION,
+        gpu_onnx_model=gpu_ranker,
+        discovery=DiscoveryHead("discovery_v1", discovery_graph, gpu_discovery),
+    )
+    rows = np.ones((2, F), np.float32)
+    gpu = _scores(model_dir / "1" / repo.GPU_ONNX_FILENAME, ["score", DISCOVERY_OUTPUT], rows)
+    np.testing.assert_array_equal(gpu[0], _scores(gpu_ranker, ["score"], rows)[0])
+    np.testing.assert_array_equal(gpu[1], _scores(gpu_discovery, ["score"], rows)[0])
+    with pytest.raises(ValueError, match="discovery_v1 has none"):
+        write_ranker(
+            tmp_path / "again",
+            "ranker_v2",
+            ranker,
+            F,
+            {},
+            ServingOptions(),
+            repo.Flavour.PRODUCTION,
+            gpu_onnx_model=gpu_ranker,
+            discovery=DiscoveryHead("discovery_v1", discovery_graph),
+        )
