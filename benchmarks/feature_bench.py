@@ -32,7 +32,7 @@ from feature_service.catalogue import ItemCatalogue
 from feature_service.config import FeatureStoreSettings, PostgresSettings, RedisSettings
 from feature_service.events import Event, EventType
 from feature_service.layered import LayeredFeatureStore
-from feature_service.local_servers import PostgresServer, RedisServer, start_with_retry
+from infra.local.store_servers import PostgresServer, RedisServer, start_with_retry
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "feature_bench.json"

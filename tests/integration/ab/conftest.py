@@ -11,8 +11,8 @@ import pytest
 
 from ab.store import open_pool
 from feature_service.config import PostgresSettings
-from feature_service.local_servers import LocalServerError, PostgresServer, start_with_retry
 from feature_service.postgres import PostgresStore
+from infra.local.store_servers import LocalServerError, PostgresServer, start_with_retry
 
 _TABLES = ("events", "exposures", "decisions", "experiment_state")
 

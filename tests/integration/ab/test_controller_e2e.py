@@ -24,7 +24,7 @@ from ab.prometheus_metrics import SidecarMetrics
 from ab.routing import RoutingPoller, RoutingTable
 from ab.store import PostgresStateStore
 from feature_service.config import PostgresSettings
-from feature_service.local_servers import free_port
+from infra.local.ports import free_port
 from tests.integration.ab.simulate import ArmBehaviour, load, simulate
 
 pytestmark = pytest.mark.integration

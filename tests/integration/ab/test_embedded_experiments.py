@@ -30,7 +30,7 @@ from ab.prometheus_metrics import SidecarMetrics
 from ab.routing import RoutingPoller, RoutingTable
 from ab.store import JsonStateStore, PostgresStateStore, StateStore
 from ab.variant_sums import ExperimentMetrics
-from feature_service.local_servers import free_port
+from infra.local.ports import free_port
 from tests.integration.ab.simulate import ArmBehaviour, load, load_sqlite, simulate
 
 pytestmark = pytest.mark.integration

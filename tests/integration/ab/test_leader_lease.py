@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ab.config import ExperimentConfig, GuardrailConfig, VariantConfig
 from feature_service.config import PostgresSettings
-from feature_service.local_servers import free_port
+from infra.local.ports import free_port
 from tests.integration.ab.simulate import ArmBehaviour, load, simulate
 
 pytestmark = pytest.mark.integration

@@ -32,8 +32,8 @@ from ab.config import (
 from ab.controller import Controller
 from ab.prometheus_metrics import SidecarMetrics
 from ab.sidecar_settings import SidecarSettings
-from feature_service.local_servers import PostgresServer, RedisServer
 from gateway.config import Settings
+from infra.local.store_servers import PostgresServer, RedisServer
 from infra.local.tritonserver import TritonServer
 from tests.conftest import async_stub, running_gateway
 

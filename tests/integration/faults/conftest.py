@@ -23,10 +23,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-from feature_service.local_servers import free_port
 from gateway.config import Settings
 from gateway.resources import Resources, open_resources
 from gateway.server import start_server
+from infra.local.ports import free_port
 from tests.conftest import LOCAL_CONFIG, REPO, async_stub
 
 # The stores' session servers (started on first use, restarted by `servers_up` when a test

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from recsys.v1 import recommendation_pb2 as pb
 
-from feature_service.local_servers import PostgresServer, RedisServer
 from gateway.config import Settings
+from infra.local.store_servers import PostgresServer, RedisServer
 from tests.integration.faults.conftest import in_process_gateway, latency_proxy, store_overrides
 
 pytestmark = pytest.mark.integration

@@ -28,8 +28,8 @@ from prometheus_client import CollectorRegistry
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-from feature_service.local_servers import PostgresServer, RedisServer
 from gateway.config import Settings
+from infra.local.store_servers import PostgresServer, RedisServer
 from tests.integration.faults.conftest import in_process_gateway, store_overrides
 from tests.integration.stores.helpers import requests
 

@@ -26,7 +26,7 @@ from feature_service.config import (
     RedisSettings,
 )
 from feature_service.layered import LayeredFeatureStore
-from feature_service.local_servers import (
+from infra.local.store_servers import (
     LocalServerError,
     PostgresServer,
     RedisServer,

@@ -16,10 +16,10 @@ from redis.asyncio import Redis
 
 from feature_service.catalogue import ItemCatalogue
 from feature_service.events import EventType
-from feature_service.local_servers import PostgresServer, RedisServer
 from feature_service.redis_cache import user_key
 from feature_service.store import FeatureStoreError
 from gateway.stages.features import fetch_user_features
+from infra.local.store_servers import PostgresServer, RedisServer
 from tests.integration.stores.conftest import OpenStore
 from tests.integration.stores.helpers import errors, event, lookups, requests, views
 

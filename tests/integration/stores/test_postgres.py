@@ -14,10 +14,10 @@ import pytest
 
 from feature_service.config import PostgresSettings
 from feature_service.events import EventType
-from feature_service.local_servers import PostgresServer, RedisServer
 from feature_service.postgres import PostgresStore, load_migrations
 from feature_service.records import Activity
 from feature_service.store import FeatureStoreError
+from infra.local.store_servers import PostgresServer, RedisServer
 from tests.integration.stores.helpers import event, views
 
 pytestmark = pytest.mark.integration

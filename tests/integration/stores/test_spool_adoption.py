@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from feature_service.catalogue import ItemCatalogue
-from feature_service.local_servers import PostgresServer, RedisServer
+from infra.local.store_servers import PostgresServer, RedisServer
 from tests.integration.stores.conftest import OpenStore, make_settings
 from tests.integration.stores.helpers import views
 

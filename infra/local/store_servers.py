@@ -1,4 +1,4 @@
-"""Start throwaway local `redis-server` and Postgres processes (tests, benchmarks, local stack).
+"""Start throwaway local `redis-server` and Postgres processes (tests and benchmarks).
 
 Both use the Debian binaries, listen on 127.0.0.1 on a free port, keep their data in a private
 temporary folder and are stopped (and the folder removed) by `stop()`. `restart()` keeps the
@@ -25,29 +25,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
+from infra.local.logs import log_tail
+from infra.local.ports import free_port
+
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS_BIN = "redis-server"
 STARTUP_TIMEOUT_S = 30.0
-_LOG_TAIL_BYTES = 4000
 
 
 class LocalServerError(RuntimeError):
     """A server could not be prepared or did not become ready; the message has its log tail."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return "(no log)"
-    return data[-_LOG_TAIL_BYTES:].decode("utf-8", "replace")
 
 
 def _terminate(process: subprocess.Popen[bytes], sig: int, timeout_s: float = 15.0) -> None:
@@ -121,7 +108,7 @@ class _Server(abc.ABC):
         state = f"exited with {code}" if code is not None else f"not ready in {timeout_s:.0f} s"
         raise LocalServerError(
             f"{self.name} on port {self.port} {state}; log {self.log_path}:\n"
-            f"{_log_tail(self.log_path)}"
+            f"{log_tail(self.log_path)}"
         )
 
     def stop_process(self) -> None:
@@ -145,7 +132,7 @@ class _Server(abc.ABC):
 
     def log_tail(self) -> str:
         """The end of the server's log."""
-        return _log_tail(self.log_path)
+        return log_tail(self.log_path)
 
     def __enter__(self) -> Self:
         self.start()
