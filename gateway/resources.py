@@ -39,10 +39,10 @@ from gateway.config import Settings
 from gateway.http_endpoint import HealthState, HttpEndpoint
 from gateway.model_registry import ModelRegistry
 from gateway.prometheus_metrics import Metrics
-from gateway.recommender import Ranker, Recommender
+from gateway.recommender import Recommender
 from gateway.stages.candidates import CandidateRetriever, PopularCandidates, RetrievalIndex
 from gateway.stages.features import RankingFeatures
-from gateway.stages.rank import FallbackRanker, PredictionCache, TritonRanker
+from gateway.stages.rank import FallbackRanker, PredictionCache, Ranker, TritonRanker
 from gateway.stages.respond import ResponseBuilder
 from gateway.tracing import build_tracer_provider
 
@@ -86,7 +86,6 @@ async def open_resources(
     """
     model = settings.model
     data_dir = model.artifacts_dir / "data"
-    store_settings = settings.feature_store
     catalogue = ItemCatalogue.load(data_dir)
     metrics = metrics if metrics is not None else Metrics()
     health = HealthState()
@@ -96,104 +95,31 @@ async def open_resources(
         # (exact search took 1.0 ms instead of 0.17 ms with the other core busy).
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         traces_new_calls = tracer_provider is not None or settings.monitoring.tracing.enabled
-        if tracer_provider is None:
-            tracer_provider = build_tracer_provider(settings.monitoring)
-            stack.callback(tracer_provider.shutdown)  # runs last: flushes the final spans
-        tracer = tracer_provider.get_tracer("gateway")
-        http = None
-        if settings.monitoring.metrics.enabled:
-            endpoint = settings.monitoring.metrics
-            http = HttpEndpoint(metrics.registry, health, endpoint.host, endpoint.port)
-            stack.callback(http.close)
-
-        store: FeatureStore
-        embedded: tuple[EmbeddedFeatureStore, SqliteEventLog] | None = None
-        if store_settings.backend == "redis_postgres":
-            layered = await LayeredFeatureStore.open(
-                store_settings, catalogue, data_dir, metrics.registry
-            )
-            stack.push_async_callback(layered.close)
-            store = layered
-        else:
-            event_log = await SqliteEventLog.open(store_settings.embedded.event_log_path)
-            stack.push_async_callback(event_log.close)
-            local_store = await EmbeddedFeatureStore.open(
-                catalogue,
-                data_dir,
-                event_log,
-                store_settings.recent_items,
-                timedelta(seconds=store_settings.recent_window_s),
-                datetime.now(UTC),
-            )
-            embedded = (local_store, event_log)
-            store = local_store
-
-        ab = settings.ab_testing
-        exposure_sink: ExposureSink
-        state_source: StateStore
-        if store_settings.backend == "redis_postgres":
-            # Exposures and experiment decisions live in the same Postgres as the event log.
-            pool = await open_pool(store_settings.postgres, max_size=4)
-            stack.push_async_callback(pool.close)
-            exposure_sink = PostgresExposureSink(pool)
-            state_source = PostgresStateStore(pool)
-        else:
-            sqlite_sink = await SqliteExposureSink.open(ab.exposure_log_path)
-            stack.push_async_callback(sqlite_sink.close)
-            exposure_sink = sqlite_sink
-            state_source = JsonStateStore(ab.controller.state_file)
-        exposures = await stack.enter_async_context(
-            ExposureRecorder(exposure_sink, capacity=ab.exposure_queue_size)
-        )
-        routing = RoutingTable(ab.experiments)
-        await stack.enter_async_context(
-            RoutingPoller(routing, state_source, ab.controller.routing_refresh_s)
-        )
-
-        popular = PopularCandidates(catalogue)
-        retrieval_dir = model.artifacts_dir / "retrieval"
-        index = (
-            RetrievalIndex.load(
-                retrieval_dir,
-                catalogue,
-                model.candidate_generator.search_k,
-                model.candidate_generator.exact_search_max_items,
-            )
-            if retrieval_dir.is_dir()
-            else None
-        )
+        tracer = _open_tracer(settings, tracer_provider, stack)
+        http = _open_http_endpoint(settings, metrics, health, stack)
+        store, embedded = await _open_feature_store(settings, catalogue, data_dir, metrics, stack)
+        experiments = await _open_experiments(settings, stack)
+        candidates = _load_candidates(settings, catalogue)
         ranker = await _open_ranker(settings, catalogue, data_dir, stack, metrics)
         if ranker is not None:
             triton = ranker.triton
             metrics.triton_unanswered.set_function(lambda: triton.abandoned_calls)
         recommender = Recommender(
             model=model,
-            routing=routing,
+            routing=experiments.routing,
             catalogue=catalogue,
             store=store,
-            candidates=CandidateRetriever(
-                popular, index, model.candidate_generator.popular_candidates
-            ),
+            candidates=candidates,
             fallback=FallbackRanker(catalogue.popularity),
             ranker=ranker,
             responses=ResponseBuilder(catalogue),
             metrics=metrics,
             tracer=tracer,
-            exposures=exposures,
+            exposures=experiments.exposures,
         )
         histories = ranker.features.histories if ranker is not None else None
         if embedded is not None:
-            # Sibling gateway processes share the event log: what they store reaches this
-            # process's in-memory features too (feature_service/event_tail.py).
-            embedded_store, event_log = embedded
-            await stack.enter_async_context(
-                EventTail(
-                    event_log,
-                    _apply_stored_events(embedded_store, histories),
-                    after=embedded_store.replayed_through,
-                    interval_s=store_settings.embedded.tail_interval_s,
-                )
-            )
+            await _follow_event_log(settings, embedded, histories, stack)
         yield Resources(
             catalogue,
             store,
@@ -203,9 +129,140 @@ async def open_resources(
             http,
             tracer,
             histories,
-            state_source,
+            experiments.state,
             traces_new_calls,
         )
+
+
+def _open_tracer(
+    settings: Settings, provider: TracerProvider | None, stack: contextlib.AsyncExitStack
+) -> trace.Tracer:
+    """The gateway's tracer, from `provider` or from one built from `monitoring.tracing`
+    (which this gateway then shuts down)."""
+    if provider is None:
+        provider = build_tracer_provider(settings.monitoring)
+        stack.callback(provider.shutdown)  # runs last: flushes the final spans
+    return provider.get_tracer("gateway")
+
+
+def _open_http_endpoint(
+    settings: Settings, metrics: Metrics, health: HealthState, stack: contextlib.AsyncExitStack
+) -> HttpEndpoint | None:
+    """The /metrics and /health endpoint, when `monitoring.metrics` enables it."""
+    endpoint = settings.monitoring.metrics
+    if not endpoint.enabled:
+        return None
+    http = HttpEndpoint(metrics.registry, health, endpoint.host, endpoint.port)
+    stack.callback(http.close)
+    return http
+
+
+@dataclass(frozen=True)
+class _EmbeddedStore:
+    """The embedded feature store and the event log it was replayed from."""
+
+    store: EmbeddedFeatureStore
+    event_log: SqliteEventLog
+
+
+async def _open_feature_store(
+    settings: Settings,
+    catalogue: ItemCatalogue,
+    data_dir: Path,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[FeatureStore, _EmbeddedStore | None]:
+    """The configured feature store; with the embedded backend, also the store and event log
+    that `_follow_event_log` keeps current."""
+    store_settings = settings.feature_store
+    if store_settings.backend == "redis_postgres":
+        layered = await LayeredFeatureStore.open(
+            store_settings, catalogue, data_dir, metrics.registry
+        )
+        stack.push_async_callback(layered.close)
+        return layered, None
+    event_log = await SqliteEventLog.open(store_settings.embedded.event_log_path)
+    stack.push_async_callback(event_log.close)
+    local_store = await EmbeddedFeatureStore.open(
+        catalogue,
+        data_dir,
+        event_log,
+        store_settings.recent_items,
+        timedelta(seconds=store_settings.recent_window_s),
+        datetime.now(UTC),
+    )
+    return local_store, _EmbeddedStore(local_store, event_log)
+
+
+@dataclass(frozen=True)
+class _Experiments:
+    """The experiment side of the gateway: routing, exposure logging, decisions' store."""
+
+    routing: RoutingTable
+    exposures: ExposureRecorder
+    state: StateStore
+
+
+async def _open_experiments(settings: Settings, stack: contextlib.AsyncExitStack) -> _Experiments:
+    """The exposure recorder and the routing table, kept current from the experiment state."""
+    ab = settings.ab_testing
+    store_settings = settings.feature_store
+    exposure_sink: ExposureSink
+    state: StateStore
+    if store_settings.backend == "redis_postgres":
+        # Exposures and experiment decisions live in the same Postgres as the event log.
+        pool = await open_pool(store_settings.postgres, max_size=4)
+        stack.push_async_callback(pool.close)
+        exposure_sink = PostgresExposureSink(pool)
+        state = PostgresStateStore(pool)
+    else:
+        sqlite_sink = await SqliteExposureSink.open(ab.exposure_log_path)
+        stack.push_async_callback(sqlite_sink.close)
+        exposure_sink = sqlite_sink
+        state = JsonStateStore(ab.controller.state_file)
+    exposures = await stack.enter_async_context(
+        ExposureRecorder(exposure_sink, capacity=ab.exposure_queue_size)
+    )
+    routing = RoutingTable(ab.experiments)
+    await stack.enter_async_context(RoutingPoller(routing, state, ab.controller.routing_refresh_s))
+    return _Experiments(routing, exposures, state)
+
+
+def _load_candidates(settings: Settings, catalogue: ItemCatalogue) -> CandidateRetriever:
+    """Popular items merged with the retrieval index's, when one has been built."""
+    model = settings.model
+    retrieval_dir = model.artifacts_dir / "retrieval"
+    index = (
+        RetrievalIndex.load(
+            retrieval_dir,
+            catalogue,
+            model.candidate_generator.search_k,
+            model.candidate_generator.exact_search_max_items,
+        )
+        if retrieval_dir.is_dir()
+        else None
+    )
+    return CandidateRetriever(
+        PopularCandidates(catalogue), index, model.candidate_generator.popular_candidates
+    )
+
+
+async def _follow_event_log(
+    settings: Settings,
+    embedded: _EmbeddedStore,
+    histories: PurchaseHistories | None,
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    """Sibling gateway processes share the event log: what they store reaches this process's
+    in-memory features too (feature_service/event_tail.py)."""
+    await stack.enter_async_context(
+        EventTail(
+            embedded.event_log,
+            _apply_stored_events(embedded.store, histories),
+            after=embedded.store.replayed_through,
+            interval_s=settings.feature_store.embedded.tail_interval_s,
+        )
+    )
 
 
 def _apply_stored_events(
@@ -240,7 +297,7 @@ async def _open_ranker(
     if not repository.is_dir():
         return None
     names = [model.ranker.default_model] + [
-        v.model for e in settings.ab_testing.experiments for v in e.variants
+        v.model for e in settings.ab_testing.experiments for v in e.variants if v.model
     ]
     registry = ModelRegistry(repository, names)
     registry.validate_repository()
