@@ -56,10 +56,10 @@ models: setup ## build canonical tables, indexes and models from ../shared/data 
 	$(VENV)/recsys-models --data-dir $(DATA_DIR) --out $(BUILD_DIR) $(if $(CI),--no-progress,)
 
 run: models ## serve recommendations on 127.0.0.1:50051 until Ctrl-C
-	$(VENV)/recsys-run --config $(CONFIG)
+	$(VENV)/python -m infra.local.runner --config $(CONFIG)
 
 stack: models system ## nginx on :50051 over several gateways, Redis, Postgres, Triton, Prometheus
-	$(VENV)/recsys-run --profile stack --config infra/config/stack.yaml
+	$(VENV)/python -m infra.local.runner --profile stack --config infra/config/stack.yaml
 
 protos: setup ## regenerate the Python stubs from protos/recsys/v1/*.proto
 	$(VENV)/python protos/generate.py

@@ -1,4 +1,4 @@
-"""Faults under concurrent load: a supervised system (gateway/runner.py under supervisord), a
+"""Faults under concurrent load: a supervised system (infra/local/runner.py under supervisord), a
 closed- or open-loop driver of concurrent callers that records every answer, SIGKILL of one
 supervised process while traffic flows, and the per-fault figures.
 
@@ -48,10 +48,10 @@ from benchmarks.load.procs import (
     wait_for_health,
     wait_for_http_health,
 )
-from gateway import runner
 from gateway.config import Settings, load_settings
-from gateway.supervision import SupervisorFiles
+from infra.local import runner
 from infra.local.ports import free_port_block
+from infra.local.supervision import SupervisorFiles
 
 HEALTHY_SPAN_S = 2.0
 """Answers count as recovered once those started in this long a span are whole..."""
@@ -295,7 +295,7 @@ def summarise_fault(
 
 @dataclass
 class Supervised:
-    """A runner (gateway/runner.py) serving `target`, its supervisord and its store."""
+    """A runner (infra/local/runner.py) serving `target`, its supervisord and its store."""
 
     profile: str
     target: str
@@ -380,7 +380,7 @@ def supervised_system(
         [
             sys.executable,
             "-m",
-            "gateway.runner",
+            "infra.local.runner",
             "--profile",
             profile,
             "--config",

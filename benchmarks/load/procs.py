@@ -2,9 +2,9 @@
 
 - `local` (the `make run` profile): `python -m gateway.main` on a free port, and the real
   `tritonserver` (infra.local.tritonserver.TritonServer, free ports) when
-  `build/triton/local` exists, the way gateway/runner.py does; the gateway is pointed at that
+  `build/triton/local` exists, the way infra/local/runner.py does; the gateway is pointed at that
   Triton through `RECSYS__MODEL__RANKER__TRITON_GRPC_URL`.
-- `stack` (the `make stack` profile): `python -m gateway.runner --profile stack` (nginx in front
+- `stack` (the `make stack` profile): `python -m infra.local.runner --profile stack` (nginx in front
   of several gateways, Triton when built), on free ports.
 - `echo`: benchmarks/echo_server.py, the ceiling of a grpc.aio server doing no work.
 
@@ -34,8 +34,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.load.target import PLAINTEXT, Connection
-from gateway import runner
 from gateway.config import load_settings
+from infra.local import runner
 from infra.local.ports import free_port, free_port_block
 from infra.local.tritonserver import TritonServer, TritonServerOptions
 
@@ -556,7 +556,7 @@ def stack_system(
             [
                 sys.executable,
                 "-m",
-                "gateway.runner",
+                "infra.local.runner",
                 "--profile",
                 "stack",
                 "--config",

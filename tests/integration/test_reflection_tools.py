@@ -20,8 +20,8 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from recsys.v1 import recommendation_pb2 as pb
 
-from gateway.call_examples import call_examples, find_grpcurl
 from gateway.server import RunningServer
+from infra.local.call_examples import call_examples, find_grpcurl
 from tests.conftest import REPO, async_stub, timestamp
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,7 @@ import pytest
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-import gateway.runner
-from infra.local.ports import free_port_block
+from infra.local.ports import ensure_port_free, free_port_block
 from tests.conftest import LOCAL_CONFIG, REPO, metric_samples, user_event
 
 pytestmark = pytest.mark.integration
@@ -53,7 +52,7 @@ def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "gateway.runner",
+            "infra.local.runner",
             "--config",
             str(LOCAL_CONFIG),
             "--run-dir",
@@ -114,7 +113,7 @@ def _start_runner(env: dict[str, str], run_dir: Path) -> tuple[subprocess.Popen[
         [
             sys.executable,
             "-m",
-            "gateway.runner",
+            "infra.local.runner",
             "--config",
             str(LOCAL_CONFIG),
             "--run-dir",
@@ -265,7 +264,7 @@ def test_gateways_share_one_port_see_each_others_events_and_stop_on_sigterm(
         assert output.count("stopped") >= 2, output  # both drained and closed their resources
         # The runner's exit status after stopping everything on a signal: 128 + its number.
         assert runner.returncode == 128 + signal.SIGTERM, output
-        gateway.runner.ensure_port_free("127.0.0.1", port)  # no gateway holds the port
+        ensure_port_free("127.0.0.1", port)  # no gateway holds the port
         for metrics_port in metrics_ports:
             with pytest.raises(urllib.error.URLError, match="refused"):
                 urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/health", timeout=2)

@@ -105,7 +105,7 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
         [
             sys.executable,
             "-m",
-            "gateway.runner",
+            "infra.local.runner",
             "--profile",
             "stack",
             "--config",

@@ -14,7 +14,7 @@ SCRIPTS = sorted(
 
 def test_the_cli_scripts_are_installed() -> None:
     names = [ep.name for ep in SCRIPTS]
-    assert names == ["recsys-ab", "recsys-gateway", "recsys-models", "recsys-run"]
+    assert names == ["recsys-ab", "recsys-gateway", "recsys-models"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda ep: ep.name)

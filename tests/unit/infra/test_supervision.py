@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
-from gateway import supervision
-from gateway.supervision import ProcessSpec, SupervisorFiles
+from infra.local import supervision
+from infra.local.supervision import ProcessSpec, SupervisorFiles
 
 
 def _parsed(text: str) -> configparser.RawConfigParser:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.call_examples import call_examples, connect_target, find_grpcurl
+from infra.local.call_examples import call_examples, connect_target, find_grpcurl
 
 
 def test_grpcurl_from_make_tools_is_named_by_full_path(tmp_path: Path) -> None:

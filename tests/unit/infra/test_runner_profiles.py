@@ -18,9 +18,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gateway import runner
 from gateway.config import MAX_PROCESSES, ConfigError, available_cores, load_settings
-from gateway.supervision import ProcessSpec
+from infra.local import runner
+from infra.local.ports import ensure_port_free
+from infra.local.supervision import ProcessSpec
 from tests.infra.tooling import run, system_tool
 
 
@@ -254,9 +255,9 @@ def test_make_run_refuses_a_port_that_is_still_held(
     with _listener(reuse_port) as held:
         port = held.getsockname()[1]
         with pytest.raises(OSError, match="in use"):
-            runner.ensure_port_free("127.0.0.1", port)
+            ensure_port_free("127.0.0.1", port)
         monkeypatch.setenv("RECSYS__SERVING__PORT", str(port))
         monkeypatch.setenv("RECSYS__SERVING__PROCESSES", "2")
         with pytest.raises(SystemExit, match=f"127.0.0.1:{port} is taken"):
             runner.main(["--config", str(LOCAL)])
-    runner.ensure_port_free("127.0.0.1", port)  # released: free again
+    ensure_port_free("127.0.0.1", port)  # released: free again

@@ -1,4 +1,7 @@
-"""`make run` and `make stack`: the local profiles under supervisord (gateway/supervision.py).
+"""`make run` and `make stack`: the local profiles under supervisord (infra/local/supervision.py).
+
+    python -m infra.local.runner [--profile local|stack] [--config FILE] [--run-dir DIR]
+
 
 - `local` (`make run`): Triton (the `tritonserver` binary of the nvidia-pytriton wheel) when a
   local model repository has been built, then `serving.processes` gateways (one per core by
@@ -31,7 +34,6 @@ import os
 import pwd
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,22 +46,22 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import supervision
-from gateway.call_examples import call_examples, connect_target, find_grpcurl
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.supervision import ProcessSpec
-from infra.local.health import http_ok
+from infra.local import supervision
+from infra.local.call_examples import call_examples, connect_target, find_grpcurl
+from infra.local.health import wait_until_http_ok, wait_until_serving
+from infra.local.ports import ensure_port_free
+from infra.local.store_servers import POSTGRES_BIN
+from infra.local.supervision import ProcessSpec
 from infra.local.tritonserver import DEFAULT_GRPC_PORT
 
 READY_TIMEOUT_S = 180.0
-REPO = Path(__file__).resolve().parents[1]
+_PROG = "python -m infra.local.runner"
+REPO = Path(__file__).resolve().parents[2]
 NGINX_RENDER = REPO / "infra" / "nginx" / "render-config"
 PROMETHEUS_CONFIG = REPO / "infra" / "prometheus" / "prometheus.yml"
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 @dataclass(frozen=True)
@@ -178,23 +180,6 @@ def local_metrics_ports(settings: Settings) -> list[int]:
     return stack_metrics_ports(settings)
 
 
-def ensure_port_free(host: str, port: int) -> None:
-    """Fails when something already listens on `host:port`, e.g. gateways of an earlier
-    `make run`: gateways that bind with SO_REUSEPORT would otherwise join them silently and
-    share the connections with stale processes.
-
-    Raises:
-        OSError: the port is taken.
-    """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    with socket.socket(family, kind, proto) as probe:
-        # Lets connections of a stopped server in TIME_WAIT pass; a listener still fails.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
-
-
 def _as_postgres_user(argv: list[str]) -> list[str]:
     """Postgres refuses to run as root: drop to the `postgres` system user (setpriv execs the
     server directly, so supervisord signals Postgres itself)."""
@@ -294,11 +279,25 @@ def stack_processes(
     Postgres, Prometheus and (when built) Triton. Writes nginx's configuration and the data
     folders under `run_dir`; Redis and Postgres listen where `feature_store` points.
     """
-    serving = settings.serving
-    store = settings.feature_store
-    gateway_ports = stack_gateway_ports(settings)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "tmp").mkdir(exist_ok=True)
+    processes = dict(_triton(settings))
+    processes["nginx"] = _stack_nginx(settings, run_dir)
+    with_stores = settings.feature_store.backend == "redis_postgres"
+    if with_stores:
+        processes |= _stack_stores(settings, run_dir)
+    processes["prometheus"] = _stack_prometheus(settings, run_dir, prometheus_port)
+    # Gateways and the sidecar open the store at start-up, so they wait for Postgres first.
+    wait = _wait_for_postgres(settings) if with_stores else ""
+    if with_stores:
+        processes["sidecar"] = _stack_sidecar(settings, config, wait)
+    return processes | _stack_gateways(settings, config, run_dir, wait)
+
+
+def _stack_nginx(settings: Settings, run_dir: Path) -> ProcessSpec:
+    """nginx on `serving.port`, load-balancing over the stack's gateway ports (its
+    configuration rendered into `run_dir` by infra/nginx/render-config)."""
+    serving = settings.serving
     subprocess.run(
         [
             str(NGINX_RENDER),
@@ -307,7 +306,7 @@ def stack_processes(
             "--host",
             "127.0.0.1",
             "--base-port",
-            str(gateway_ports[0]),
+            str(stack_gateway_ports(settings)[0]),
             "--listen",
             f"{serving.host}:{serving.port}",
             "--error-log",
@@ -321,17 +320,22 @@ def stack_processes(
         ],
         check=True,
     )
-    processes = dict(_triton(settings))
-    processes["nginx"] = ProcessSpec(
+    return ProcessSpec(
         ["nginx", "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"), "-g", "daemon off;"]
     )
-    wait_for_postgres = ""
-    if store.backend == "redis_postgres":
-        redis = urlsplit(store.redis.url)
-        postgres = urlsplit(store.postgres.dsn)
-        pg_port = postgres.port or 5432
-        (run_dir / "redis").mkdir(exist_ok=True)
-        processes["redis"] = ProcessSpec(
+
+
+def _stack_stores(settings: Settings, run_dir: Path) -> dict[str, ProcessSpec]:
+    """Redis (append-only file) and Postgres (cluster created once) where `feature_store`
+    points, their data under `run_dir`."""
+    store = settings.feature_store
+    redis = urlsplit(store.redis.url)
+    postgres = urlsplit(store.postgres.dsn)
+    (run_dir / "redis").mkdir(exist_ok=True)
+    pg_data = run_dir / "postgres"
+    prepare_postgres(pg_data, postgres.username or "recsys", postgres.path.lstrip("/") or "recsys")
+    return {
+        "redis": ProcessSpec(
             [
                 "redis-server",
                 "--port",
@@ -343,37 +347,43 @@ def stack_processes(
                 "--appendonly",
                 "yes",
             ]
-        )
-        pg_data = run_dir / "postgres"
-        prepare_postgres(
-            pg_data, postgres.username or "recsys", postgres.path.lstrip("/") or "recsys"
-        )
-        processes["postgres"] = ProcessSpec(
+        ),
+        "postgres": ProcessSpec(
             _as_postgres_user(
                 [
                     str(POSTGRES_BIN / "postgres"),
                     "-D",
                     str(pg_data),
                     "-p",
-                    str(pg_port),
+                    str(postgres.port or 5432),
                     "-k",
                     str(pg_data),
                     "-c",
                     "listen_addresses=127.0.0.1",
                 ]
             )
-        )
-        # Gateways open the store at start-up, so they wait for Postgres to accept connections.
-        wait_for_postgres = (
-            f"until {POSTGRES_BIN / 'pg_isready'} -q -h 127.0.0.1 -p {pg_port};"
-            " do sleep 0.5; done; exec "
-        )
+        ),
+    }
+
+
+def _wait_for_postgres(settings: Settings) -> str:
+    """A shell prefix that waits until the stack's Postgres accepts connections, then execs."""
+    pg_port = urlsplit(settings.feature_store.postgres.dsn).port or 5432
+    return (
+        f"until {POSTGRES_BIN / 'pg_isready'} -q -h 127.0.0.1 -p {pg_port};"
+        " do sleep 0.5; done; exec "
+    )
+
+
+def _stack_prometheus(settings: Settings, run_dir: Path, prometheus_port: int) -> ProcessSpec:
+    """Prometheus on `prometheus_port`, scraping this stack's ports (configuration and data
+    under `run_dir`)."""
     prometheus_config = run_dir / "prometheus.yml"
     prometheus_config.write_text(
         yaml.safe_dump(stack_prometheus_config(settings, prometheus_port), sort_keys=False),
         encoding="utf-8",
     )
-    processes["prometheus"] = ProcessSpec(
+    return ProcessSpec(
         [
             "prometheus",
             f"--config.file={prometheus_config}",
@@ -381,22 +391,31 @@ def stack_processes(
             f"--web.listen-address=127.0.0.1:{prometheus_port}",
         ]
     )
-    if store.backend == "redis_postgres":
-        # The experiment sidecar: controller, decisions, routing state in Postgres.
-        sidecar = shlex.join([sys.executable, "-m", "ab", "sidecar", "--config", str(config)])
-        processes["sidecar"] = ProcessSpec(
-            ["sh", "-c", wait_for_postgres + sidecar],
-            {
-                "RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST": "127.0.0.1",
-                "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(
-                    stack_sidecar_metrics_port(settings)
-                ),
-            },
-        )
-    metrics_ports = stack_metrics_ports(settings)
-    for i, (port, metrics_port) in enumerate(zip(gateway_ports, metrics_ports, strict=True)):
-        gateway = shlex.join(_gateway(config))
-        processes[f"gateway{i + 1}"] = ProcessSpec(
+
+
+def _stack_sidecar(settings: Settings, config: Path, wait_for_postgres: str) -> ProcessSpec:
+    """The experiment sidecar: controller, decisions, routing state in Postgres."""
+    sidecar = shlex.join([sys.executable, "-m", "ab", "sidecar", "--config", str(config)])
+    return ProcessSpec(
+        ["sh", "-c", wait_for_postgres + sidecar],
+        {
+            "RECSYS__AB_TESTING__CONTROLLER__METRICS_HOST": "127.0.0.1",
+            "RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT": str(
+                stack_sidecar_metrics_port(settings)
+            ),
+        },
+    )
+
+
+def _stack_gateways(
+    settings: Settings, config: Path, run_dir: Path, wait_for_postgres: str
+) -> dict[str, ProcessSpec]:
+    """`serving.processes` gateways on the ports after nginx's, metrics on the ports after
+    `monitoring.metrics.port`, one exposure log and one event spool each."""
+    gateway = shlex.join(_gateway(config))
+    ports = zip(stack_gateway_ports(settings), stack_metrics_ports(settings), strict=True)
+    return {
+        f"gateway{i + 1}": ProcessSpec(
             ["sh", "-c", wait_for_postgres + gateway],
             {
                 "RECSYS__SERVING__HOST": "127.0.0.1",
@@ -408,55 +427,8 @@ def stack_processes(
                 "RECSYS__FEATURE_STORE__SPOOL_PATH": str(run_dir / f"event-spool{i + 1}.jsonl"),
             },
         )
-    return processes
-
-
-def _wait_until_listening(target: str, deadline: float, stopped: threading.Event) -> bool:
-    """Waits, with plain sockets, until `target` (host:port) accepts a TCP connection."""
-    host, _, port = target.rpartition(":")
-    while time.monotonic() < deadline and not stopped.is_set():
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
-                return True
-        except OSError:
-            stopped.wait(0.2)
-    return False
-
-
-def wait_until_serving(target: str, timeout_s: float, stopped: threading.Event) -> bool:
-    """Polls the gRPC health service until it reports SERVING; False on timeout or stop.
-
-    No gRPC channel is opened before `target` listens: a fork while this process's gRPC
-    threads run can abort it ("Check failed: next_worker->state == KICKED" in
-    ev_epoll1_linux.cc, seen once in the stack test when honcho forked every process from
-    here). supervisord now forks in a process of its own, started before this runs; the wait
-    keeps the runner safe should it ever fork again.
-    """
-    deadline = time.monotonic() + timeout_s
-    if not _wait_until_listening(target, deadline, stopped):
-        return False
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline and not stopped.is_set():
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                pass
-            stopped.wait(0.5)
-    return False
-
-
-def wait_until_http_ok(url: str, timeout_s: float, stopped: threading.Event) -> bool:
-    """Polls `url` until a GET answers 200 (Triton's /v2/health/ready once every model is
-    loaded, a gateway's /health once it serves); False on timeout or stop."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stopped.is_set():
-        if http_ok(url, timeout_s=1.0):  # false while not listening or still loading (400)
-            return True
-        stopped.wait(0.5)
-    return False
+        for i, (port, metrics_port) in enumerate(ports)
+    }
 
 
 def _announce(
@@ -524,7 +496,7 @@ def _announce(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="recsys-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=_PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('recsys')}")
     parser.add_argument("--config", type=Path, default=Path("infra/config/local.yaml"))
@@ -548,14 +520,14 @@ def main(argv: list[str] | None = None) -> None:
         else:
             processes = local_processes(settings, args.config)
     except ConfigError as exc:
-        sys.exit(f"recsys-run: {exc}")
+        sys.exit(f"{_PROG}: {exc}")
     serving = settings.serving
     if args.profile == "local" and serving.port != 0:
         try:
             ensure_port_free(serving.host, serving.port)
         except OSError as exc:
             sys.exit(
-                f"recsys-run: {serving.host}:{serving.port} is taken ({exc.strerror}); is an "
+                f"{_PROG}: {serving.host}:{serving.port} is taken ({exc.strerror}); is an "
                 "earlier `make run` still running? Stop it, or set serving.port "
                 "(RECSYS__SERVING__PORT)."
             )
