@@ -35,6 +35,16 @@ class Surface(enum.IntEnum):
     MIXED = 3
 
 
+def missing_new_items(
+    buy_again: Positions, owned: Positions, num_items: int, discovery_slots: int
+) -> int:
+    """How many of the first ``num_items`` of ``buy_again`` must still give way to new items
+    for MIXED (0: none, and :func:`mixed_order` keeps ``buy_again`` whatever ``discover``
+    holds, so a caller can skip building it)."""
+    head = buy_again[:num_items]
+    return max(0, min(discovery_slots, num_items) - int((~np.isin(head, owned)).sum()))
+
+
 def mixed_order(
     buy_again: Positions,
     discover: Positions,

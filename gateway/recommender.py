@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 from opentelemetry import trace
 from recsys.v1 import recommendation_pb2 as pb
 
@@ -17,51 +16,26 @@ from ab.assignment import Assignment
 from ab.exposures import Exposure, ExposureRecorder
 from ab.routing import RoutedAssignment, RoutingTable
 from feature_service.catalogue import ItemCatalogue
-from feature_service.definitions import PurchaseHistory
 from feature_service.history import NO_PURCHASES
-from feature_service.kernels import order_by_score
 from feature_service.store import FeatureStore
 from feature_service.surfaces import Surface
 from gateway.deadline import Budget
 from gateway.errors import ServiceError
-from gateway.model_registry import ModelRegistry
 from gateway.prometheus_metrics import Metrics
 from gateway.stages.assign import assign_variant
-from gateway.stages.blend import blend_mixed, discovery_order, without_owned
+from gateway.stages.blend import surface_list
 from gateway.stages.candidates import HISTORY_CANDIDATES, CandidateRetriever, candidate_count
-from gateway.stages.features import RankingFeatures, fetch_user_features
+from gateway.stages.features import fetch_user_features
 from gateway.stages.filter import filter_candidates
-from gateway.stages.rank import (
-    FallbackRanker,
-    PredictionCache,
-    RankerFailure,
-    TritonRanker,
-)
-from gateway.stages.rerank import cap_per_category, diversify, truncate
+from gateway.stages.rank import FallbackRanker, Ranker, RankRequest, rank_candidates
+from gateway.stages.rerank import rerank
 from gateway.stages.respond import ResponseBuilder
-from gateway.stages.types import Candidates, Ranking, RecommendQuery
+from gateway.stages.types import RecommendQuery
 from gateway.tracing import PipelineStage
 from triton_models.config import ModelSettings
 
 # Share of the request budget the feature stage may use before it falls back to defaults.
 FEATURES_BUDGET_SHARE = 0.3
-
-
-@dataclass(frozen=True)
-class Ranker:
-    """The trained-model path of the rank stage; absent until `make models` has built one."""
-
-    triton: TritonRanker
-    registry: ModelRegistry
-    features: RankingFeatures
-    cache: PredictionCache
-
-
-def sorted_median(values: npt.NDArray[np.float32], order: npt.NDArray[np.intp]) -> float:
-    """The median of non-empty `values` read off `order`, which sorts them (either way round):
-    np.median would sort a copy again, about 30 µs per request."""
-    n = len(order)
-    return float((values[order[n // 2]] + values[order[(n - 1) // 2]]) / 2.0)
 
 
 @dataclass(frozen=True)
@@ -173,47 +147,41 @@ class Recommender:
         owned = purchases.recent_items
         budget.check("rank")
         with stage("rank"):
-            ranking = await self._rank(query, assignment, history, kept, budget, surface, owned)
+            ranking = await rank_candidates(
+                RankRequest(
+                    query.user_id,
+                    query.context,
+                    history,
+                    kept,
+                    owned,
+                    assignment,
+                    surface is not Surface.BUY_AGAIN,
+                ),
+                budget,
+                self.ranker,
+                self.fallback,
+                self.model.ranker,
+                self.metrics,
+            )
         reasons.extend(ranking.degraded_reasons)
         request_span.set_attribute("recsys.model_version", ranking.model_version)
 
         with stage("rerank"):
-            # Diversity picks a few more than needed so the category cap can still fill the list.
-            pool = query.num_items * 3 if rules.max_per_category else query.num_items
             embeddings = (
                 self.candidates.index.unit_item_vectors
                 if self.candidates.index is not None
                 else None
             )
-
-            def rerank(ranked: Candidates) -> Candidates:
-                diverse = diversify(
-                    ranked, self.catalogue.category, rules.diversity_weight, pool, embeddings
-                )
-                return truncate(
-                    cap_per_category(diverse, self.catalogue.category, rules.max_per_category),
-                    query.num_items,
-                )
-
-            items = rerank(ranking.items)
-            if surface is not Surface.BUY_AGAIN:
-                discover = rerank(
-                    ranking.discover
-                    if ranking.discover is not None
-                    else without_owned(ranking.items, owned)
-                )
-                items = (
-                    discover
-                    if surface is Surface.DISCOVER
-                    else blend_mixed(
-                        items,
-                        discover,
-                        ranking.items,
-                        owned,
-                        query.num_items,
-                        rules.discovery_slots,
-                    )
-                )
+            items = surface_list(
+                surface,
+                ranking,
+                owned,
+                query.num_items,
+                rules.discovery_slots,
+                lambda ranked: rerank(
+                    ranked, self.catalogue.category, rules, query.num_items, embeddings
+                ),
+            )
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")
         new_items = int(np.count_nonzero(~np.isin(items.positions, owned)))
@@ -243,74 +211,6 @@ class Recommender:
                 query, routed.assignment, routed.probability, ranking.model_version, response
             )
         return response
-
-    async def _rank(
-        self,
-        query: RecommendQuery,
-        assignment: Assignment | None,
-        history: PurchaseHistory,
-        candidates: Candidates,
-        budget: Budget,
-        surface: Surface,
-        owned: npt.NDArray[np.int32],
-    ) -> Ranking:
-        """Scores with the arm's model on Triton; the fallback ranker answers when there is no
-        model or Triton fails or is too slow. For a DISCOVER or MIXED list the same call also
-        asks the model's discovery head, when its ensemble has one."""
-        if self.ranker is None or len(candidates) == 0:
-            return self.fallback.rank(candidates, "NO_MODEL")
-        ranker = self.ranker
-        model = assignment.model if assignment is not None else self.model.ranker.default_model
-        version = (assignment.model_version if assignment is not None else 0) or (
-            ranker.registry.version(model)
-        )
-        if version is None:
-            return self.fallback.rank(candidates, "NO_MODEL")
-        context = query.context
-        with_discovery = surface is not Surface.BUY_AGAIN and ranker.registry.has_discovery(model)
-        key = PredictionCache.key(
-            model,
-            version,
-            query.user_id,
-            len(history.positions),
-            (context.device, context.page, hash(context.country), context.time.hour),
-            candidates.positions,
-        )
-        if with_discovery:
-            key = (*key, "discovery")  # cached as two rows: ranker and discovery scores
-        cached = ranker.cache.get(key)
-        fresh = cached is None
-        discovery: npt.NDArray[np.float32] | None = None
-        if cached is not None:
-            self.metrics.prediction_cache_hits.inc()
-            scores, discovery = (cached[0], cached[1]) if with_discovery else (cached, None)
-        else:
-            self.metrics.prediction_cache_misses.inc()
-            features = ranker.features.build(query.user_id, history, candidates, context)
-            timeout_s = min(budget.remaining(), self.model.ranker.timeout_ms / 1000.0)
-            started = time.perf_counter()
-            try:
-                scored = await ranker.triton.score(
-                    model, version, features, timeout_s, discovery=with_discovery
-                )
-            except RankerFailure as exc:
-                self.metrics.ranker_failures.labels(model, exc.reason).inc()
-                return self.fallback.rank(candidates, exc.reason)
-            finally:
-                duration = self.metrics.child(self.metrics.triton_duration, model)
-                duration.observe(time.perf_counter() - started)
-            scores, discovery = scored.scores, scored.discovery
-            ranker.cache.put(key, scores if discovery is None else np.stack([scores, discovery]))
-        order = order_by_score(scores)
-        if fresh and len(order):
-            score = self.metrics.child(self.metrics.ranker_score, model)
-            score.observe(sorted_median(scores, order))
-        return Ranking(
-            Candidates(candidates.positions[order], scores[order]),
-            f"{model}/{version}",
-            (),
-            None if discovery is None else discovery_order(candidates, discovery, owned),
-        )
 
     def _log_exposure(
         self,

@@ -9,11 +9,15 @@ evaluation measured), ordered and scored by the ranker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
-from feature_service.surfaces import mixed_order
-from gateway.stages.types import Candidates
+from feature_service.surfaces import Surface, missing_new_items, mixed_order
+from gateway.stages.types import Candidates, Ranking
+
+_NONE = Candidates(np.empty(0, np.int32), np.empty(0, np.float32))
 
 
 def discovery_order(
@@ -53,3 +57,35 @@ def blend_mixed(
     scores = ranked.scores[sorter[np.searchsorted(ranked.positions, listed, sorter=sorter)]]
     by_score = np.argsort(-scores, kind="stable")
     return Candidates(listed[by_score], scores[by_score])
+
+
+def surface_list(
+    surface: Surface,
+    ranking: Ranking,
+    owned: npt.NDArray[np.int32],
+    num_items: int,
+    discovery_slots: int,
+    rerank: Callable[[Candidates], Candidates],
+) -> Candidates:
+    """The re-ranked list `surface` asks for (`rerank`: the re-rank stage's rules, cut to
+    `num_items`).
+
+    MIXED re-ranks the discovery list only when the re-ranked buy-again list lacks new items:
+    otherwise `mixed_order` keeps that list whatever the discovery list holds, so the second
+    re-rank pass (the larger part of MIXED's extra cost) is skipped with the same result.
+    """
+    items = rerank(ranking.items)
+    if surface is Surface.BUY_AGAIN:
+        return items
+    discover = _NONE
+    if surface is Surface.DISCOVER or missing_new_items(
+        items.positions, owned, num_items, discovery_slots
+    ):
+        discover = rerank(
+            ranking.discover
+            if ranking.discover is not None
+            else without_owned(ranking.items, owned)
+        )
+    if surface is Surface.DISCOVER:
+        return discover
+    return blend_mixed(items, discover, ranking.items, owned, num_items, discovery_slots)

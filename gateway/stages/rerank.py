@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from feature_service.kernels import first_per_category, greedy_mmr
 from gateway.stages.types import Candidates
+from triton_models.config import RerankerSettings
 
 POOL_FACTOR = 5
 _NO_SIMILARITY = np.empty((0, 0), np.float32)
@@ -68,3 +69,20 @@ def cap_per_category(
 def truncate(items: Candidates, num_items: int) -> Candidates:
     """The first `num_items` items."""
     return Candidates(items.positions[:num_items], items.scores[:num_items])
+
+
+def rerank(
+    items: Candidates,
+    category: npt.NDArray[np.int16],
+    rules: RerankerSettings,
+    num_items: int,
+    embeddings: npt.NDArray[np.float32] | None = None,
+) -> Candidates:
+    """The rules in order: `diversify`, `cap_per_category`, `truncate` to `num_items`.
+
+    Diversity picks a few more than needed (3x) when a category cap is on, so the cap can
+    still fill the list.
+    """
+    pool = num_items * 3 if rules.max_per_category else num_items
+    diverse = diversify(items, category, rules.diversity_weight, pool, embeddings)
+    return truncate(cap_per_category(diverse, category, rules.max_per_category), num_items)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from feature_service.surfaces import Surface, mixed_order
+from feature_service.surfaces import Surface, missing_new_items, mixed_order
 
 
 def a(*values: int) -> npt.NDArray[np.int32]:
@@ -45,3 +45,18 @@ def test_short_list_takes_new_items_without_dropping_owned_ones() -> None:
 def test_no_discovery_candidates_keeps_the_ranker_order() -> None:
     buy_again = a(1, 2, 3)
     assert mixed_order(buy_again, a(), a(1, 2, 3), 3, 2) is buy_again
+
+
+def test_missing_new_items_is_zero_exactly_when_mixed_keeps_the_ranker_order() -> None:
+    owned = np.asarray([1, 2, 3, 4], np.int32)
+    discover = np.asarray([8, 9], np.int32)
+    for buy_again, slots, missing in (
+        ([1, 2, 5, 6, 7], 3, 0),  # 5, 6, 7 are new already
+        ([1, 2, 3, 5, 6], 3, 1),
+        ([1, 2, 3, 4, 5], 3, 2),
+        ([1, 2], 3, 3),  # a short list: every slot is still missing
+    ):
+        ranked = np.asarray(buy_again, np.int32)
+        assert missing_new_items(ranked, owned, 5, slots) == missing
+        unchanged = np.array_equal(mixed_order(ranked, discover, owned, 5, slots), ranked)
+        assert unchanged == (missing == 0)

@@ -11,8 +11,8 @@ from recsys.v1 import recommendation_pb2 as pb
 
 from feature_service.surfaces import Surface
 from gateway.errors import InvalidArgument
-from gateway.stages.blend import blend_mixed, discovery_order, without_owned
-from gateway.stages.types import Candidates
+from gateway.stages.blend import blend_mixed, discovery_order, surface_list, without_owned
+from gateway.stages.types import Candidates, Ranking
 from gateway.stages.validate import validate_recommend
 from tests.unit.gateway.test_stages import LIMITS
 
@@ -73,3 +73,70 @@ def test_mixed_with_enough_new_items_is_the_ranker_list() -> None:
     ranked = c([7, 1, 2], [0.9, 0.8, 0.7])
     mixed = blend_mixed(c([7, 1], [0.9, 0.8]), c([2], [0.1]), ranked, a(1, 2), 2, 1)
     assert mixed.positions.tolist() == [7, 1]
+
+
+class _CountingRerank:
+    """A re-rank stand-in (the first `n` items) that counts its passes."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.passes = 0
+
+    def __call__(self, items: Candidates) -> Candidates:
+        self.passes += 1
+        return Candidates(items.positions[: self.n], items.scores[: self.n])
+
+
+def _ranking(positions: list[int]) -> Ranking:
+    """The ranker's list `positions` + [9, 8]; the discovery head prefers 9, then 8."""
+    positions = [*positions, 9, 8]
+    scores = np.linspace(0.9, 0.1, len(positions)).astype(np.float32)
+    discover = c([9, 8], [0.6, 0.5])
+    return Ranking(Candidates(a(*positions), scores), "ranker_v2/1", (), discover)
+
+
+@pytest.mark.parametrize(
+    ("positions", "passes", "listed"),
+    [
+        ([1, 7, 6, 2], 1, [1, 7, 6]),  # 7 and 6 are new: 2 slots filled, the discovery list unused
+        ([1, 2, 3, 7], 2, [1, 9, 8]),  # owned items 3, then 2, give way to 9 and 8
+    ],
+)
+def test_mixed_re_ranks_the_discovery_list_only_when_it_is_used(
+    positions: list[int], passes: int, listed: list[int]
+) -> None:
+    owned, ranking = a(1, 2, 3), _ranking(positions)
+    assert ranking.discover is not None
+    rerank = _CountingRerank(3)
+    mixed = surface_list(Surface.MIXED, ranking, owned, 3, 2, rerank)
+    assert rerank.passes == passes
+    assert sorted(mixed.positions.tolist()) == sorted(listed)
+    # The same list as blending with the discovery list re-ranked in any case.
+    always = blend_mixed(
+        rerank(ranking.items),
+        rerank(ranking.discover),
+        ranking.items,
+        owned,
+        3,
+        2,
+    )
+    assert mixed.positions.tolist() == always.positions.tolist()
+    assert mixed.scores.tolist() == always.scores.tolist()
+
+
+def test_buy_again_and_discover_lists() -> None:
+    owned, ranking = a(1, 2, 3), _ranking([1, 2, 3, 7])
+    rerank = _CountingRerank(3)
+    assert surface_list(Surface.BUY_AGAIN, ranking, owned, 3, 2, rerank).positions.tolist() == [
+        1,
+        2,
+        3,
+    ]
+    assert rerank.passes == 1
+    assert surface_list(Surface.DISCOVER, ranking, owned, 3, 2, rerank).positions.tolist() == [9, 8]
+    no_head = Ranking(ranking.items, "ranker_v2/1", ())  # no discovery head: own items masked
+    assert surface_list(Surface.DISCOVER, no_head, owned, 3, 2, rerank).positions.tolist() == [
+        7,
+        9,
+        8,
+    ]

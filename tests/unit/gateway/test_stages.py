@@ -12,10 +12,9 @@ from recsys.v1 import recommendation_pb2 as pb
 from feature_service.catalogue import CURRENCY, ItemCatalogue
 from gateway.deadline import Budget
 from gateway.errors import DeadlineExceeded, InvalidArgument
-from gateway.recommender import sorted_median
 from gateway.stages.candidates import candidate_count
 from gateway.stages.filter import filter_candidates
-from gateway.stages.rank import FallbackRanker, PredictionCache
+from gateway.stages.rank import FallbackRanker, PredictionCache, sorted_median
 from gateway.stages.rerank import cap_per_category, diversify, truncate
 from gateway.stages.respond import ResponseBuilder
 from gateway.stages.types import Candidates
