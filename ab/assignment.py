@@ -5,7 +5,9 @@ range of buckets laid out in variant order, with `[start, start + coverage * wei
 slot `[start, start + weight)` (the layout GrowthBook uses). So:
 
 - the same user always gets the same variant (sticky), with no state and no network hop;
-- experiments with different salts split users independently of each other;
+- experiments with different salts split users independently of each other, which is what
+  lets experiments of different layers overlap (`assign_layers`): a user is in at most one
+  experiment per layer, and in one experiment of every layer that covers them;
 - ramping weights (10% -> 50%) or coverage only moves the users whose bucket changes owner:
   users never move from one treatment to another, only between a variant and its neighbour.
 """
@@ -27,7 +29,8 @@ class Assignment:
 
     experiment: str
     variant: str
-    model: str
+    model: str | None
+    """The arm's ranking model; None: the arm leaves it to another layer or the default."""
     model_version: int
     bucket: int
     serve_surface: bool = True
@@ -74,3 +77,19 @@ def assign_first(experiments: Iterable[ExperimentConfig], user_id: str) -> Assig
         if found is not None:
             return found
     return None
+
+
+def assign_layers(experiments: Iterable[ExperimentConfig], user_id: str) -> tuple[Assignment, ...]:
+    """The user's arm in every layer that has one (`ExperimentConfig.layer`): within a layer
+    the first experiment (config order) that includes the user; the result is in config order.
+    """
+    taken: set[str] = set()
+    out: list[Assignment] = []
+    for experiment in experiments:
+        if experiment.layer in taken:
+            continue
+        found = assign(experiment, user_id)
+        if found is not None:
+            taken.add(experiment.layer)
+            out.append(found)
+    return tuple(out)

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from ab.config import ExperimentConfig
-from ab.exposures import EXPOSURES_SCHEMA
+from ab.exposures import upgrade_exposure_file
 from ab.sidecar_settings import SidecarSettings
 from ab.store import ExperimentStoreError, JsonStateStore, PostgresStateStore, StateStore, open_pool
 from ab.variant_sums import (
@@ -141,9 +141,8 @@ class SqliteMetricsDatabase:
         try:
             log = await SqliteEventLog.open(event_log)  # creates the event tables if missing
             await log.close()
-            file = await SqliteFile.open(
-                exposure_log, EXPOSURES_SCHEMA, durable=False, name="ab-metrics"
-            )
+            file = await SqliteFile.open(exposure_log, "", durable=False, name="ab-metrics")
+            await file.run(upgrade_exposure_file)
         except (sqlite3.Error, OSError, FeatureStoreError) as exc:
             raise ExperimentStoreError(
                 f"sqlite: cannot open {exposure_log} / {event_log}: {exc}"

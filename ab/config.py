@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,8 +18,9 @@ class VariantConfig(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
     """Arm name, e.g. `control` or `treatment`."""
-    model: str = Field(min_length=1)
-    """Triton ensemble this arm ranks with, e.g. `ranker_v3`."""
+    model: str | None = Field(None, min_length=1)
+    """Triton ensemble this arm ranks with, e.g. `ranker_v3`; None leaves the model to the
+    user's arm in another layer (or the default model): an experiment on something else."""
     model_version: int = Field(0, ge=0)
     """Model version; 0 means the latest version Triton serves."""
     weight: float = Field(ge=0.0, le=1.0)
@@ -29,12 +31,24 @@ class VariantConfig(BaseModel):
     surfaces, the control arm of an experiment on them."""
 
 
+MetricName: TypeAlias = Literal[
+    "ctr",
+    "conversion_rate",
+    "revenue_per_user",
+    "average_order_value",
+    "discovery_share",
+    "discovery_click_share",
+    "discovery_purchase_share",
+]
+"""The experiment metrics `ab.variant_sums` computes (defined there)."""
+
+
 class GuardrailConfig(BaseModel):
     """A metric that must not get significantly worse in any treatment arm."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    metric: Literal["ctr", "conversion_rate", "revenue_per_user", "average_order_value"]
+    metric: MetricName
     """Metric watched."""
     max_relative_degradation: float = Field(0.05, gt=0.0, lt=1.0)
     """Tolerated relative loss before the experiment is rolled back."""
@@ -49,6 +63,11 @@ class ExperimentConfig(BaseModel):
     """Experiment id, e.g. `ranker_v2_vs_v3`; appears in responses as `<name>_<variant>`."""
     salt: str = Field(min_length=1)
     """Hash salt: a new salt reshuffles users, so never change it while running."""
+    layer: str = Field("main", min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    """Experiments of one layer share its users (a user is in the first one, config order,
+    that covers them); experiments of different layers overlap, each split by its own salt,
+    so a user is in at most one experiment per layer. Two layers must not decide the same
+    thing (the ranking model, the surface served)."""
     enabled: bool = True
     """Whether users are assigned at all."""
     coverage: float = Field(1.0, gt=0.0, le=1.0)
@@ -59,7 +78,7 @@ class ExperimentConfig(BaseModel):
     """Planned start (informational; assignment starts when enabled)."""
     end: datetime | None = None
     """Planned end: the controller decides at the latest then."""
-    primary_metric: Literal["ctr", "conversion_rate", "revenue_per_user"] = "conversion_rate"
+    primary_metric: MetricName = "conversion_rate"
     """The metric that decides promotion."""
     guardrails: tuple[GuardrailConfig, ...] = ()
     """Metrics that trigger a rollback when they degrade significantly."""
@@ -136,4 +155,34 @@ class ABTestingSettings(BaseModel):
         names = [e.name for e in self.experiments]
         if len(set(names)) != len(names):
             raise ValueError(f"experiment names repeat: {names}")
+        salts = [e.salt for e in self.experiments]
+        if len(set(salts)) != len(salts):
+            # one salt in two experiments correlates their splits: layers would not be
+            # independent, and two experiments of one layer would share their users' buckets
+            raise ValueError(f"experiment salts repeat: {salts}")
+        _check_layers(self.experiments)
         return self
+
+
+def decides(experiment: ExperimentConfig) -> frozenset[str]:
+    """What the arms of `experiment` set: `model` (some arm names one) and `surface` (some arm
+    does not serve the surface asked for)."""
+    out: set[str] = set()
+    if any(v.model is not None for v in experiment.variants):
+        out.add("model")
+    if any(not v.serve_surface for v in experiment.variants):
+        out.add("surface")
+    return frozenset(out)
+
+
+def _check_layers(experiments: Sequence[ExperimentConfig]) -> None:
+    owner: dict[str, str] = {}
+    for experiment in experiments:
+        for what in decides(experiment):
+            layer = owner.setdefault(what, experiment.layer)
+            if layer != experiment.layer:
+                raise ValueError(
+                    f"layers {layer!r} and {experiment.layer!r} both decide the {what} "
+                    f"(experiment {experiment.name}): a user in both would get two answers; "
+                    "put the experiments in one layer or let one of them leave it"
+                )

@@ -210,7 +210,7 @@ def required_users(experiment: ExperimentConfig, control: VariantSums) -> int | 
 
 
 def _empty(variant: str) -> VariantSums:
-    return VariantSums(variant, 0, *([0.0] * 13))
+    return VariantSums(variant, 0, *([0.0] * 13))  # the new-item sums default to 0
 
 
 def evaluate(

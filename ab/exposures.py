@@ -1,11 +1,12 @@
 """Exposure logging off the hot path: the gateway hands each Recommend outcome to a bounded
 queue and returns; a background task writes batches to a sink.
 
-An exposure says which user saw which ranked items from which experiment arm, under which
-request id; outcome events (`RecordEvents`) carrying that request id are attributed to the arm
-through it. When the queue is full (the sink is down or slow for long), new exposures are
-dropped and counted, never blocking a response: the experiment's sample-ratio check then sees
-the loss if it is uneven between arms.
+An exposure says which user saw which ranked items (and which of them were new to the user)
+from which experiment arm, under which request id; a user in experiments of several layers
+gives one exposure per experiment for one response. Outcome events (`RecordEvents`) carrying
+that request id are attributed to the arm through it. When the queue is full (the sink is down
+or slow for long), new exposures are dropped and counted, never blocking a response: the
+experiment's sample-ratio check then sees the loss if it is uneven between arms.
 """
 
 from __future__ import annotations
@@ -39,13 +40,16 @@ class Exposure:
     """Timezone-aware (UTC)."""
     assignment_probability: float = 1.0
     """Probability of this arm for this user (1 for hash splits; below 1 under a bandit)."""
+    new_item_ids: tuple[str, ...] = ()
+    """The items of `item_ids` new to the user: not among the purchases the gateway knew for
+    them when it served the list (what `ab.variant_sums` counts as discovery)."""
 
 
 class ExposureSink(Protocol):
     """Durable storage of exposure batches (SQLite locally, Postgres in production)."""
 
     async def write(self, batch: Sequence[Exposure]) -> None:
-        """Stores the batch idempotently by request id."""
+        """Stores the batch idempotently by (request id, experiment)."""
         ...
 
 
@@ -130,19 +134,50 @@ class ExposureRecorder:
                 delay = min(delay * 2, 5.0)
 
 
+# Item lists are space-separated (item ids never contain whitespace: the API validates them).
 EXPOSURES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS exposures (
-    request_id  TEXT PRIMARY KEY,
+    request_id  TEXT NOT NULL,
     user_id     TEXT NOT NULL,
     experiment  TEXT NOT NULL,
     variant     TEXT NOT NULL,
     model_version TEXT NOT NULL,
     item_ids    TEXT NOT NULL,
     ts_us       INTEGER NOT NULL,
-    assignment_probability REAL NOT NULL
+    assignment_probability REAL NOT NULL,
+    new_item_ids TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (request_id, experiment)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS exposures_experiment_ts ON exposures (experiment, ts_us);
 """
+
+# Files written before layers and novelty (key request_id alone, no new_item_ids) are rebuilt
+# in place once; their exposures keep no novelty (nothing was recorded).
+_UPGRADE_V1 = """
+ALTER TABLE exposures RENAME TO exposures_v1;
+DROP INDEX IF EXISTS exposures_experiment_ts;
+{schema}
+INSERT INTO exposures (request_id, user_id, experiment, variant, model_version, item_ids,
+                       ts_us, assignment_probability)
+SELECT request_id, user_id, experiment, variant, model_version, item_ids, ts_us,
+       assignment_probability
+FROM exposures_v1;
+DROP TABLE exposures_v1;
+"""
+
+
+def upgrade_exposure_file(connection: sqlite3.Connection) -> None:
+    """Brings an exposure file of an earlier release to `EXPOSURES_SCHEMA` (idempotent; under
+    the write lock, so sibling gateways opening the file at once upgrade it once)."""
+    with connection:
+        connection.execute("BEGIN IMMEDIATE")
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(exposures)")}
+        script = EXPOSURES_SCHEMA
+        if columns and "new_item_ids" not in columns:
+            script = _UPGRADE_V1.format(schema=EXPOSURES_SCHEMA)
+        for statement in script.split(";"):
+            if statement.strip():
+                connection.execute(statement)
 
 
 class SqliteExposureSink:
@@ -155,7 +190,13 @@ class SqliteExposureSink:
     @classmethod
     async def open(cls, path: Path) -> SqliteExposureSink:
         """Opens (creating if needed) the exposure table in `path`."""
-        return cls(await SqliteFile.open(path, EXPOSURES_SCHEMA, durable=False, name="exposures"))
+        file = await SqliteFile.open(path, "", durable=False, name="exposures")
+        try:
+            await file.run(upgrade_exposure_file)
+        except BaseException:
+            await file.close()
+            raise
+        return cls(file)
 
     async def write(self, batch: Sequence[Exposure]) -> None:
         rows = [
@@ -168,6 +209,7 @@ class SqliteExposureSink:
                 " ".join(e.item_ids),
                 int(e.timestamp.timestamp() * 1_000_000),
                 e.assignment_probability,
+                " ".join(e.new_item_ids),
             )
             for e in batch
         ]
@@ -178,7 +220,7 @@ class SqliteExposureSink:
                 # writer waits its turn (busy timeout) rather than failing mid-transaction.
                 connection.execute("BEGIN IMMEDIATE")
                 connection.executemany(
-                    "INSERT OR IGNORE INTO exposures VALUES (?,?,?,?,?,?,?,?)", rows
+                    "INSERT OR IGNORE INTO exposures VALUES (?,?,?,?,?,?,?,?,?)", rows
                 )
 
         await self._file.run(insert)

@@ -7,7 +7,8 @@ The names match `infra/prometheus/rules/recsys-alerts.yaml` and the business das
 - `recsys_experiment_guardrail_breached{experiment, metric}`: 1 while a guardrail is breached;
 - `recsys_experiment_srm_p_value{experiment}`: the sample-ratio-mismatch p-value;
 - `recsys_experiment_metric{experiment, variant, metric}`: current value per arm, metric in
-  ctr | conversion_rate | revenue_per_user | average_order_value;
+  ctr | conversion_rate | revenue_per_user | average_order_value | discovery_share |
+  discovery_click_share | discovery_purchase_share;
 - `recsys_experiment_weight{experiment, variant}`: the traffic weight routing applies;
 - `recsys_experiment_evaluations_total{result}`: evaluation rounds, ok or error;
 - `recsys_experiment_controller_leader`: 1 while this sidecar holds the controller's leader

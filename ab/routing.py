@@ -16,6 +16,11 @@ promoted        `weights` override: the winner 1.0, the others 0.0
 stopped         experiment disabled: its users get the default model
 ==============  =======================================================================
 
+Layers: experiments of different layers (`ExperimentConfig.layer`) overlap, so `arms` gives
+every arm a user is in, one per layer at most (`ab.assignment.assign_layers`); the arms
+together decide the model (the arm that names one) and whether the requested surface is
+served (every arm must allow it). The configuration forbids two layers deciding one thing.
+
 Assignment stays deterministic: an override only changes weights, and `ab.assignment` keeps
 its bucket layout (variants in config order, same salt), so only the users whose bucket
 changes owner move.
@@ -41,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ab.assignment import Assignment, assign
+from ab.assignment import Assignment, assign, assign_layers
 from ab.config import ExperimentConfig
 from ab.store import ExperimentState
 
@@ -64,6 +69,28 @@ class RoutedAssignment:
     probability: float
     """For `Exposure.assignment_probability`: 1.0 for fixed hash splits, the arm's share of
     traffic (weight * coverage) under a bandit."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserArms:
+    """Every experiment arm one user is in (at most one per layer, config order) and what they
+    decide together. Never empty."""
+
+    arms: tuple[RoutedAssignment, ...]
+
+    @property
+    def primary(self) -> Assignment:
+        """The arm that decides the ranking model (its `model` and `model_version`), else the
+        first arm; the response's `experiment_id` names it."""
+        return next(
+            (a.assignment for a in self.arms if a.assignment.model), self.arms[0].assignment
+        )
+
+    @property
+    def serve_surface(self) -> bool:
+        """Whether the surface the request asks for is served (no arm forces the ranker's
+        list)."""
+        return all(a.assignment.serve_surface for a in self.arms)
 
 
 def apply_state(experiment: ExperimentConfig, state: ExperimentState | None) -> ExperimentConfig:
@@ -137,6 +164,19 @@ class RoutingTable:
             if found is not None:
                 return RoutedAssignment(found, self._probability(experiment, found.variant))
         return None
+
+    def arms(self, user_id: str) -> UserArms | None:
+        """Every arm the user is in, one per layer at most; None when they are in none."""
+        found = assign_layers(self._effective, user_id)
+        if not found:
+            return None
+        by_name = {e.name: e for e in self._effective}
+        return UserArms(
+            tuple(
+                RoutedAssignment(a, self._probability(by_name[a.experiment], a.variant))
+                for a in found
+            )
+        )
 
     @staticmethod
     def _probability(experiment: ExperimentConfig, variant: str) -> float:

@@ -3,7 +3,7 @@
 Postgres (production): versioned SQL files `ab/migrations/NNN_name.sql`, applied on open in
 one transaction under an advisory lock and recorded in `ab_schema_migrations` (separate from
 the feature service's `schema_migrations`, so the two packages migrate independently and in
-either order). Exposures are inserted with `ON CONFLICT (request_id) DO NOTHING`, so a
+either order). Exposures are inserted with `ON CONFLICT (request_id, experiment) DO NOTHING`, so a
 retried batch is harmless. A decision writes the new `experiment_state` row and its audit row
 in one transaction: routing never sees a state without its reason.
 
@@ -171,14 +171,15 @@ async def _connection(pool: asyncpg.Pool, operation: str) -> AsyncIterator[Any]:
 
 _INSERT_EXPOSURES = """
 INSERT INTO exposures (request_id, user_id, experiment, variant, model_version, item_ids, ts,
-                       assignment_probability)
+                       assignment_probability, new_item_ids)
 SELECT r.request_id, r.user_id, r.experiment, r.variant, r.model_version,
-       string_to_array(r.item_ids, chr(31)), r.ts, r.assignment_probability
+       string_to_array(r.item_ids, chr(31)), r.ts, r.assignment_probability,
+       string_to_array(r.new_item_ids, chr(31))
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::timestamptz[], $8::float8[])
+            $7::timestamptz[], $8::float8[], $9::text[])
      AS r(request_id, user_id, experiment, variant, model_version, item_ids, ts,
-          assignment_probability)
-ON CONFLICT (request_id) DO NOTHING
+          assignment_probability, new_item_ids)
+ON CONFLICT (request_id, experiment) DO NOTHING
 """
 # Item lists travel joined by the ASCII unit separator: unnest cannot take a ragged text[][]
 # and item ids never contain control characters (the API validates them).
@@ -187,14 +188,14 @@ _ITEM_SEPARATOR = "\x1f"
 
 class PostgresExposureSink:
     """`ab.exposures.ExposureSink` writing to the `exposures` table: one `INSERT ... SELECT
-    FROM unnest(...) ON CONFLICT (request_id) DO NOTHING` per batch, so a retried batch
-    changes nothing. The pool is borrowed: its owner closes it."""
+    FROM unnest(...) ON CONFLICT (request_id, experiment) DO NOTHING` per batch, so a retried
+    batch changes nothing. The pool is borrowed: its owner closes it."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def write(self, batch: Sequence[Exposure]) -> None:
-        """Stores the batch idempotently by request id.
+        """Stores the batch idempotently by (request id, experiment).
 
         Raises:
             ExperimentStoreError: Postgres failed (the recorder retries the batch).
@@ -212,6 +213,7 @@ class PostgresExposureSink:
                 [_ITEM_SEPARATOR.join(e.item_ids) for e in batch],
                 [e.timestamp for e in batch],
                 [e.assignment_probability for e in batch],
+                [_ITEM_SEPARATOR.join(e.new_item_ids) for e in batch],
             )
 
     async def counts(self, experiment: str) -> dict[str, int]:

@@ -16,22 +16,32 @@ variant the user was never exposed to (or to no variant: outside the coverage) a
 
 Per user: impressions (type 1), clicks (type 2), purchases (type 5 events), revenue (sum of
 purchase revenue) and orders (distinct purchase timestamps: the lines of one checkout share
-its timestamp). Per variant, the sufficient statistics of the engine in `ab.statistics`:
+its timestamp). Discovery, from what the gateway recorded when serving (an item is *new* to
+the user when it is in the exposure's `new_item_ids`: not among the purchases the gateway knew
+for them): recommended items (the lengths of the user's exposures' item lists in the window),
+new recommended items, and new clicks / new purchases: clicks and purchases whose `request_id`
+names an exposure of this experiment that listed the item as new (an event without such an
+exposure, attributed by assignment, is never counted as new: both arms alike). Per variant,
+the sufficient statistics of the engine in `ab.statistics`:
 
-==================== ================ ============================================
-metric               kind             per-user numerator / denominator
-==================== ================ ============================================
-ctr                  RatioStats       clicks / impressions
-conversion_rate      RatioStats       purchases / clicks
-revenue_per_user     MeanStats        revenue (zeros included, n = exposed users)
-average_order_value  RatioStats       revenue / orders
-==================== ================ ============================================
+========================= ============ =============================================
+metric                    kind         per-user numerator / denominator
+========================= ============ =============================================
+ctr                       RatioStats   clicks / impressions
+conversion_rate           RatioStats   purchases / clicks
+revenue_per_user          MeanStats    revenue (zeros included, n = exposed users)
+average_order_value       RatioStats   revenue / orders
+discovery_share           RatioStats   new recommended items / recommended items
+discovery_click_share     RatioStats   new clicks / clicks
+discovery_purchase_share  RatioStats   new purchases / purchases
+========================= ============ =============================================
 
 The SQL is written once, in what Postgres and SQLite share (CTEs, CASE, COALESCE, CAST AS
 DOUBLE PRECISION, named parameters), and runs on a `MetricsConnection`; `ab.backends` has one
 on Postgres (production) and one on the embedded profile's SQLite files. `Dialect` holds the
 only differences: the time column (`ts` timestamptz or `ts_us` integer microseconds), how a
-time is bound, and the parameter style. Every read happens in one transaction (one snapshot
+time is bound, how an item list is measured and searched (`text[]` or space-separated text),
+and the parameter style. Every read happens in one transaction (one snapshot
 for the exposed users, their assignments and the sums) that is rolled back at the end, which
 also drops `ab_assigned`. All values travel as query parameters.
 """
@@ -44,19 +54,14 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, get_args
 
 from ab.assignment import assign
-from ab.config import ExperimentConfig
+from ab.config import ExperimentConfig, MetricName
 from ab.statistics import MeanStats, Moments, RatioStats, StatisticsError
 
-MetricName: TypeAlias = Literal["ctr", "conversion_rate", "revenue_per_user", "average_order_value"]
-METRICS: tuple[MetricName, ...] = (
-    "ctr",
-    "conversion_rate",
-    "revenue_per_user",
-    "average_order_value",
-)
+METRICS: tuple[MetricName, ...] = get_args(MetricName)
+__all__ = ["METRICS", "MetricName"]
 
 IMPRESSION, CLICK, PURCHASE = 1, 2, 5
 
@@ -88,6 +93,19 @@ class Dialect:
             return _EPOCH + timedelta(microseconds=int(value))
         moment: datetime = value
         return moment
+
+    def list_length(self, column: str) -> str:
+        """SQL for the number of items in an item-list column."""
+        if self.name == "postgres":
+            return f"cardinality({column})"
+        spaces = f"LENGTH({column}) - LENGTH(REPLACE({column}, ' ', ''))"
+        return f"(CASE WHEN {column} = '' THEN 0 ELSE {spaces} + 1 END)"
+
+    def list_contains(self, column: str, item: str) -> str:
+        """SQL that is true when the item-list column holds `item` (an expression)."""
+        if self.name == "postgres":
+            return f"{item} = ANY({column})"
+        return f"INSTR(' ' || {column} || ' ', ' ' || {item} || ' ') > 0"
 
     def render(self, sql: str, values: Mapping[str, Any]) -> tuple[str, Any]:
         """The statement and its arguments in the driver's style: `$n` and a list for asyncpg,
@@ -158,6 +176,17 @@ class VariantSums:
     orders: float
     orders_sq: float
     revenue_x_orders: float
+    recommended: float = 0.0
+    recommended_sq: float = 0.0
+    recommended_new: float = 0.0
+    recommended_new_sq: float = 0.0
+    recommended_new_x_recommended: float = 0.0
+    clicks_new: float = 0.0
+    clicks_new_sq: float = 0.0
+    clicks_new_x_clicks: float = 0.0
+    purchases_new: float = 0.0
+    purchases_new_sq: float = 0.0
+    purchases_new_x_purchases: float = 0.0
 
     def stats(self, metric: MetricName) -> MeanStats | RatioStats | None:
         """The metric's sufficient statistics, None while undefined (fewer than 2 users, a
@@ -165,42 +194,63 @@ class VariantSums:
         try:
             if metric == "revenue_per_user":
                 return MeanStats(self.users, self.revenue, self.revenue_sq)
-            num, num_sq, den, den_sq, prod = {
-                "ctr": (
-                    self.clicks,
-                    self.clicks_sq,
-                    self.impressions,
-                    self.impressions_sq,
-                    self.clicks_x_impressions,
-                ),
-                "conversion_rate": (
-                    self.purchases,
-                    self.purchases_sq,
-                    self.clicks,
-                    self.clicks_sq,
-                    self.purchases_x_clicks,
-                ),
-                "average_order_value": (
-                    self.revenue,
-                    self.revenue_sq,
-                    self.orders,
-                    self.orders_sq,
-                    self.revenue_x_orders,
-                ),
-            }[metric]
+            num, num_sq, den, den_sq, prod = self._ratio(metric)
             return RatioStats(self.users, Moments(num, num_sq), Moments(den, den_sq), prod)
         except StatisticsError:
             return None
+
+    def _ratio(self, metric: MetricName) -> tuple[float, float, float, float, float]:
+        """Numerator, its squares, denominator, its squares, their products of a ratio metric."""
+        return {
+            "ctr": (
+                self.clicks,
+                self.clicks_sq,
+                self.impressions,
+                self.impressions_sq,
+                self.clicks_x_impressions,
+            ),
+            "conversion_rate": (
+                self.purchases,
+                self.purchases_sq,
+                self.clicks,
+                self.clicks_sq,
+                self.purchases_x_clicks,
+            ),
+            "average_order_value": (
+                self.revenue,
+                self.revenue_sq,
+                self.orders,
+                self.orders_sq,
+                self.revenue_x_orders,
+            ),
+            "discovery_share": (
+                self.recommended_new,
+                self.recommended_new_sq,
+                self.recommended,
+                self.recommended_sq,
+                self.recommended_new_x_recommended,
+            ),
+            "discovery_click_share": (
+                self.clicks_new,
+                self.clicks_new_sq,
+                self.clicks,
+                self.clicks_sq,
+                self.clicks_new_x_clicks,
+            ),
+            "discovery_purchase_share": (
+                self.purchases_new,
+                self.purchases_new_sq,
+                self.purchases,
+                self.purchases_sq,
+                self.purchases_new_x_purchases,
+            ),
+        }[metric]
 
     def value(self, metric: MetricName) -> float | None:
         """The metric's point value (ratio of sums, or mean), None while undefined."""
         if metric == "revenue_per_user":
             return self.revenue / self.users if self.users else None
-        num, den = {
-            "ctr": (self.clicks, self.impressions),
-            "conversion_rate": (self.purchases, self.clicks),
-            "average_order_value": (self.revenue, self.orders),
-        }[metric]
+        num, _, den, _, _ = self._ratio(metric)
         return num / den if den else None
 
     def as_dict(self) -> dict[str, Any]:
@@ -221,13 +271,15 @@ _CREATE_ASSIGNED = "CREATE TEMPORARY TABLE ab_assigned (user_id TEXT PRIMARY KEY
 
 _VARIANT_SUMS = """
 WITH exposed AS (
-    SELECT variant, user_id, MIN({ts}) AS first_ts
+    SELECT variant, user_id, MIN({ts}) AS first_ts,
+           SUM({item_count}) AS recommended, SUM({new_item_count}) AS recommended_new
     FROM exposures
     WHERE experiment = :experiment {start} {end}
     GROUP BY variant, user_id
 ),
 attributed AS (
-    SELECT u.variant, u.user_id, e.type, e.revenue, e.{ts} AS ts
+    SELECT u.variant, u.user_id, e.type, e.revenue, e.{ts} AS ts,
+           CASE WHEN x.request_id IS NOT NULL AND {listed_new} THEN 1 ELSE 0 END AS is_new
     FROM exposed u
     JOIN events e
       ON e.user_id = u.user_id
@@ -243,7 +295,9 @@ counted AS (
            SUM(CASE WHEN type = :click THEN 1 ELSE 0 END) AS clicks,
            SUM(CASE WHEN type = :purchase THEN 1 ELSE 0 END) AS purchases,
            SUM(CASE WHEN type = :purchase THEN revenue ELSE 0 END) AS revenue,
-           COUNT(DISTINCT CASE WHEN type = :purchase THEN ts END) AS orders
+           COUNT(DISTINCT CASE WHEN type = :purchase THEN ts END) AS orders,
+           SUM(CASE WHEN type = :click THEN is_new ELSE 0 END) AS clicks_new,
+           SUM(CASE WHEN type = :purchase THEN is_new ELSE 0 END) AS purchases_new
     FROM attributed
     GROUP BY variant, user_id
 ),
@@ -254,7 +308,11 @@ per_user AS (
            CAST(COALESCE(c.clicks, 0) AS DOUBLE PRECISION) AS clicks,
            CAST(COALESCE(c.purchases, 0) AS DOUBLE PRECISION) AS purchases,
            CAST(COALESCE(c.revenue, 0) AS DOUBLE PRECISION) AS revenue,
-           CAST(COALESCE(c.orders, 0) AS DOUBLE PRECISION) AS orders
+           CAST(COALESCE(c.orders, 0) AS DOUBLE PRECISION) AS orders,
+           CAST(u.recommended AS DOUBLE PRECISION) AS recommended,
+           CAST(u.recommended_new AS DOUBLE PRECISION) AS recommended_new,
+           CAST(COALESCE(c.clicks_new, 0) AS DOUBLE PRECISION) AS clicks_new,
+           CAST(COALESCE(c.purchases_new, 0) AS DOUBLE PRECISION) AS purchases_new
     FROM exposed u
     LEFT JOIN counted c ON c.variant = u.variant AND c.user_id = u.user_id
 )
@@ -264,7 +322,12 @@ SELECT variant,
        SUM(clicks), SUM(clicks * clicks), SUM(clicks * impressions),
        SUM(purchases), SUM(purchases * purchases), SUM(purchases * clicks),
        SUM(revenue), SUM(revenue * revenue),
-       SUM(orders), SUM(orders * orders), SUM(revenue * orders)
+       SUM(orders), SUM(orders * orders), SUM(revenue * orders),
+       SUM(recommended), SUM(recommended * recommended),
+       SUM(recommended_new), SUM(recommended_new * recommended_new),
+       SUM(recommended_new * recommended),
+       SUM(clicks_new), SUM(clicks_new * clicks_new), SUM(clicks_new * clicks),
+       SUM(purchases_new), SUM(purchases_new * purchases_new), SUM(purchases_new * purchases)
 FROM per_user
 GROUP BY variant
 ORDER BY variant
@@ -362,7 +425,13 @@ class ExperimentMetrics:
                     event_end = f"AND e.{ts} < :end"
                     window["end"] = dialect.bind_time(end)
                 sql = _VARIANT_SUMS.format(
-                    ts=ts, start=start_clause, end=end_clause, event_end=event_end
+                    ts=ts,
+                    start=start_clause,
+                    end=end_clause,
+                    event_end=event_end,
+                    item_count=dialect.list_length("item_ids"),
+                    new_item_count=dialect.list_length("new_item_ids"),
+                    listed_new=dialect.list_contains("x.new_item_ids", "e.item_id"),
                 )
                 sums = [_variant_sums(row) for row in await connection.fetch(sql, window)]
                 out.append({s.variant: s for s in sums})

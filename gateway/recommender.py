@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from opentelemetry import trace
 from recsys.v1 import recommendation_pb2 as pb
 
-from ab.assignment import Assignment
 from ab.exposures import Exposure, ExposureRecorder
-from ab.routing import RoutedAssignment, RoutingTable
+from ab.routing import RoutingTable, UserArms
 from feature_service.catalogue import ItemCatalogue
 from feature_service.history import NO_PURCHASES
 from feature_service.store import FeatureStore
@@ -66,7 +66,7 @@ class Recommender:
             routed = assign_variant(query.user_id, self.routing)
         if routed is None:
             return await self._recommend(query, budget, None, started)
-        arm = (routed.assignment.experiment, routed.assignment.variant)
+        arms = [(a.assignment.experiment, a.assignment.variant) for a in routed.arms]
         code = "OK"
         try:
             return await self._recommend(query, budget, routed, started)
@@ -78,20 +78,21 @@ class Recommender:
             raise
         finally:
             metrics = self.metrics
-            metrics.child(metrics.arm_requests, *arm, code).inc()
-            metrics.child(metrics.arm_duration, *arm).observe(time.perf_counter() - started)
+            for arm in arms:
+                metrics.child(metrics.arm_requests, *arm, code).inc()
+                metrics.child(metrics.arm_duration, *arm).observe(time.perf_counter() - started)
 
     async def _recommend(
         self,
         query: RecommendQuery,
         budget: Budget,
-        routed: RoutedAssignment | None,
+        routed: UserArms | None,
         started: float,
     ) -> pb.RecommendResponse:
         stage = self._stage
         request_span = trace.get_current_span()
         reasons: list[str] = ["CLIENT_CLOCK_SKEW"] if query.context.client_clock_skewed else []
-        assignment = routed.assignment if routed is not None else None
+        assignment = routed.primary if routed is not None else None
         if assignment is not None:
             request_span.set_attribute("recsys.experiment_id", assignment.experiment_id)
 
@@ -141,9 +142,7 @@ class Recommender:
 
         # An arm that does not serve surfaces (the control of an experiment on them) and the
         # requests that want no discovery list get exactly the ranker's list.
-        surface = (
-            query.surface if assignment is None or assignment.serve_surface else Surface.BUY_AGAIN
-        )
+        surface = query.surface if routed is None or routed.serve_surface else Surface.BUY_AGAIN
         owned = purchases.recent_items
         budget.check("rank")
         with stage("rank"):
@@ -184,7 +183,8 @@ class Recommender:
             )
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")
-        new_items = int(np.count_nonzero(~np.isin(items.positions, owned)))
+        is_new = ~np.isin(items.positions, owned)
+        new_items = int(np.count_nonzero(is_new))
         served = surface.name.lower()
         self.metrics.child(self.metrics.recommended_items, served, "new").inc(new_items)
         self.metrics.child(self.metrics.recommended_items, served, "own").inc(
@@ -194,9 +194,11 @@ class Recommender:
             self.metrics.child(self.metrics.degraded, reason).inc()
         if reasons:
             request_span.set_attribute("recsys.degraded_reasons", reasons)
-        if assignment is not None:
+        if routed is not None:
             metrics = self.metrics
-            metrics.child(metrics.exposures, assignment.experiment, assignment.variant).inc()
+            for arm in routed.arms:
+                exposed = arm.assignment
+                metrics.child(metrics.exposures, exposed.experiment, exposed.variant).inc()
         with stage("respond"):
             response = self.responses.build(
                 items,
@@ -207,28 +209,32 @@ class Recommender:
                 (time.perf_counter() - started) * 1000.0,
             )
         if routed is not None:
-            self._log_exposure(
-                query, routed.assignment, routed.probability, ranking.model_version, response
-            )
+            self._log_exposure(query, routed, ranking.model_version, response, is_new)
         return response
 
     def _log_exposure(
         self,
         query: RecommendQuery,
-        assignment: Assignment,
-        probability: float,
+        routed: UserArms,
         model_version: str,
         response: pb.RecommendResponse,
+        is_new: npt.NDArray[np.bool_],
     ) -> None:
-        exposure = Exposure(
-            request_id=query.request_id,
-            user_id=query.user_id,
-            experiment=assignment.experiment,
-            variant=assignment.variant,
-            model_version=model_version,
-            item_ids=tuple(r.item_id for r in response.recommendations),
-            timestamp=query.context.time,
-            assignment_probability=probability,
-        )
-        if not self.exposures.record(exposure):
-            self.metrics.exposures_dropped.inc()
+        """One exposure per experiment the user is in (one per layer), each with the items
+        that were new to the user (the discovery metrics of `ab.variant_sums`)."""
+        item_ids = tuple(r.item_id for r in response.recommendations)
+        new_item_ids = tuple(i for i, new in zip(item_ids, is_new.tolist(), strict=True) if new)
+        for arm in routed.arms:
+            exposure = Exposure(
+                request_id=query.request_id,
+                user_id=query.user_id,
+                experiment=arm.assignment.experiment,
+                variant=arm.assignment.variant,
+                model_version=model_version,
+                item_ids=item_ids,
+                timestamp=query.context.time,
+                assignment_probability=arm.probability,
+                new_item_ids=new_item_ids,
+            )
+            if not self.exposures.record(exposure):
+                self.metrics.exposures_dropped.inc()

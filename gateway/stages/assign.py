@@ -7,10 +7,10 @@ which a poller refreshes every few seconds: decisions reach every process withou
 
 from __future__ import annotations
 
-from ab.routing import RoutedAssignment, RoutingTable
+from ab.routing import RoutingTable, UserArms
 
 
-def assign_variant(user_id: str, routing: RoutingTable) -> RoutedAssignment | None:
-    """The user's variant in the first running experiment that includes them, else None
-    (the user then gets the default model)."""
-    return routing.assign(user_id)
+def assign_variant(user_id: str, routing: RoutingTable) -> UserArms | None:
+    """The user's arm in every layer of running experiments that includes them (within a
+    layer, the first experiment in config order), else None (the default model and list)."""
+    return routing.arms(user_id)

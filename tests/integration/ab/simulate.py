@@ -42,6 +42,10 @@ class ArmBehaviour:
     """Purchase probability per click."""
     price: float = 20.0
     """Mean revenue of a purchase."""
+    new_items: int = 0
+    """Of the items each response lists, how many are new to the user (the exposure's
+    `new_item_ids`); a click picks a listed item uniformly. 0 keeps the older traffic: two
+    items, every event on `item1`."""
 
 
 EventRow = tuple[str, int, str, str, str, datetime, int, float, str, int]
@@ -54,9 +58,10 @@ def event_row(
     request_id: str,
     ts: datetime,
     revenue: float = 0.0,
+    item_id: str = "item1",
 ) -> EventRow:
     """One `events` row."""
-    return (event_id, kind, user_id, "item1", request_id, ts, 1, revenue, "GBP", 0)
+    return (event_id, kind, user_id, item_id, request_id, ts, 1, revenue, "GBP", 0)
 
 
 def simulate(
@@ -81,19 +86,32 @@ def simulate(
         for r in range(int(rng.integers(1, 4))):
             request = f"{user}-r{r}"
             ts = T0 + timedelta(hours=float(rng.uniform(0, 24 * days)))
+            items, new = _listed(arm, impressions_per_request)
             exposures.append(
-                Exposure(request, user, experiment.name, found.variant, "1", ("a", "b"), ts)
-            )
+                Exposure(request, user, experiment.name, found.variant, "1", items, ts,
+                         new_item_ids=new)
+            )  # fmt: skip
             clicks = int(rng.binomial(impressions_per_request, arm.ctr))
             for k in range(impressions_per_request):
                 events.append(event_row(f"{request}-i{k}", 1, user, request, ts))
             for k in range(clicks):
                 click_ts = ts + timedelta(seconds=10 + k)
-                events.append(event_row(f"{request}-c{k}", 2, user, request, click_ts))
+                item = items[int(rng.integers(len(items)))] if new else "item1"
+                events.append(event_row(f"{request}-c{k}", 2, user, request, click_ts, 0.0, item))
                 if rng.random() < arm.conversion:
                     revenue = float(rng.gamma(2.0, arm.price / 2.0))
-                    events.append(event_row(f"{request}-p{k}", 5, user, request, click_ts, revenue))
+                    events.append(
+                        event_row(f"{request}-p{k}", 5, user, request, click_ts, revenue, item)
+                    )
     return exposures, events
+
+
+def _listed(arm: ArmBehaviour, count: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The items one response lists and those of them new to the user."""
+    if arm.new_items == 0:
+        return ("a", "b"), ()
+    new = tuple(f"new{j}" for j in range(arm.new_items))
+    return new + tuple(f"own{j}" for j in range(count - arm.new_items)), new
 
 
 async def load(

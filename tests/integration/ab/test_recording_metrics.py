@@ -50,7 +50,10 @@ async def test_migrations_apply_once(pool: asyncpg.Pool) -> None:
     assert await migrate(pool, load_migrations()) == []
     async with pool.acquire() as connection:
         rows = await connection.fetch("SELECT version, name FROM ab_schema_migrations")
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "experiments")]
+    assert [(r["version"], r["name"]) for r in sorted(rows)] == [
+        (1, "experiments"),
+        (2, "layers_and_novelty"),
+    ]
 
 
 async def test_a_fresh_database_can_be_analysed_before_any_gateway_starts(
@@ -136,21 +139,36 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 def _pandas_sums(
-    exposures: list[Exposure], events: list[EventRow], end: pd.Timestamp
+    exposures: list[Exposure],
+    events: list[EventRow],
+    end: pd.Timestamp,
+    recorded: list[Exposure] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The metric definitions of ab.variant_sums, computed independently with pandas."""
+    """The metric definitions of ab.variant_sums, computed independently with pandas.
+
+    `exposures`: those since the window's start; `recorded`: every exposure stored (what says
+    which items of an event's request were new), `exposures` when None.
+    """
     exp = pd.DataFrame(
         {
             "request_id": [e.request_id for e in exposures],
             "user_id": [e.user_id for e in exposures],
             "variant": [e.variant for e in exposures],
             "ts": pd.to_datetime([e.timestamp for e in exposures], utc=True),
+            "recommended": [float(len(e.item_ids)) for e in exposures],
+            "recommended_new": [float(len(e.new_item_ids)) for e in exposures],
         }
     )
     exp = exp[exp.ts < end]
     ev = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
     ev["ts"] = pd.to_datetime(ev.ts, utc=True)
+    listed_new = {e.request_id: set(e.new_item_ids) for e in recorded or exposures}
+    ev["is_new"] = [
+        item in listed_new.get(request, set())
+        for request, item in zip(ev.request_id, ev.item_id, strict=True)
+    ]
     exposed = exp.groupby(["variant", "user_id"]).ts.min().rename("first_ts").reset_index()
+    served = exp.groupby(["variant", "user_id"])[["recommended", "recommended_new"]].sum()
     assigned = {}
     for user in exposed.user_id.unique():
         found = assign(EXPERIMENT, user)
@@ -175,10 +193,16 @@ def _pandas_sums(
             "purchases": joined[joined.type == 5].groupby(["variant", "user_id"]).size(),
             "revenue": joined[joined.type == 5].groupby(["variant", "user_id"]).revenue.sum(),
             "orders": joined[joined.type == 5].groupby(["variant", "user_id"]).ts.nunique(),
+            "clicks_new": joined[(joined.type == 2) & joined.is_new]
+            .groupby(["variant", "user_id"])
+            .size(),
+            "purchases_new": joined[(joined.type == 5) & joined.is_new]
+            .groupby(["variant", "user_id"])
+            .size(),
         }
     )
     index = pd.MultiIndex.from_frame(exposed[["variant", "user_id"]])
-    per_user = per_user.reindex(index).fillna(0.0).astype(float)
+    per_user = per_user.reindex(index).fillna(0.0).astype(float).join(served)
     out: dict[str, dict[str, float]] = {}
     for variant, g in per_user.groupby(level="variant"):
         out[str(variant)] = {
@@ -196,6 +220,17 @@ def _pandas_sums(
             "orders": g.orders.sum(),
             "orders_sq": (g.orders**2).sum(),
             "revenue_x_orders": (g.revenue * g.orders).sum(),
+            "recommended": g.recommended.sum(),
+            "recommended_sq": (g.recommended**2).sum(),
+            "recommended_new": g.recommended_new.sum(),
+            "recommended_new_sq": (g.recommended_new**2).sum(),
+            "recommended_new_x_recommended": (g.recommended_new * g.recommended).sum(),
+            "clicks_new": g.clicks_new.sum(),
+            "clicks_new_sq": (g.clicks_new**2).sum(),
+            "clicks_new_x_clicks": (g.clicks_new * g.clicks).sum(),
+            "purchases_new": g.purchases_new.sum(),
+            "purchases_new_sq": (g.purchases_new**2).sum(),
+            "purchases_new_x_purchases": (g.purchases_new * g.purchases).sum(),
         }
     return out
 
@@ -219,7 +254,10 @@ def _extra_events(rng: np.random.Generator, users: int) -> list[EventRow]:
 
 
 async def test_variant_sums_equal_pandas(backend: Backend) -> None:
-    behaviour = {"control": ArmBehaviour(0.2, 0.3), "treatment": ArmBehaviour(0.25, 0.2)}
+    behaviour = {
+        "control": ArmBehaviour(0.2, 0.3, new_items=1),
+        "treatment": ArmBehaviour(0.25, 0.2, new_items=4),
+    }
     exposures, events = simulate(EXPERIMENT, 300, behaviour, seed=11)
     events += _extra_events(np.random.default_rng(5), 300)
     await backend.load(exposures, events)
@@ -238,7 +276,10 @@ async def test_variant_sums_equal_pandas(backend: Backend) -> None:
     # a start drops the users first exposed before it
     late = await backend.metrics.sums(EXPERIMENT, start=T0 + timedelta(days=1), end=end)
     expected_late = _pandas_sums(
-        [e for e in exposures if e.timestamp >= T0 + timedelta(days=1)], events, pd.Timestamp(end)
+        [e for e in exposures if e.timestamp >= T0 + timedelta(days=1)],
+        events,
+        pd.Timestamp(end),
+        exposures,
     )
     for variant, sums in late.items():
         for name, value in expected_late[variant].items():
@@ -311,3 +352,39 @@ async def test_undefined_metrics_are_none(backend: Backend) -> None:
     sums = await backend.metrics.sums(EXPERIMENT)
     only: VariantSums = sums["control"]
     assert only.users == 1 and only.stats("ctr") is None and only.value("ctr") is None
+
+
+async def test_one_response_in_two_layers_counts_in_each_experiment(backend: Backend) -> None:
+    surface = ExperimentConfig(
+        name="surface_test",
+        salt="surface_test_salt",
+        layer="surface",
+        variants=(
+            VariantConfig(name="control", weight=0.5, serve_surface=False),
+            VariantConfig(name="treatment", weight=0.5),
+        ),
+    )
+    user = _user_assigned_to("control")
+    found = assign(surface, user)
+    assert found is not None
+    listed = Exposure(
+        "r1", user, EXPERIMENT.name, "control", "2", ("a", "n1"), T0, new_item_ids=("n1",)
+    )
+    layered = dataclasses.replace(listed, experiment=surface.name, variant=found.variant)
+    exposures = [listed, layered]
+    later = T0 + timedelta(minutes=1)
+    events = [
+        event_row("e1", 2, user, "r1", later, item_id="n1"),  # a click on the new item
+        event_row("e2", 5, user, "r1", later, 9.0, "n1"),  # and its purchase
+        event_row("e3", 2, user, "r1", later, item_id="a"),  # a click on an own item
+        event_row("e4", 2, user, "organic", later, item_id="n1"),  # no exposure: not new
+    ]
+    await backend.load(exposures, events)
+    for experiment, variant in ((EXPERIMENT, "control"), (surface, found.variant)):
+        sums = (await backend.metrics.sums(experiment))[variant]
+        assert (sums.users, sums.clicks, sums.purchases) == (1, 3.0, 1.0)
+        assert (sums.recommended, sums.recommended_new) == (2.0, 1.0)
+        assert (sums.clicks_new, sums.purchases_new) == (1.0, 1.0)
+        assert sums.value("discovery_share") == 0.5
+        assert sums.value("discovery_click_share") == pytest.approx(1 / 3)
+        assert sums.value("discovery_purchase_share") == 1.0

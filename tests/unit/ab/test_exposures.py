@@ -1,12 +1,16 @@
-"""The exposure recorder: batching, bounded queue with counted drops, retries, final flush."""
+"""The exposure recorder: batching, bounded queue with counted drops, retries, final flush;
+the embedded SQLite sink: one row per (request, experiment), files of the earlier layout."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
-from ab.exposures import Exposure, ExposureRecorder
+from ab.exposures import Exposure, ExposureRecorder, SqliteExposureSink
 
 
 def _exposure(i: int) -> Exposure:
@@ -78,3 +82,65 @@ async def test_failing_sink_is_retried_until_it_works() -> None:
             recorder.record(_exposure(i))
     assert sink.batches == [["r0", "r1", "r2"]]
     assert recorder.written == 3
+
+
+# The exposure table as released before layered experiments and novelty.
+_V1_SCHEMA = """
+CREATE TABLE exposures (
+    request_id  TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    experiment  TEXT NOT NULL,
+    variant     TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    item_ids    TEXT NOT NULL,
+    ts_us       INTEGER NOT NULL,
+    assignment_probability REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX exposures_experiment_ts ON exposures (experiment, ts_us);
+"""
+
+
+def _rows(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute(
+            "SELECT request_id, experiment, variant, item_ids, new_item_ids FROM exposures"
+            " ORDER BY request_id, experiment"
+        ).fetchall()
+
+
+async def test_sqlite_sink_keeps_one_row_per_experiment_with_the_new_items(tmp_path: Path) -> None:
+    sink = await SqliteExposureSink.open(tmp_path / "exposures.sqlite3")
+    ranker = dataclasses.replace(
+        _exposure(1), item_ids=("a", "n1", "n2"), new_item_ids=("n1", "n2")
+    )
+    surface = dataclasses.replace(ranker, experiment="surface", variant="treatment")
+    try:
+        await sink.write([ranker, surface])
+        await sink.write([ranker])  # a retried batch
+        assert await sink.counts("exp") == {"control": 1}
+        assert await sink.counts("surface") == {"treatment": 1}
+    finally:
+        await sink.close()
+    assert _rows(tmp_path / "exposures.sqlite3") == [
+        ("r1", "exp", "control", "a n1 n2", "n1 n2"),
+        ("r1", "surface", "treatment", "a n1 n2", "n1 n2"),
+    ]
+
+
+async def test_a_file_of_the_earlier_layout_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "exposures.sqlite3"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(_V1_SCHEMA)
+        connection.execute(
+            "INSERT INTO exposures VALUES ('r0', 'u', 'exp', 'control', '2', 'a b', 1, 1.0)"
+        )
+    for _ in range(2):  # a second open finds it upgraded
+        sink = await SqliteExposureSink.open(path)
+        try:
+            await sink.write([dataclasses.replace(_exposure(0), experiment="surface")])
+        finally:
+            await sink.close()
+    assert _rows(path) == [
+        ("r0", "exp", "control", "a b", ""),
+        ("r0", "surface", "control", "a b", ""),
+    ]
