@@ -22,7 +22,6 @@ import signal
 import sqlite3
 import sys
 import time
-import urllib.request
 import xmlrpc.client
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +49,7 @@ from benchmarks.load.procs import (
 )
 from gateway.config import Settings, load_settings
 from infra.local import runner
+from infra.local.health import http_ok
 from infra.local.ports import free_port_block
 from infra.local.supervision import SupervisorFiles
 
@@ -423,25 +423,7 @@ def supervised_system(
 
 def triton_ready(system: Supervised) -> bool:
     url = f"http://127.0.0.1:{runner.triton_ports(system.settings).http}/v2/health/ready"
-    return _http_ok(url)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as reply:
-            return int(reply.status) == 200
-    except OSError:
-        return False
-
-
-def wait_until_healthy(url: str, since: float, timeout_s: float) -> float | None:
-    """Seconds from `since` (monotonic) until `url` answers 200; None on timeout."""
-    deadline = since + timeout_s
-    while time.monotonic() < deadline:
-        if _http_ok(url):
-            return round(time.monotonic() - since, 3)
-        time.sleep(0.2)
-    return None
+    return http_ok(url, timeout_s=1.0)
 
 
 # ------------------------------------------------------------------ acknowledged events lost
@@ -509,7 +491,7 @@ def _back(system: Supervised, program: str, old_pid: int) -> bool:
     if program == "triton":
         return triton_ready(system)
     if program in system.gateway_health:
-        return _http_ok(system.gateway_health[program])
+        return http_ok(system.gateway_health[program], timeout_s=1.0)
     try:
         return system.pid(program) not in (0, old_pid)
     except (OSError, xmlrpc.client.Fault):

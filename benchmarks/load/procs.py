@@ -23,19 +23,18 @@ import resource
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from benchmarks.load.target import PLAINTEXT, Connection
 from gateway.config import load_settings
 from infra.local import runner
+from infra.local.health import grpc_serving, http_ok, poll_until
+from infra.local.logs import log_tail
 from infra.local.ports import free_port, free_port_block
 from infra.local.tritonserver import TritonServer, TritonServerOptions
 
@@ -62,23 +61,15 @@ def wait_for_health(
     Raises:
         ProcessError: timeout, or `alive` exited first.
     """
-    deadline = time.monotonic() + timeout_s
     with connection.channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if alive is not None and not alive.running():
-                raise ProcessError(f"{alive.name} exited before SERVING:\n{alive.log_tail()}")
-            try:
-                reply = stub.Check(
-                    health_pb2.HealthCheckRequest(service=""),
-                    timeout=1.0,
-                    metadata=connection.call_metadata(),
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.25)
+
+        def serving() -> bool:
+            _check_alive(alive)
+            return grpc_serving(stub, metadata=connection.call_metadata())
+
+        if poll_until(serving, timeout_s, interval_s=0.25):
+            return
     tail = alive.log_tail() if alive is not None else ""
     raise ProcessError(f"{target} did not report SERVING within {timeout_s:.0f} s\n{tail}")
 
@@ -90,18 +81,18 @@ def wait_for_http_health(url: str, timeout_s: float, *, alive: Process) -> None:
     Raises:
         ProcessError: timeout, or `alive` exited first.
     """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not alive.running():
-            raise ProcessError(f"{alive.name} exited before SERVING:\n{alive.log_tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise ProcessError(f"{url} did not answer 200 within {timeout_s:.0f} s\n{alive.log_tail()}")
+
+    def healthy() -> bool:
+        _check_alive(alive)
+        return http_ok(url, timeout_s=1.0)
+
+    if not poll_until(healthy, timeout_s, interval_s=0.25):
+        raise ProcessError(f"{url} did not answer 200 within {timeout_s:.0f} s\n{alive.log_tail()}")
+
+
+def _check_alive(process: Process | None) -> None:
+    if process is not None and not process.running():
+        raise ProcessError(f"{process.name} exited before SERVING:\n{process.log_tail()}")
 
 
 @dataclass
@@ -122,11 +113,7 @@ class Process:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """Signal the process, wait, then SIGKILL its process group (our session only)."""

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -821,8 +821,3 @@ def memory_summary(samples: Sequence[ProcessSample]) -> dict[str, Any]:
         "gateway_processes": len(gateway),
         "max_triton_tree_rss_mb": round(sum(triton) / MB, 1) if triton else None,
     }
-
-
-def with_duration(bench: Bench, **changes: float) -> Bench:
-    """A copy of `bench` with some durations changed."""
-    return replace(bench, durations=replace(bench.durations, **changes))

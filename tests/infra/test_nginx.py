@@ -19,6 +19,7 @@ from recsys.client import CallPolicy, RecommendationClient, user_event
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
+from infra.local.ports import free_port
 from tests.infra.tooling import INFRA, require_tool, run
 
 RENDER = INFRA / "nginx" / "render-config"
@@ -37,13 +38,6 @@ def prefix_dir(tmp_path: Path) -> Path:
     (prefix / "logs").mkdir(parents=True)
     (prefix / "tmp").mkdir()
     return prefix
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_render_for_three_gateways() -> None:

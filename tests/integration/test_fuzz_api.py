@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
+from infra.local.ports import free_port
 from tests.conftest import LOCAL_CONFIG, REPO
 
 pytestmark = pytest.mark.integration
@@ -43,9 +43,7 @@ PROFILE = settings(
 @pytest.fixture(scope="module")
 def channel(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     """A gateway process (no rate limit, so the fuzzer is never throttled) and a channel to it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     env = dict(os.environ)
     env.update(
         {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,16 +18,11 @@ import pytest
 from recsys.v1 import recommendation_pb2 as pb
 
 from gateway.config import Settings
+from infra.local.ports import free_port
 from infra.local.tritonserver import TritonServer
 from tests.conftest import async_stub, running_gateway
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _query(port: int, expr: str) -> list[dict[str, Any]]:
@@ -49,7 +43,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[int, int], int]]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(target_port: int, triton_port: int) -> int:
-        port = _free_port()
+        port = free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

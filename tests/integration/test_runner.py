@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,27 +17,21 @@ import pytest
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-from infra.local.ports import ensure_port_free, free_port_block
+from infra.local.ports import ensure_port_free, free_port, free_port_block
 from tests.conftest import LOCAL_CONFIG, REPO, metric_samples, user_event
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_runner_serves_and_stops_cleanly(build_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         {
             "RECSYS__SERVING__PORT": str(port),
             # One gateway here (its own metrics port); several: test_gateways_share_one_port...
             "RECSYS__SERVING__PROCESSES": "1",
-            "RECSYS__MONITORING__METRICS__PORT": str(_free_port()),
+            "RECSYS__MONITORING__METRICS__PORT": str(free_port()),
             # Triton off its default ports 8000-8002, which another server may hold.
             # (HTTP, gRPC, metrics on three consecutive ports; gRPC is the middle one).
             "RECSYS__MODEL__RANKER__TRITON_GRPC_URL": f"127.0.0.1:{free_port_block(3) + 1}",
@@ -191,7 +184,7 @@ def _until_gone(channel: grpc.Channel, user_id: str, item_id: str, within_s: flo
 def test_gateways_share_one_port_see_each_others_events_and_stop_on_sigterm(
     build_dir: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     metrics_base = free_port_block(3)  # the base, then one port per gateway after it
     metrics_ports = [metrics_base + 1, metrics_base + 2]
     env = dict(os.environ)

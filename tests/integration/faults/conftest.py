@@ -20,12 +20,14 @@ from typing import IO
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
 from gateway.config import Settings
 from gateway.resources import Resources, open_resources
 from gateway.server import start_server
+from infra.local.health import grpc_serving, poll_until
+from infra.local.logs import log_tail
 from infra.local.ports import free_port
 from tests.conftest import LOCAL_CONFIG, REPO, async_stub
 
@@ -72,20 +74,18 @@ class GatewayProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        process = self._process
         with grpc.insecure_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return time.monotonic() - started
-                except grpc.RpcError:
-                    pass
-                assert self._process.poll() is None, f"gateway exited:\n{self.log_tail()}"
-                assert (
-                    time.monotonic() - started < timeout_s
-                ), f"gateway not SERVING within {timeout_s:.0f} s:\n{self.log_tail()}"
-                time.sleep(0.1)
+
+            def serving() -> bool:
+                assert process.poll() is None, f"gateway exited:\n{self.log_tail()}"
+                return grpc_serving(health)
+
+            assert poll_until(
+                serving, timeout_s, interval_s=0.1
+            ), f"gateway not SERVING within {timeout_s:.0f} s:\n{self.log_tail()}"
+        return time.monotonic() - started
 
     def kill(self) -> None:
         """SIGKILL: no drain, no close, no flush (a crash or an OOM kill)."""
@@ -111,12 +111,9 @@ class GatewayProcess:
             self._log = None
         return code
 
-    def log_tail(self, size: int = 3000) -> str:
+    def log_tail(self) -> str:
         """The end of the process's log."""
-        try:
-            return self.log_path.read_text(errors="replace")[-size:]
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path)
 
 
 def gateway_env(build_dir: Path, work: Path) -> dict[str, str]:
