@@ -1,11 +1,12 @@
-"""Feature fetch of one Recommend request (1 user + 500 candidate item rows), per store level.
+"""Feature fetch of one Recommend request (the user's real-time features), per store level.
 
 Starts its own `redis-server` and Postgres (as the integration tests do), opens the layered
-store over the real snapshot in `build/data`, and times `request_features` when everything is
+store over the real snapshot in `build/data`, and times `user_features` when the user is
 served by L1 (in process), by Redis (L1 emptied before each call: one pipelined round trip),
 and by Postgres (L1 emptied and Redis flushed before each call: the read-through, which also
-writes the rows back to Redis). Writes median / p99 per call to
-`benchmarks/results/feature_bench.json` with the machine and settings.
+writes the user back to Redis). Item features come from the catalogue in the gateway's memory,
+not from the store. Writes median / p99 per call to `benchmarks/results/feature_bench.json`
+with the machine and settings.
 
     .venv/bin/python -m benchmarks.feature_bench [--iterations 2000]
 """
@@ -36,7 +37,7 @@ from infra.local.store_servers import PostgresServer, RedisServer, start_with_re
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "feature_bench.json"
-CANDIDATES = 500
+VIEWED = 20
 TARGETS_MS = {"l1": 0.3, "redis": 2.0}
 USER = "12347"
 
@@ -83,7 +84,7 @@ async def run(iterations: int, data_dir: Path) -> dict[str, Any]:
             postgres=PostgresSettings(dsn=postgres_server.dsn, pool_size=4),
         )
         rng = np.random.default_rng(7)
-        positions = rng.choice(len(catalogue), CANDIDATES, replace=False).astype(np.int32)
+        positions = rng.choice(len(catalogue), VIEWED, replace=False).astype(np.int32)
         now = datetime.now(UTC)
         store = await LayeredFeatureStore.open(settings, catalogue, data_dir)
         client = Redis.from_url(redis_server.url)
@@ -98,12 +99,12 @@ async def run(iterations: int, data_dir: Path) -> dict[str, Any]:
                         request_id="bench",
                         timestamp=now - timedelta(minutes=i),
                     )
-                    for i, p in enumerate(positions[:20])
+                    for i, p in enumerate(positions)
                 ]
             )
 
             async def fetch() -> object:
-                return await store.request_features(USER, positions, now)
+                return await store.user_features(USER, now)
 
             async def nothing() -> None:
                 return None
@@ -115,7 +116,7 @@ async def run(iterations: int, data_dir: Path) -> dict[str, Any]:
                 store.clear_local()
                 await client.flushdb()
 
-            await fetch()  # warm: L1 and Redis hold the user and the 500 rows
+            await fetch()  # warm: L1 and Redis hold the user
             warmup = max(iterations // 10, 10)
             results: dict[str, Any] = {}
             for name, reset, n in (
@@ -132,17 +133,17 @@ async def run(iterations: int, data_dir: Path) -> dict[str, Any]:
             await client.aclose()
             await store.close()
     return {
-        "benchmark": "feature fetch of one request: 1 user + 500 candidate item rows",
-        "method": "LayeredFeatureStore.request_features, sequential calls, one event loop",
+        "benchmark": "feature fetch of one request: the user's real-time features",
+        "method": "LayeredFeatureStore.user_features, sequential calls, one event loop",
         "scenarios": {
-            "l1": "user and rows in the in-process cache",
-            "redis": "L1 emptied before each call: user + 500 rows in one pipelined round trip",
+            "l1": "user in the in-process cache",
+            "redis": "L1 emptied before each call: the user in one pipelined round trip",
             "postgres": "L1 emptied and Redis flushed before each call: read-through from "
-            "Postgres (3 user queries + 1 item query) plus the write-back to Redis",
+            "Postgres (3 user queries) plus the write-back to Redis",
         },
         "results": results,
         "settings": {
-            "candidates": CANDIDATES,
+            "viewed_items": VIEWED,
             "recent_items": settings.recent_items,
             "redis": "local redis-server 7 over TCP 127.0.0.1, no persistence",
             "postgres": "local Postgres 15 over TCP 127.0.0.1, fsync off, pool_size 4",

@@ -19,8 +19,6 @@ class RedisSettings(BaseModel):
     """Redis password; set it through RECSYS__FEATURE_STORE__REDIS__PASSWORD."""
     user_ttl_s: int = Field(3600, gt=0)
     """Lifetime of cached user features."""
-    item_ttl_s: int = Field(86400, gt=0)
-    """Lifetime of cached item features."""
     timeout_s: float = Field(0.25, gt=0)
     """Connect and read timeout of one Redis call."""
     retry_after_s: float = Field(1.0, ge=0)
@@ -43,7 +41,7 @@ class PostgresSettings(BaseModel):
 
 
 class LocalCacheSettings(BaseModel):
-    """L1: in-process caches in front of Redis (backend `redis_postgres`)."""
+    """L1: the in-process cache of users in front of Redis (backend `redis_postgres`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -51,8 +49,6 @@ class LocalCacheSettings(BaseModel):
     """Most users held in the in-process cache (least recently used go first)."""
     user_ttl_s: float = Field(1.0, gt=0)
     """Lifetime of a cached user; bounds staleness when another process's invalidation is lost."""
-    item_ttl_s: float = Field(60.0, gt=0)
-    """Lifetime of cached item rows."""
 
 
 class EmbeddedSettings(BaseModel):

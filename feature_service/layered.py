@@ -1,12 +1,13 @@
 """The production feature store (`feature_store.backend: redis_postgres`): L1 → L2 → L3.
 
-- L1, in process: a size-bounded TTL cache of hot users (`cachetools.TTLCache`) and, for items,
-  NumPy columns over the whole catalogue with a per-position expiry time, so a request's 500
-  candidates are one vectorised gather.
-- L2, Redis (`redis_cache`): users' real-time lists and counters, item rows; shared by every
-  gateway process. A request's misses go to Redis in one pipelined round trip.
+- L1, in process: a size-bounded TTL cache of hot users (`cachetools.TTLCache`).
+- L2, Redis (`redis_cache`): users' real-time lists and counters, shared by every gateway
+  process. A user L1 lacks is read from Redis in one pipelined round trip.
 - L3, Postgres (`postgres`): the offline snapshot and the durable event log; the source of truth
-  that L2 is filled from (read-through, one loader per key per process).
+  that L2 is filled from (read-through, one loader per user per process).
+
+Item features are not read from here: the gateway gathers them from the catalogue it loads at
+startup (`feature_service.catalogue`).
 
 Writes (`record_events`): Postgres first (durable, idempotent by event id), then only the new
 events go to Redis in one transaction that also publishes the users on an invalidation channel;
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
@@ -46,24 +47,16 @@ from prometheus_client import CollectorRegistry
 from feature_service.catalogue import ItemCatalogue
 from feature_service.config import FeatureStoreSettings
 from feature_service.events import Event, RecordResult
-from feature_service.postgres import PostgresStore, SnapshotCounts
-from feature_service.prometheus_metrics import Entity, FeatureStoreMetrics
-from feature_service.records import ITEM_DTYPE, Activity, ItemRecord, ItemRows, UserState
-from feature_service.redis_cache import (
-    ROW_SLOT,
-    CacheUnavailableError,
-    Invalidation,
-    RedisCache,
-)
+from feature_service.postgres import PostgresStore
+from feature_service.prometheus_metrics import FeatureStoreMetrics
+from feature_service.records import Activity, UserState
+from feature_service.redis_cache import CacheUnavailableError, Invalidation, RedisCache
 from feature_service.singleflight import SingleFlight
 from feature_service.spool import EventSpool
 from feature_service.store import EMPTY_POSITIONS, FeatureStoreError, UserFeatures
 
 _log = logging.getLogger(__name__)
 
-_NO_ITEM = b""
-# ROW_SLOT statuses.
-_NOT_CACHED, _ROW, _NO_SUCH_ITEM = 0, 1, 2
 # Longest a read-through load can take (bounded by the Postgres timeout); an invalidation is
 # remembered this long so a load that started before it does not refill L1 with old data.
 _INVALIDATION_MEMORY_S = 60.0
@@ -72,7 +65,6 @@ _MAX_STALE_USERS = 100_000
 _FINAL_REPLAY_TIMEOUT_S = 5.0
 
 Clock = Callable[[], float]
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +133,6 @@ class LayeredFeatureStore:
         self.metrics = metrics
         self._clock = clock
         self._window_s = float(settings.recent_window_s)
-        self._category_index = {name: i for i, name in enumerate(catalogue.category_names)}
         # L1 users.
         self._users: TTLCache[str, _CachedUser] = TTLCache(
             maxsize=settings.l1.max_users, ttl=settings.l1.user_ttl_s, timer=clock
@@ -151,17 +142,11 @@ class LayeredFeatureStore:
         self._invalidated: TTLCache[str, int] = TTLCache(
             maxsize=settings.l1.max_users, ttl=_INVALIDATION_MEMORY_S, timer=clock
         )
-        # L1 items: one packed row, a found flag and an expiry time per catalogue position.
-        size = len(catalogue)
-        self._item_rows = np.zeros(size, dtype=ITEM_DTYPE)
-        self._item_found = np.zeros(size, dtype=np.bool_)
-        self._item_expiry = np.zeros(size, dtype=np.float64)
         # L2 health and repairs owed to it.
         self._redis_retry_at = 0.0
         self._redis_down = False
         self._stale_users: set[str] = set()
         self._user_loads: SingleFlight[str, UserState] = SingleFlight()
-        self._item_loads: SingleFlight[str, bytes] = SingleFlight()
         self._listener: asyncio.Task[None] | None = None
         self._spool = EventSpool(settings.spool_path, settings.spool_adopt)
         metrics.spool_pending.set_function(self._spool.pending_events)
@@ -188,12 +173,10 @@ class LayeredFeatureStore:
         async with contextlib.AsyncExitStack() as stack:
             postgres = await PostgresStore.open(settings.postgres)
             stack.push_async_callback(postgres.close)
-            loaded = await postgres.load_snapshot_files(data_dir, datetime.now(UTC))
+            await postgres.load_snapshot_files(data_dir, datetime.now(UTC))
             redis = RedisCache.create(settings.redis, settings.recent_items)
             stack.push_async_callback(redis.close)
             store = cls(settings, catalogue, postgres, redis, metrics)
-            if loaded is not None:
-                await store._drop_cached_items()
             subscribed = asyncio.Event()
             store._listener = asyncio.create_task(
                 redis.listen(
@@ -226,7 +209,6 @@ class LayeredFeatureStore:
         await self._stop_replayer()
         await self._final_replay()
         await self._stop_listener()
-        await self._item_loads.close()
         await self._user_loads.close()
         await self._redis.close()
         await self._postgres.close()
@@ -284,45 +266,22 @@ class LayeredFeatureStore:
     ) -> None:
         await self.close()
 
-    async def reload_snapshot(self, data_dir: Path, force: bool = False) -> SnapshotCounts | None:
-        """Reloads the offline snapshot into Postgres (atomically) and drops cached item rows
-        in Redis and in every process; None when Postgres already held these files."""
-        loaded = await self._postgres.load_snapshot_files(data_dir, datetime.now(UTC), force)
-        if loaded is not None:
-            await self._drop_cached_items()
-        return loaded
-
     # -- FeatureStore ------------------------------------------------------------------------
 
     async def user_features(self, user_id: str, now: datetime) -> UserFeatures:
-        """Features of `user_id` as of `now`; unknown users get empty features.
+        """Features of `user_id` as of `now`; unknown users get empty features. A user L1
+        lacks is read from Redis, one Redis lacks from Postgres (and filled into Redis).
 
         Raises:
             FeatureStoreError: neither L1, Redis nor Postgres could serve the user.
         """
-        features, _ = await self.request_features(user_id, EMPTY_POSITIONS, now)
-        return features
-
-    async def item_features(self, positions: npt.NDArray[np.int32]) -> ItemRows:
-        """Item rows of the catalogue positions, in order (`found` False for unknown items).
-
-        Raises:
-            FeatureStoreError: rows missing from L1 and Redis could not be read from Postgres.
-        """
-        return (await self._request(None, positions, None))[1]
-
-    async def request_features(
-        self, user_id: str, positions: npt.NDArray[np.int32], now: datetime
-    ) -> tuple[UserFeatures, ItemRows]:
-        """One request's features: the user's and the candidates' item rows. What L1 lacks is
-        fetched from Redis in a single round trip, what Redis lacks from Postgres.
-
-        Raises:
-            FeatureStoreError: see `user_features` and `item_features`.
-        """
-        cached, rows = await self._request(user_id, positions, now)
-        assert cached is not None
-        return cached.features(user_id, now.timestamp() - self._window_s), rows
+        started = time.perf_counter()
+        cached = self._users.get(user_id)
+        self.metrics.count("l1", "user", int(cached is not None), int(cached is None))
+        self.metrics.duration["l1"].observe(time.perf_counter() - started)
+        if cached is None:
+            cached = await self._fill(user_id, now)
+        return cached.features(user_id, now.timestamp() - self._window_s)
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         """Stores the batch in Postgres (durable, idempotent by event id), then applies the new
@@ -373,65 +332,29 @@ class LayeredFeatureStore:
     # -- cache control (tests, benchmarks, operations) ---------------------------------------
 
     def clear_local(self) -> None:
-        """Empties L1 (users and items)."""
+        """Empties L1."""
         self._users.clear()
-        self._item_expiry[:] = 0.0
 
     # -- internals: the read path ------------------------------------------------------------
 
-    async def _request(
-        self, user_id: str | None, positions: npt.NDArray[np.int32], now: datetime | None
-    ) -> tuple[_CachedUser | None, ItemRows]:
-        started = time.perf_counter()
-        user = None
-        if user_id is not None:
-            user = self._users.get(user_id)
-            self.metrics.count("l1", "user", int(user is not None), int(user is None))
-        positions = np.asarray(positions, dtype=np.int32)
-        stale = positions[self._item_expiry[positions] <= self._clock()]
-        self.metrics.count("l1", "item", len(positions) - len(stale), len(stale))
-        self.metrics.duration["l1"].observe(time.perf_counter() - started)
-        if (user_id is not None and user is None) or len(stale):
-            stale = np.unique(stale)
-            user = await self._fill(
-                user_id if user is None else None, stale, now or datetime.now(UTC), user
-            )
-        packed = self._item_rows[positions]
-        return user, ItemRows.from_packed(positions, packed, self._item_found[positions])
-
-    async def _fill(
-        self,
-        user_id: str | None,
-        stale: npt.NDArray[np.int32],
-        now: datetime,
-        cached: _CachedUser | None,
-    ) -> _CachedUser | None:
-        """Loads what L1 lacks: the user (when `user_id` is given) and the `stale` items."""
+    async def _fill(self, user_id: str, now: datetime) -> _CachedUser:
+        """Loads a user L1 lacks: from Redis, else from Postgres."""
         epoch = self._epoch
-        item_ids: list[str] = self._catalogue.item_ids[stale].tolist()
         l2_user: UserState | None = None
-        l2_items = np.zeros(len(item_ids), dtype=ROW_SLOT)  # all "not cached"
         if self._redis_usable():
             started = time.perf_counter()
             try:
                 await self._repair_redis()
-                l2_user, l2_items = await self._redis.fetch(user_id, item_ids)
+                l2_user = await self._redis.get_user(user_id)
             except CacheUnavailableError as exc:
                 self._redis_failed(exc)
             else:
                 self._redis_ok()
                 self.metrics.duration["l2"].observe(time.perf_counter() - started)
-                if user_id is not None:
-                    hit = l2_user is not None and user_id not in self._stale_users
-                    self.metrics.count("l2", "user", int(hit), int(not hit))
-                    if not hit:
-                        l2_user = None
-                hits = int(np.count_nonzero(l2_items["status"]))
-                self.metrics.count("l2", "item", hits, len(l2_items) - hits)
-        if item_ids:
-            await self._fill_items(stale, item_ids, l2_items)
-        if user_id is None:
-            return cached
+                hit = l2_user is not None and user_id not in self._stale_users
+                self.metrics.count("l2", "user", int(hit), int(not hit))
+                if not hit:
+                    l2_user = None
         state = l2_user if l2_user is not None else await self._load_user(user_id, now)
         entry = _CachedUser.of(state, self._catalogue)
         # An invalidation during the load means `state` may predate a recorded batch.
@@ -446,7 +369,7 @@ class LayeredFeatureStore:
     async def _read_through_user(self, user_id: str, since: datetime) -> UserState:
         async def load() -> UserState:
             return await self._timed_l3(
-                "user", self._postgres.user_state(user_id, since, self._settings.recent_items)
+                self._postgres.user_state(user_id, since, self._settings.recent_items)
             )
 
         if self._redis_usable() and user_id not in self._stale_users:
@@ -460,49 +383,7 @@ class LayeredFeatureStore:
                 return state
         return await load()
 
-    async def _fill_items(
-        self, stale: npt.NDArray[np.int32], item_ids: list[str], l2: npt.NDArray[np.void]
-    ) -> None:
-        """Puts rows into L1: from the Redis reply `l2` (`ROW_SLOT`), the rest from Postgres."""
-        status = l2["status"].copy()
-        rows = l2["row"].copy()
-        missing = np.flatnonzero(status == _NOT_CACHED)
-        if missing.size:
-            missing_ids = [item_ids[i] for i in missing.tolist()]
-            loaded = await self._item_loads.do_many(missing_ids, self._read_through_items)
-            size = ITEM_DTYPE.itemsize
-            zero = bytes(size)
-            values = [loaded.get(item_id, _NO_ITEM) for item_id in missing_ids]
-            rows[missing] = np.frombuffer(
-                b"".join(v if len(v) == size else zero for v in values), dtype=ITEM_DTYPE
-            )
-            status[missing] = [_ROW if len(v) == size else _NO_SUCH_ITEM for v in values]
-        self._item_rows[stale] = rows
-        self._item_found[stale] = status == _ROW
-        self._item_expiry[stale] = self._clock() + self._settings.l1.item_ttl_s
-
-    async def _read_through_items(self, item_ids: list[str]) -> dict[str, bytes]:
-        records = await self._timed_l3("item", self._postgres.item_rows(item_ids))
-        self.metrics.count("l3", "item", len(records), len(item_ids) - len(records))
-        rows = dict.fromkeys(item_ids, _NO_ITEM)
-        for record in records:
-            rows[record.item_id] = self._pack(record)
-        if self._redis_usable():
-            try:
-                await self._redis.put_items(rows)
-            except CacheUnavailableError as exc:
-                self._redis_failed(exc)
-        return rows
-
-    def _pack(self, record: ItemRecord) -> bytes:
-        row = np.zeros(1, dtype=ITEM_DTYPE)
-        row["price"] = record.price
-        row["popularity"] = record.popularity
-        row["category"] = self._category_index.get(record.category, -1)
-        row["available"] = record.available
-        return row.tobytes()
-
-    async def _timed_l3(self, entity: Entity, call: Awaitable[_T]) -> _T:
+    async def _timed_l3(self, call: Awaitable[UserState]) -> UserState:
         started = time.perf_counter()
         try:
             result = await call
@@ -511,8 +392,7 @@ class LayeredFeatureStore:
             raise
         finally:
             self.metrics.duration["l3"].observe(time.perf_counter() - started)
-        if entity == "user":
-            self.metrics.count("l3", "user", 1, 0)
+        self.metrics.count("l3", "user", 1, 0)
         return result
 
     # -- internals: L2 health, invalidation --------------------------------------------------
@@ -545,13 +425,6 @@ class LayeredFeatureStore:
             await self._redis.delete_users(users)
             self._stale_users.difference_update(users)
 
-    async def _drop_cached_items(self) -> None:
-        self._item_expiry[:] = 0.0
-        try:
-            await self._redis.delete_items()
-        except CacheUnavailableError as exc:
-            self._redis_failed(exc)
-
     def _invalidate_user(self, user_id: str) -> None:
         self._epoch += 1
         self._invalidated[user_id] = self._epoch
@@ -559,8 +432,6 @@ class LayeredFeatureStore:
         self._user_loads.forget(user_id)
 
     def _on_invalidation(self, message: Invalidation) -> None:
-        if message.items:
-            self._item_expiry[:] = 0.0
         for user_id in message.user_ids:
             self._invalidate_user(user_id)
 

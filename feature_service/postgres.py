@@ -34,7 +34,6 @@ from feature_service.records import (
     REVENUE_FIELD,
     Activity,
     ActivityEntry,
-    ItemRecord,
     UserState,
     counter_field,
 )
@@ -167,10 +166,6 @@ ORDER BY ts DESC
 _COUNTERS = """
 SELECT type, count(*) AS n, coalesce(sum(revenue), 0) AS revenue
 FROM events WHERE user_id = $1 GROUP BY type
-"""
-
-_ITEM_ROWS = """
-SELECT item_id, price, popularity, category, available FROM items WHERE item_id = ANY($1::text[])
 """
 
 
@@ -403,21 +398,6 @@ class PostgresStore:
             if event_type is EventType.PURCHASE:
                 counters[REVENUE_FIELD] = float(row["revenue"])
         return UserState(user_id=user_id, known=bool(known), recent=recent, counters=counters)
-
-    async def item_rows(self, item_ids: Sequence[str]) -> list[ItemRecord]:
-        """The snapshot rows of those of `item_ids` that exist (in no particular order)."""
-        async with self._connection("read items") as connection:
-            rows = await connection.fetch(_ITEM_ROWS, list(item_ids))
-        return [
-            ItemRecord(
-                item_id=row["item_id"],
-                price=row["price"],
-                popularity=row["popularity"],
-                category=row["category"],
-                available=row["available"],
-            )
-            for row in rows
-        ]
 
 
 def _records(

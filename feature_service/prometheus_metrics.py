@@ -1,8 +1,9 @@
 """Every Prometheus metric of the layered feature store, declared in one place.
 
 Labels come from fixed sets: `level` (l1 process cache, l2 Redis, l3 Postgres), `entity`
-(user, item) and `result` (hit, miss). Item lookups count one request per item. The registry is
-injectable; the gateway passes its own so the store's metrics are served with the rest.
+(user: the store serves only users; the label stays so that recording rules and dashboards keep
+their shape) and `result` (hit, miss). The registry is injectable; the gateway passes its own
+so the store's metrics are served with the rest.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 Level = Literal["l1", "l2", "l3"]
-Entity = Literal["user", "item"]
+Entity = Literal["user"]
 LEVELS: tuple[Level, ...] = ("l1", "l2", "l3")
-ENTITIES: tuple[Entity, ...] = ("user", "item")
+ENTITIES: tuple[Entity, ...] = ("user",)
 
 # Seconds: an L1 hit takes microseconds, Redis sub-millisecond to a few ms, Postgres more.
 LOOKUP_BUCKETS = (
@@ -41,13 +42,13 @@ class FeatureStoreMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
             "recsys_feature_cache_requests",
-            "Feature lookups by cache level, entity and result (one per user or item).",
+            "Feature lookups by cache level, entity and result (one per user).",
             ["level", "entity", "result"],
             registry=self.registry,
         )
         self.lookup_duration = Histogram(
             "recsys_feature_lookup_duration_seconds",
-            "Time of one feature lookup at each level (a batch of items counts once).",
+            "Time of one feature lookup at each level.",
             ["level"],
             buckets=LOOKUP_BUCKETS,
             registry=self.registry,

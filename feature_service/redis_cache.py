@@ -1,4 +1,4 @@
-"""L2: Redis holds each user's real-time state and cached item rows, shared by all processes.
+"""L2: Redis holds each user's real-time state, shared by all processes.
 
 Keys (the `{user}` hash tag keeps a user's keys in one cluster slot):
 
@@ -6,16 +6,13 @@ Keys (the `{user}` hash tag keeps a user's keys in one cluster slot):
   its absence means "miss") and counters (`n:<event type>`, `revenue`).
 - `recsys:u:{<user>}:v|c|p` lists: recent views (incl. clicks), carts, purchases, newest first,
   entries `<event time ms>:<item id>`, trimmed to `feature_store.recent_items`.
-- `recsys:i:<item>`: the item row packed as `records.ITEM_DTYPE` (15 bytes); an empty value
-  caches "no such item".
 
-Every user key expires after `user_ttl_s`, item keys after `item_ttl_s`. A RecordEvents batch
+Every user key expires after `user_ttl_s`. A RecordEvents batch
 is one MULTI/EXEC pipeline (LPUSH + LTRIM + HINCRBY + EXPIRE per user, then PUBLISH of the
 users on the invalidation channel so other processes drop their in-process copies). A fill from
 Postgres WATCHes the user's keys first, so a batch recorded meanwhile makes the fill back off
-instead of overwriting newer data. A request's lookups (one user, up to hundreds of items) are
-one pipelined round trip; the item rows come back as one string from a small Lua script
-(`_GET_ROWS`), so the client parses one reply, not hundreds.
+instead of overwriting newer data. A user's lookups (profile and lists) are one pipelined round
+trip.
 """
 
 from __future__ import annotations
@@ -23,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -39,7 +34,6 @@ from feature_service.config import RedisSettings
 from feature_service.events import Event, EventType
 from feature_service.records import (
     ACTIVITY_OF,
-    ITEM_DTYPE,
     REVENUE_FIELD,
     Activity,
     ActivityEntry,
@@ -53,35 +47,8 @@ _log = logging.getLogger(__name__)
 PREFIX = "recsys"
 INVALIDATION_CHANNEL = f"{PREFIX}:invalidate"
 _KNOWN = b"known"
-_ITEMS_MESSAGE = "items"
 _USERS_MESSAGE = "users"
 _ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
-
-
-# Reads many item rows and returns them as one string of fixed-size slots, so the client parses
-# one reply instead of hundreds: per item a status byte (0 not cached, 1 row, 2 cached "no such
-# item") and the row (zeros unless status 1). Ids come as one newline-separated argument, which
-# keeps the request small too. (Keys are built in the script, so this is for a single Redis or
-# one cluster shard, as MGET across slots would be.)
-_GET_ROWS = """
-local prefix, size = ARGV[1], tonumber(ARGV[3])
-local keys = {}
-for id in string.gmatch(ARGV[2], '[^\\n]+') do keys[#keys + 1] = prefix .. id end
-local out, empty = {}, string.rep('\\0', size)
-for first = 1, #keys, 4000 do
-  local chunk = {}
-  for i = first, math.min(first + 3999, #keys) do chunk[#chunk + 1] = keys[i] end
-  local values = redis.call('MGET', unpack(chunk))
-  for i, v in ipairs(values) do
-    if not v then out[#out + 1] = '\\0' .. empty
-    elseif #v == size then out[#out + 1] = '\\1' .. v
-    else out[#out + 1] = '\\2' .. empty end
-  end
-end
-return table.concat(out)
-"""
-ROW_SLOT = np.dtype([("status", "u1"), ("row", ITEM_DTYPE)])
-"""One slot of the item-rows reply."""
 
 
 class CacheUnavailableError(FeatureStoreError):
@@ -96,11 +63,6 @@ def user_key(user_id: str) -> str:
 def activity_key(user_id: str, activity: Activity) -> str:
     """A user's list for one activity."""
     return f"{PREFIX}:u:{{{user_id}}}:{activity.value}"
-
-
-def item_key(item_id: str) -> str:
-    """An item's packed row."""
-    return f"{PREFIX}:i:{item_id}"
 
 
 def _user_keys(user_id: str) -> list[str]:
@@ -124,22 +86,16 @@ class Invalidation:
     """A message on the invalidation channel."""
 
     user_ids: tuple[str, ...] = ()
-    items: bool = False
-    """All item rows changed (snapshot reload)."""
 
 
 def _encode_invalidation(invalidation: Invalidation) -> bytes:
-    if invalidation.items:
-        return _ITEMS_MESSAGE.encode()
     return "\n".join((_USERS_MESSAGE, *invalidation.user_ids)).encode()
 
 
 def decode_invalidation(data: bytes) -> Invalidation:
-    """The message published by `record` or `delete_items`."""
-    kind, *rest = data.decode().split("\n")
-    if kind == _ITEMS_MESSAGE:
-        return Invalidation(items=True)
-    return Invalidation(user_ids=tuple(rest))
+    """The message published by `record` or `delete_users`."""
+    _, *user_ids = data.decode().split("\n")
+    return Invalidation(user_ids=tuple(user_ids))
 
 
 class RedisCache:
@@ -202,42 +158,16 @@ class RedisCache:
             user_id=user_id, known=profile[_KNOWN] == b"1", recent=recent, counters=counters
         )
 
-    async def fetch(
-        self, user_id: str | None, item_ids: Sequence[str]
-    ) -> tuple[UserState | None, npt.NDArray[np.void]]:
-        """One round trip: the user's state (None on a miss or when `user_id` is None) and the
-        rows of `item_ids` as `ROW_SLOT` records (status 0 where not cached).
+    async def get_user(self, user_id: str) -> UserState | None:
+        """The user's state in one pipelined round trip, or None on a miss.
 
         Raises:
             CacheUnavailableError: Redis failed.
         """
-        if any("\n" in i or not i for i in item_ids):
-            raise ValueError("item ids must be non-empty and free of newlines")
         async with self._guard("read"), self._client.pipeline(transaction=False) as pipe:
-            if user_id is not None:
-                self._queue_user(pipe, user_id)
-            if item_ids:
-                pipe.eval(_GET_ROWS, 0, item_key(""), "\n".join(item_ids), ITEM_DTYPE.itemsize)
+            self._queue_user(pipe, user_id)
             replies = await pipe.execute()
-        user = self._user_from(user_id, replies) if user_id is not None else None
-        if not item_ids:
-            return user, np.zeros(0, dtype=ROW_SLOT)
-        rows = np.frombuffer(replies[-1], dtype=ROW_SLOT)
-        if len(rows) != len(item_ids):
-            raise CacheUnavailableError(
-                f"redis: {len(rows)} item rows for {len(item_ids)} ids (bad reply)"
-            )
-        return user, rows
-
-    async def get_user(self, user_id: str) -> UserState | None:
-        """The user's state, or None on a miss."""
-        user, _ = await self.fetch(user_id, ())
-        return user
-
-    async def get_items(self, item_ids: Sequence[str]) -> npt.NDArray[np.void]:
-        """`ROW_SLOT` records of `item_ids` (status 0 where not cached), one call."""
-        _, rows = await self.fetch(None, item_ids)
-        return rows
+        return self._user_from(user_id, replies)
 
     # -- fills -------------------------------------------------------------------------------
 
@@ -285,15 +215,6 @@ class RedisCache:
         assert state is not None
         return state, None
 
-    async def put_items(self, rows: Mapping[str, bytes]) -> None:
-        """Caches packed item rows (an empty value caches "no such item")."""
-        if not rows:
-            return
-        async with self._guard("write items"), self._client.pipeline(transaction=False) as pipe:
-            for item_id, packed in rows.items():
-                pipe.set(item_key(item_id), packed, ex=self._settings.item_ttl_s)
-            await pipe.execute()
-
     # -- writes and invalidation -------------------------------------------------------------
 
     async def record(self, events: Sequence[Event]) -> None:
@@ -335,23 +256,6 @@ class RedisCache:
                 _encode_invalidation(Invalidation(user_ids=tuple(user_ids))),
             )
             await pipe.execute()
-
-    async def delete_items(self) -> int:
-        """Drops every cached item row (after a snapshot reload); returns how many."""
-        deleted = 0
-        async with self._guard("delete items"):
-            batch: list[bytes] = []
-            async for key in self._client.scan_iter(match=f"{PREFIX}:i:*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    deleted += await self._client.unlink(*batch)
-                    batch.clear()
-            if batch:
-                deleted += await self._client.unlink(*batch)
-            await self._client.publish(
-                INVALIDATION_CHANNEL, _encode_invalidation(Invalidation(items=True))
-            )
-        return deleted
 
     async def listen(
         self,

@@ -109,7 +109,7 @@ def make_settings(
     redis.update(overrides.pop("redis", {}))
     postgres = {"dsn": postgres_server.dsn, "pool_size": 4, "timeout_s": 2.0}
     postgres.update(overrides.pop("postgres", {}))
-    l1 = {"user_ttl_s": 30.0, "item_ttl_s": 30.0}
+    l1 = {"user_ttl_s": 30.0}
     l1.update(overrides.pop("l1", {}))
     return FeatureStoreSettings(
         backend="redis_postgres",

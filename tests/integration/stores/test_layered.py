@@ -9,7 +9,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -59,46 +58,21 @@ async def test_read_through_fills_each_level(
     assert lookups(registry, "l1") == 3 and lookups(registry, "l2") == 2
     assert lookups(registry, "l3") >= 2  # the write and the one fill
 
-    # Items: 500 candidates, L3 once, then Redis in one round trip, then L1.
-    positions = np.arange(500, dtype=np.int32)
-    rows = await store.item_features(positions)
-    np.testing.assert_allclose(rows.price, catalogue.price[:500])
-    np.testing.assert_array_equal(rows.category, catalogue.category[:500])
-    np.testing.assert_array_equal(rows.available, catalogue.available[:500])
-    assert rows.found.all()
-    assert requests(registry, "l3", "item", "hit") == 500
-    store.clear_local()
-    l2_before = lookups(registry, "l2")
-    again = await store.item_features(positions[::-1].copy())
-    np.testing.assert_allclose(again.price, catalogue.price[:500][::-1])
-    assert requests(registry, "l2", "item", "hit") == 500
-    assert lookups(registry, "l2") == l2_before + 1  # one pipelined round trip
-    await store.item_features(positions)
-    assert requests(registry, "l1", "item", "hit") == 500
-    assert requests(registry, "l3", "item", "hit") == 500
 
-
-async def test_unknown_user_and_item(open_store: OpenStore, catalogue: ItemCatalogue) -> None:
+async def test_unknown_user(open_store: OpenStore, catalogue: ItemCatalogue) -> None:
     store = await open_store()
     features = await store.user_features("no-such-user", datetime.now(UTC))
     assert not features.known and features.recent_viewed.size == 0
-    user, rows = await store.request_features(
-        "no-such-user", np.array([0, 1], dtype=np.int32), datetime.now(UTC)
-    )
-    assert rows.found.tolist() == [True, True]
-    assert user.recent_purchased.size == 0
+    assert features.recent_purchased.size == 0
 
 
 async def test_ttls_expire_in_l1_and_redis(
     open_store: OpenStore, catalogue: ItemCatalogue, redis_server: RedisServer
 ) -> None:
     registry = CollectorRegistry()
-    store = await open_store(
-        registry, redis={"user_ttl_s": 1, "item_ttl_s": 1}, l1={"user_ttl_s": 0.3}
-    )
+    store = await open_store(registry, redis={"user_ttl_s": 1}, l1={"user_ttl_s": 0.3})
     now = datetime.now(UTC)
     await store.user_features(USER, now)
-    await store.item_features(np.array([0], dtype=np.int32))
     await store.user_features(USER, now)
     assert requests(registry, "l1", "user", "hit") == 1
     await asyncio.sleep(0.4)
@@ -109,7 +83,7 @@ async def test_ttls_expire_in_l1_and_redis(
         assert 0 < await client.ttl(user_key(USER)) <= 1
         await asyncio.sleep(1.1)
         assert await client.exists(user_key(USER)) == 0
-        assert await client.dbsize() == 0  # item keys expired too
+        assert await client.dbsize() == 0  # every key of the user expired
     finally:
         await client.aclose()
     store.clear_local()
@@ -194,9 +168,6 @@ async def test_concurrent_misses_load_once(open_store: OpenStore, catalogue: Ite
     results = await asyncio.gather(*(store.user_features(USER, now) for _ in range(50)))
     assert all(r.known for r in results)
     assert requests(registry, "l3", "user", "hit") == 1
-    positions = np.arange(300, dtype=np.int32)
-    await asyncio.gather(*(store.item_features(positions) for _ in range(20)))
-    assert requests(registry, "l3", "item", "hit") == 300
 
 
 async def test_redis_outage_degrades_to_postgres_and_recovers(
@@ -219,8 +190,6 @@ async def test_redis_outage_degrades_to_postgres_and_recovers(
         features = await store.user_features(USER, now)
         assert features.recent_viewed.tolist() == [5, 6]
         assert time.monotonic() - started < 1.0
-        rows = await store.item_features(np.array([0, 1], dtype=np.int32))
-        np.testing.assert_allclose(rows.price, catalogue.price[:2])
         l3_reads = requests(registry, "l3", "user", "hit")
         assert l3_reads >= 1
     finally:

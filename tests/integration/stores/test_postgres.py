@@ -111,9 +111,6 @@ async def test_snapshot_load_skips_unchanged_files(pg: PostgresStore, data_dir: 
     assert counts.users == pq.read_metadata(data_dir / "users.parquet").num_rows
     assert await pg.load_snapshot_files(data_dir, NOW) is None
     assert await pg.load_snapshot_files(data_dir, NOW, force=True) == counts
-    rows = await pg.item_rows(["85123A", "no-such-item"])
-    assert [r.item_id for r in rows] == ["85123A"]
-    assert rows[0].price > 0
 
 
 async def test_snapshot_reload_is_atomic(
@@ -164,8 +161,6 @@ async def test_snapshot_reload_is_atomic(
         (doubled.num_rows, round(new_total, 2)),
     }
     assert (doubled.num_rows, round(new_total, 2)) in seen
-    first = items.column("item_id")[0].as_py()
-    assert await pg.item_rows([first]) == []
 
 
 async def test_unreachable_postgres_raises_feature_store_error(
