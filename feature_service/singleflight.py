@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -43,29 +43,6 @@ class SingleFlight(Generic[K, V]):
         if task is None:
             task = self._start([key], one())
         return (await asyncio.shield(task))[key]
-
-    async def do_many(
-        self, keys: Sequence[K], load: Callable[[list[K]], Awaitable[dict[K, V]]]
-    ) -> dict[K, V]:
-        """Values of `keys`: keys already loading are awaited, the rest go to one `load` call.
-
-        `load(keys)` returns a value per key it found; keys it leaves out are absent here too.
-        """
-        waiting: dict[int, asyncio.Task[dict[K, V]]] = {}
-        new: list[K] = []
-        for key in dict.fromkeys(keys):
-            task = self._tasks.get(key)
-            if task is None:
-                new.append(key)
-            else:
-                waiting[id(task)] = task
-        if new:
-            task = self._start(new, load(new))
-            waiting[id(task)] = task
-        merged: dict[K, V] = {}
-        for task in waiting.values():
-            merged.update(await asyncio.shield(task))
-        return merged
 
     def forget(self, key: K) -> None:
         """Later callers for `key` start a fresh load (the running one still finishes)."""
