@@ -51,7 +51,8 @@ import numpy.typing as npt
 import threadpoolctl
 from annoy import AnnoyIndex
 
-from benchmarks.bench_stats import (
+from benchmarks.harness.report import machine_description, package_version
+from benchmarks.harness.stats import (
     latency_summary,
     mib,
     parse_smaps_rollup,
@@ -59,7 +60,6 @@ from benchmarks.bench_stats import (
     smaps_for_path,
     topk_overlap,
 )
-from benchmarks.load.report import machine_description, package_version
 from feature_service.definitions import top_k_exact
 from triton_models.retrieval import METRIC
 

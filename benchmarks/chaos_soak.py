@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load.chaos import (
+from benchmarks.harness.chaos import (
     SHEDDING,
     Drive,
     Fault,
@@ -40,9 +40,9 @@ from benchmarks.load.chaos import (
     inject,
     supervised_system,
 )
-from benchmarks.load.data import load_users
-from benchmarks.load.ghz import percentile
-from benchmarks.load.report import RESULTS_DIR, machine_description, write_json_and_markdown
+from benchmarks.harness.data import load_users
+from benchmarks.harness.ghz import percentile
+from benchmarks.harness.report import RESULTS_DIR, machine_description, write_json_and_markdown
 
 CALLERS = 32
 

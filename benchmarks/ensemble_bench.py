@@ -34,14 +34,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.bench_stats import latency_summary
-from benchmarks.load.report import (
+from benchmarks.harness.loops import closed_loop
+from benchmarks.harness.report import (
     add_triton_bench_arguments,
     machine_description,
     package_version,
     write_json_and_markdown,
 )
-from benchmarks.load.triton_driver import BatchStats, parse_statistics
+from benchmarks.harness.stats import latency_summary
+from benchmarks.harness.triton_driver import BatchStats, parse_statistics
 from infra.local.tritonserver import TritonServer, TritonServerOptions
 from triton_models import repository as repo
 from triton_models.dataset import RankingSet
@@ -85,21 +86,12 @@ async def _phase(
 ) -> tuple[list[float], float]:
     """``requests`` calls by ``concurrency`` workers; per-call seconds and wall seconds."""
     outputs = [grpcclient.InferRequestedOutput(OUTPUT_NAME)]
-    samples: list[float] = []
-    issued = 0
 
-    async def worker() -> None:
-        nonlocal issued
-        while issued < requests:
-            infer_input = inputs[issued % len(inputs)]
-            issued += 1
-            start = time.perf_counter()
-            await client.infer(model, [infer_input], outputs=outputs, client_timeout=10.0)
-            samples.append(time.perf_counter() - start)
+    async def infer(infer_input: Any) -> object:
+        return await client.infer(model, [infer_input], outputs=outputs, client_timeout=10.0)
 
-    began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return samples, time.perf_counter() - began
+    result = await closed_loop(infer, inputs, concurrency, calls=requests)
+    return result.latencies_s, result.wall_s
 
 
 async def measure(

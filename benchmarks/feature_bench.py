@@ -28,7 +28,7 @@ import numpy as np
 import redis
 from redis.asyncio import Redis
 
-from benchmarks.load.report import machine_description
+from benchmarks.harness.report import machine_description
 from feature_service.catalogue import ItemCatalogue
 from feature_service.config import FeatureStoreSettings, PostgresSettings, RedisSettings
 from feature_service.events import Event, EventType

@@ -46,12 +46,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import capacity, data, report
-from benchmarks.load import scenarios as sc
-from benchmarks.load.ghz import find_ghz, ghz_version
-from benchmarks.load.procs import System, external_system, local_system, stack_system
-from benchmarks.load.profiling import py_spy_path, py_spy_record, summarize
-from benchmarks.load.target import add_target_arguments, connection_from_args
+from benchmarks.harness import capacity, data, report
+from benchmarks.harness import scenarios as sc
+from benchmarks.harness.ghz import find_ghz, ghz_version
+from benchmarks.harness.procs import System, external_system, local_system, stack_system
+from benchmarks.harness.target import add_target_arguments, connection_from_args
 
 SCENARIOS = ("sweep", "rate", "spike", "soak", "ceilings", "batching", "capacity")
 REMOTE_SCENARIOS = ("sweep", "rate", "spike", "soak")
@@ -367,7 +366,7 @@ def _run_on_system(
                 entry = level
         scen["ceilings"] = sc.ceilings(bench, system, entry)
     if args.profile:
-        scen["profile"] = _profile(bench, system, stem)
+        scen["profile"] = sc.profile_gateway(bench, system, stem)
     # Last: the local tritonserver (2.51, Python backend) has crashed under the 10x spike,
     # after which the gateway ranks with its fallback; nothing measured after it would be
     # the ranking path.
@@ -435,32 +434,6 @@ def _capacity(
         per_core = capacity.cpu_accounted_rps_per_core(step["ok"], step["server_cpu_s"])
         out["server_cpu_accounted_rps_per_core"] = None if per_core is None else round(per_core, 1)
     return out
-
-
-def _profile(bench: sc.Bench, system: System, stem: Path) -> dict[str, Any]:
-    """py-spy on one gateway process while ghz drives it at concurrency 32."""
-    if py_spy_path() is None:
-        bench.log("profile: py-spy is not installed (make setup)")
-        return {"profiler": "py-spy", "skipped": "py-spy is not installed: run `make setup`"}
-    gateways = [pid for pid, role in system.pids() if role == "gateway"]
-    if not gateways:
-        return {"profiler": "py-spy", "skipped": "no gateway process found"}
-    output = stem.with_name(stem.name + ".py-spy.folded")
-    seconds = bench.durations.profile
-    recorder = py_spy_record(gateways[0], seconds, output)
-    run = bench.ghz_run(system, "profile-c32", seconds + 2, concurrency=32)
-    sc.measure(bench, system, run)
-    _, stderr = recorder.communicate(timeout=seconds + 60)
-    if recorder.returncode != 0 or not output.is_file():
-        return {"profiler": "py-spy", "failed": stderr.decode(errors="replace")[-1000:]}
-    return {
-        "profiler": "py-spy",
-        "pid": gateways[0],
-        "seconds": seconds,
-        "concurrency": 32,
-        "output": output.name,
-        **summarize(output.read_text(encoding="utf-8")),
-    }
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.load.report import machine_description
+from benchmarks.harness.report import machine_description
 from feature_service import kernels
 from feature_service.catalogue import ItemCatalogue
 from feature_service.definitions import (

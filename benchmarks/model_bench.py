@@ -22,7 +22,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
-from benchmarks.load.report import machine_description
+from benchmarks.harness.report import machine_description
 from triton_models import export
 from triton_models.dataset import RankingSet
 from triton_models.pipeline import PipelineOptions, load_ranker

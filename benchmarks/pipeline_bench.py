@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.load.report import machine_description
+from benchmarks.harness.report import machine_description
 from feature_service.kernels import order_by_score
 from gateway.config import load_settings
 from gateway.resources import open_resources

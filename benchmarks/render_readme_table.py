@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import report as rep
+from benchmarks.harness import report as rep
 
 START = "<!-- perf-table:start -->"
 END = "<!-- perf-table:end -->"

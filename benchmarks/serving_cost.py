@@ -37,11 +37,10 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 
-from benchmarks.load import data, report, triton_driver
-from benchmarks.load import scenarios as sc
-from benchmarks.load.ghz import GhzRun, find_ghz, ghz_version
-from benchmarks.load.procs import System, echo_system, local_system
-from benchmarks.load.profiling import py_spy_path, py_spy_record, summarize
+from benchmarks.harness import data, report, triton_driver
+from benchmarks.harness import scenarios as sc
+from benchmarks.harness.ghz import GhzRun, find_ghz, ghz_version
+from benchmarks.harness.procs import System, echo_system, local_system
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -159,7 +158,7 @@ def measure_processes(
         )
         out["recommend_cache_off"] = _figure(sc.measure(bench, system, run)[1])
         if profile:
-            out["profile"] = _profile(bench, system, workdir / f"p{processes}")
+            out["profile"] = sc.profile_gateway(bench, system, workdir / f"p{processes}", "profile")
         out["triton_model"] = system.ranker_model
         out["triton_grpc_url"] = system.triton_grpc_url
         out["triton_pid"] = system.triton.pid if system.triton else None
@@ -194,22 +193,6 @@ def measure_processes(
         )
         out["recommend_cache_on"] = _figure(sc.measure(bench_on, system, run)[1])
     return out
-
-
-def _profile(bench: sc.Bench, system: System, stem: Path) -> dict[str, Any]:
-    if py_spy_path() is None:
-        return {"skipped": "py-spy is not installed: run `make setup`"}
-    gateways = [pid for pid, role in system.pids() if role == "gateway"]
-    if not gateways:
-        return {"skipped": "no gateway process"}
-    output = stem.with_name(stem.name + ".py-spy.folded")
-    seconds = bench.durations.profile
-    recorder = py_spy_record(gateways[0], seconds, output)
-    sc.measure(bench, system, bench.ghz_run(system, "profile", seconds + 2, concurrency=32))
-    recorder.communicate(timeout=seconds + 60)
-    if recorder.returncode != 0 or not output.is_file():
-        return {"skipped": "py-spy failed"}
-    return {"output": str(output), **summarize(output.read_text(encoding="utf-8"))}
 
 
 def ratios(

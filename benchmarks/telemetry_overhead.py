@@ -42,7 +42,7 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 from scipy import stats
 
-from benchmarks.load.report import machine_description
+from benchmarks.harness.report import machine_description
 from gateway.config import load_settings
 from gateway.prometheus_metrics import Metrics
 from gateway.resources import open_resources

@@ -43,8 +43,9 @@ import numpy as np
 import numpy.typing as npt
 import uvloop
 
-from benchmarks.load.procs import tree_cpu_seconds
-from benchmarks.load.report import (
+from benchmarks.harness.loops import closed_loop
+from benchmarks.harness.procs import tree_cpu_seconds
+from benchmarks.harness.report import (
     add_triton_bench_arguments,
     machine_description,
     package_version,
@@ -248,18 +249,7 @@ def measure_offline(work: dict[str, Any], calls: int, rounds: int) -> dict[str, 
 async def _closed_loop(
     way: _Way, batches: list[npt.NDArray[np.float32]], concurrency: int, calls: int
 ) -> float:
-    issued = 0
-
-    async def caller() -> None:
-        nonlocal issued
-        while issued < calls:
-            rows = batches[issued % len(batches)]
-            issued += 1
-            await way.score(rows)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return time.perf_counter() - started
+    return (await closed_loop(way.score, batches, concurrency, calls=calls)).wall_s
 
 
 async def measure_online(

@@ -45,14 +45,15 @@ import numpy as np
 import numpy.typing as npt
 import uvloop
 
-from benchmarks.load.procs import tree_cpu_seconds
-from benchmarks.load.report import (
+from benchmarks.harness.loops import closed_loop
+from benchmarks.harness.procs import tree_cpu_seconds
+from benchmarks.harness.report import (
     add_triton_bench_arguments,
     machine_description,
     package_version,
     write_json_and_markdown,
 )
-from benchmarks.load.triton_driver import statistics as statistics_of
+from benchmarks.harness.triton_driver import statistics as statistics_of
 from gateway.stages.rank import MODEL_INFER_METHOD, InferRequestEncoder, read_scores
 from infra.local.tritonserver import TritonServer, TritonServerOptions
 from triton_models import repository as repo
@@ -167,24 +168,14 @@ async def _open_loop(
 async def _closed_loop(
     caller: _Caller, batches: list[npt.NDArray[np.float32]], concurrency: int, duration_s: float
 ) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + duration_s
-    issued = 0
-
-    async def worker() -> None:
-        nonlocal errors, issued
-        while time.perf_counter() < stop:
-            rows = batches[issued % len(batches)]
-            issued += 1
-            try:
-                latencies.append(await caller(rows))
-            except (grpc.aio.AioRpcError, RuntimeError):
-                errors += 1
-
-    began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - began
+    result = await closed_loop(
+        caller,
+        batches,
+        concurrency,
+        duration_s=duration_s,
+        errors=(grpc.aio.AioRpcError, RuntimeError),
+    )
+    return result.latencies_s, result.errors, result.wall_s
 
 
 async def _phase(

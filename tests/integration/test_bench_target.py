@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import ghz_scenarios
-from benchmarks.load.ghz import find_ghz
+from benchmarks.harness.ghz import find_ghz
 from gateway.config import Settings
 from gateway.resources import open_resources
 from gateway.server import start_server

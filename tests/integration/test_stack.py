@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-from benchmarks.load.procs import cmdline, descendants
+from benchmarks.harness.procs import cmdline, descendants
 from infra.local.ports import free_port_block
 from tests.conftest import REPO, user_event
 

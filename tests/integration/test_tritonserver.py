@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from benchmarks.load.scenarios import tiny_ranker_onnx
+from benchmarks.harness.scenarios import tiny_ranker_onnx
 from gateway.stages.rank import RankerFailure, TritonRanker
 from infra.local.tritonserver import (
     TritonServer,

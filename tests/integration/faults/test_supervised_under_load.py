@@ -1,6 +1,6 @@
 """`make run` and `make stack` keep serving when one of their processes is killed (SIGKILL)
 under 32 concurrent callers: supervisord restarts it while the others answer, and the runner
-stops nothing. Each fault's figures (benchmarks/load/chaos.py) are printed; `make bench`'s
+stops nothing. Each fault's figures (benchmarks/harness/chaos.py) are printed; `make bench`'s
 chaos soak (benchmarks/chaos_soak.py) reports them at length."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.load.chaos import (
+from benchmarks.harness.chaos import (
     Drive,
     Fault,
     Supervised,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.load import capacity
+from benchmarks.harness import capacity
 
 
 def test_capacity_plan_by_hand() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from benchmarks.chaos_soak import error_budget, fault_times
-from benchmarks.load.chaos import Answer, recovery_s, summarise_fault
+from benchmarks.harness.chaos import Answer, recovery_s, summarise_fault
 
 
 def _ok(t: float, *, ranked: bool = True, latency_s: float = 0.010) -> Answer:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.load.ghz import GhzError, GhzRun, ghz_argv, parse_report, percentile
+from benchmarks.harness.ghz import GhzError, GhzRun, ghz_argv, parse_report, percentile
 
 
 def _detail(second: float, latency_ms: float, status: str = "OK") -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.load.profiling import summarize
+from benchmarks.harness.profiling import summarize
 
 RUN = "run (asyncio/runners.py:118)"
 RECOMMEND = "recommend (/work/main/gateway/recommender.py:{})"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from benchmarks import render_readme_table as table
-from benchmarks.load import report as rep
+from benchmarks.harness import report as rep
 
 README = """# recsys
 

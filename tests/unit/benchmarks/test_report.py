@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import report as rep
+from benchmarks.harness import report as rep
 
 LEVEL = {
     "concurrency": 32,
@@ -143,7 +143,7 @@ def test_rate_search_without_a_qualifying_rate_is_a_miss() -> None:
 
 
 def test_gateway_error_lines_are_summarised() -> None:
-    from benchmarks.load.procs import summarise_errors
+    from benchmarks.harness.procs import summarise_errors
 
     line = (
         '{"level": "ERROR", "logger": "grpc", "message": "ExecuteBatchError raised", '

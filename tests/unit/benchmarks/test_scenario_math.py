@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.load import data, procs, scenarios, triton_driver
+from benchmarks.harness import data, procs, scenarios, triton_driver
 
 
 def _step(rate: int, ok_rps: float, p99: float, errors: int = 0) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.load.ghz import GhzRun, ghz_argv
-from benchmarks.load.target import (
+from benchmarks.harness.ghz import GhzRun, ghz_argv
+from benchmarks.harness.target import (
     METADATA_FILENAME,
     PLAINTEXT,
     Connection,

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from grpc_health.v1 import health_pb2_grpc
 
-from benchmarks.load.target import PLAINTEXT, Connection
+from benchmarks.harness.target import PLAINTEXT, Connection
 from gateway.config import load_settings
 from infra.local import runner
 from infra.local.health import grpc_serving, http_ok, poll_until

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load.procs import DISTURBED_OUTSIDE_CORES, DISTURBED_STEAL_SHARE
+from benchmarks.harness.procs import DISTURBED_OUTSIDE_CORES, DISTURBED_STEAL_SHARE
 
 REPORT_KIND = "recsys-load-report"
 SCHEMA_VERSION = 1

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.load.ghz import GhzResult, GhzRun, LatencySummary, run_ghz
-from benchmarks.load.procs import tree_cpu_seconds
+from benchmarks.harness.ghz import GhzResult, GhzRun, LatencySummary, run_ghz
+from benchmarks.harness.procs import tree_cpu_seconds
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
-from benchmarks.load import triton_driver
-from benchmarks.load.ghz import GhzResult, GhzRun, run_ghz
-from benchmarks.load.procs import ProcessSample, System, disturbance, echo_system, machine_cpu
-from benchmarks.load.target import PLAINTEXT, Connection
+from benchmarks.harness import triton_driver
+from benchmarks.harness.ghz import GhzResult, GhzRun, run_ghz
+from benchmarks.harness.procs import ProcessSample, System, disturbance, echo_system, machine_cpu
+from benchmarks.harness.profiling import py_spy_path, py_spy_record, summarize
+from benchmarks.harness.target import PLAINTEXT, Connection
 from infra.local.tritonserver import TritonServer, TritonServerOptions
 from triton_models import repository as repo
 
@@ -820,4 +821,33 @@ def memory_summary(samples: Sequence[ProcessSample]) -> dict[str, Any]:
         "max_gateway_rss_mb": round(max(gateway) / MB, 1) if gateway else None,
         "gateway_processes": len(gateway),
         "max_triton_tree_rss_mb": round(sum(triton) / MB, 1) if triton else None,
+    }
+
+
+def profile_gateway(
+    bench: Bench, system: System, stem: Path, run_name: str = "profile-c32"
+) -> dict[str, Any]:
+    """py-spy on one gateway process while ghz drives it at concurrency 32 (ghz run
+    `run_name`): where its time goes, and the collapsed stacks next to `stem`."""
+    if py_spy_path() is None:
+        bench.log("profile: py-spy is not installed (make setup)")
+        return {"profiler": "py-spy", "skipped": "py-spy is not installed: run `make setup`"}
+    gateways = [pid for pid, role in system.pids() if role == "gateway"]
+    if not gateways:
+        return {"profiler": "py-spy", "skipped": "no gateway process found"}
+    output = stem.with_name(stem.name + ".py-spy.folded")
+    seconds = bench.durations.profile
+    recorder = py_spy_record(gateways[0], seconds, output)
+    run = bench.ghz_run(system, run_name, seconds + 2, concurrency=32)
+    measure(bench, system, run)
+    _, stderr = recorder.communicate(timeout=seconds + 60)
+    if recorder.returncode != 0 or not output.is_file():
+        return {"profiler": "py-spy", "failed": stderr.decode(errors="replace")[-1000:]}
+    return {
+        "profiler": "py-spy",
+        "pid": gateways[0],
+        "seconds": seconds,
+        "concurrency": 32,
+        "output": output.name,
+        **summarize(output.read_text(encoding="utf-8")),
     }

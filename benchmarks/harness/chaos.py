@@ -38,8 +38,8 @@ from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 from supervisor.xmlrpc import SupervisorTransport
 
-from benchmarks.load.ghz import percentile
-from benchmarks.load.procs import (
+from benchmarks.harness.ghz import percentile
+from benchmarks.harness.procs import (
     LOCAL_CONFIG,
     STACK_CONFIG,
     Process,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.bench_stats import (
+from benchmarks.harness.stats import (
     latency_summary,
     mib,
     parse_smaps_rollup,

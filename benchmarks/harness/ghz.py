@@ -124,7 +124,7 @@ class GhzRun:
     binary_file: Path | None = None
     """One serialized request message (`--binary-file`) instead of the JSON `data_file`."""
     transport: tuple[str, ...] = ("--insecure",)
-    """ghz's TLS and metadata options (benchmarks.load.target.Connection.ghz_args)."""
+    """ghz's TLS and metadata options (benchmarks.harness.target.Connection.ghz_args)."""
 
     def __post_init__(self) -> None:
         if self.open_loop and not self.rps:
