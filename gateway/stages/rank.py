@@ -22,7 +22,6 @@ import numpy as np
 import numpy.typing as npt
 from cachetools import TTLCache
 from circuitbreaker import CircuitBreaker
-from google.protobuf import json_format
 from opentelemetry import propagate
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -355,11 +354,6 @@ class TritonRanker:
         """Requests those calls scored (`requests / calls`: how many shared a call)."""
 
     @property
-    def breaker_open(self) -> bool:
-        """Whether calls are currently refused without trying Triton."""
-        return bool(self._breaker.opened)
-
-    @property
     def abandoned_calls(self) -> int:
         """Calls the gateway stopped waiting for that Triton has not answered yet."""
         return len(self._abandoned)
@@ -510,24 +504,6 @@ class TritonRanker:
             f"{model}/{reply.model_version}",
             outputs.get(DISCOVERY_OUTPUT_NAME),
         )
-
-    async def model_config(self, model: str) -> dict[str, Any]:
-        """Triton's configuration of `model` as JSON (protobuf's JSON mapping, field names as
-        in model_config.proto).
-
-        Raises:
-            RankerFailure: Triton is unreachable or does not serve `model`.
-        """
-        try:
-            reply = await self._stub.ModelConfig(
-                service_pb2.ModelConfigRequest(name=model), timeout=_CONTROL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise RankerFailure("RANKER_UNAVAILABLE", str(exc.details())) from exc
-        config: dict[str, Any] = json_format.MessageToDict(
-            reply.config, preserving_proto_field_name=True
-        )
-        return config
 
     async def ready_versions(self) -> dict[str, list[str]]:
         """Model name -> versions Triton reports READY.

@@ -259,7 +259,7 @@ async def test_ensemble_scores_match_onnxruntime(
 
 
 async def test_the_gateways_ranker_scores_what_onnxruntime_scores(
-    triton: TritonServer, ranker_onnx: bytes
+    triton: TritonServer, client: grpcclient.InferenceServerClient, ranker_onnx: bytes
 ) -> None:
     # The ranker encodes its requests itself (InferRequestEncoder): Triton must read them as
     # it reads tritonclient's, in rows of odd sizes too.
@@ -271,7 +271,7 @@ async def test_the_gateways_ranker_scores_what_onnxruntime_scores(
             for rows, version in ((550, 0), (1, 1), (MAX_BATCH, 1))
             for features in [rng.normal(size=(rows, FEATURES)).astype(np.float32)]
         ]
-        config = await ranker.model_config(ENSEMBLE)
+        config = (await client.get_model_config(ENSEMBLE, as_json=True))["config"]
         ready = await ranker.ready_versions()
     finally:
         await ranker.close()
