@@ -173,15 +173,3 @@ def write_config(processes: Mapping[str, ProcessSpec], run_dir: Path, cwd: Path)
 def supervisord_argv(files: SupervisorFiles) -> list[str]:
     """The command that runs supervisord in the foreground with this run's configuration."""
     return [sys.executable, "-m", "supervisor.supervisord", "--configuration", str(files.config)]
-
-
-def supervisorctl_argv(files: SupervisorFiles, *command: str) -> list[str]:
-    """A `supervisorctl` command against this run's supervisord (e.g. "pid", "triton")."""
-    return [
-        sys.executable,
-        "-m",
-        "supervisor.supervisorctl",
-        "--configuration",
-        str(files.config),
-        *command,
-    ]
