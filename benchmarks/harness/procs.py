@@ -36,6 +36,7 @@ from infra.local import runner
 from infra.local.health import grpc_serving, http_ok, poll_until
 from infra.local.logs import log_tail
 from infra.local.ports import free_port, free_port_block
+from infra.local.processes import stop_process_group
 from infra.local.tritonserver import TritonServer, TritonServerOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,18 +119,8 @@ class Process:
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """Signal the process, wait, then SIGKILL its process group (our session only)."""
         try:
-            if self.popen.poll() is None:
-                self.popen.send_signal(self.stop_signal)
-                try:
-                    self.popen.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.popen.pid, signal.SIGKILL)
-                    self.popen.wait()
-            # Children left in the group (supervisord's, Triton's stubs) go too; no-op when none.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            return self.popen.returncode
+            # Children left in the group (supervisord's, Triton's stubs) go too.
+            return stop_process_group(self.popen, self.stop_signal, timeout_s)
         finally:
             if self.log_file is not None:
                 self.log_file.close()

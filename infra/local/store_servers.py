@@ -27,6 +27,7 @@ from typing import IO, Any, Self, TypeVar
 
 from infra.local.logs import log_tail
 from infra.local.ports import free_port
+from infra.local.processes import stop_process_group
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS_BIN = "redis-server"
@@ -35,17 +36,6 @@ STARTUP_TIMEOUT_S = 30.0
 
 class LocalServerError(RuntimeError):
     """A server could not be prepared or did not become ready; the message has its log tail."""
-
-
-def _terminate(process: subprocess.Popen[bytes], sig: int, timeout_s: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout_s)
 
 
 class _Server(abc.ABC):
@@ -114,7 +104,7 @@ class _Server(abc.ABC):
     def stop_process(self) -> None:
         """Stops the process, keeping its data folder (see `restart`)."""
         if self._process is not None:
-            _terminate(self._process, self._stop_signal())
+            stop_process_group(self._process, self._stop_signal())
             self._process = None
         if self._log is not None:
             self._log.close()

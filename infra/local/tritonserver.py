@@ -49,6 +49,7 @@ from typing import IO, Literal, Self
 from infra.local.health import http_ok
 from infra.local.logs import log_tail
 from infra.local.ports import free_port
+from infra.local.processes import stop_process_group
 
 ModelControlMode = Literal["none", "poll", "explicit"]
 """How Triton picks up models: all at start (none), by polling the repository, or on request."""
@@ -499,21 +500,11 @@ class TritonServer:
         if timeout_s is None:
             timeout_s = self.options.exit_timeout_secs + 5.0
         try:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-            # A server that had to be killed leaves its Python-backend stubs behind; the group
-            # (our start_new_session) exists only while one of them lives, so this reaches
-            # nothing else and is a no-op after a clean exit.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+            # A server that had to be killed leaves its Python-backend stubs behind: the whole
+            # group goes.
+            code = stop_process_group(process, signal.SIGTERM, timeout_s)
             self._remove_shared_memory()
-            return process.returncode
+            return code
         finally:
             self._stopped = process.poll() is not None
             if self._log_file is not None:
