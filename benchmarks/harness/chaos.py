@@ -48,7 +48,7 @@ from benchmarks.harness.procs import (
     wait_for_http_health,
 )
 from gateway.config import Settings, load_settings
-from infra.local import runner
+from infra.local import profiles
 from infra.local.health import http_ok
 from infra.local.ports import free_port_block
 from infra.local.supervision import SupervisorFiles
@@ -404,9 +404,9 @@ def supervised_system(
     )
     try:
         metrics_ports = (
-            runner.stack_metrics_ports(settings)
+            profiles.stack_metrics_ports(settings)
             if profile == "stack"
-            else runner.local_metrics_ports(settings)
+            else profiles.local_metrics_ports(settings)
         )
         names = ["gateway"] if processes == 1 else [f"gateway{i + 1}" for i in range(processes)]
         system.gateway_health = {
@@ -422,7 +422,7 @@ def supervised_system(
 
 
 def triton_ready(system: Supervised) -> bool:
-    url = f"http://127.0.0.1:{runner.triton_ports(system.settings).http}/v2/health/ready"
+    url = f"http://127.0.0.1:{profiles.triton_ports(system.settings).http}/v2/health/ready"
     return http_ok(url, timeout_s=1.0)
 
 

@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from benchmarks.harness.target import PLAINTEXT, Connection
 from gateway.config import load_settings
-from infra.local import runner
+from infra.local import profiles
 from infra.local.health import grpc_serving, http_ok, poll_until
 from infra.local.logs import log_tail
 from infra.local.ports import free_port, free_port_block
@@ -525,7 +525,7 @@ def stack_system(
         workdir=workdir,
         metrics_urls=[
             f"http://127.0.0.1:{metrics}/metrics"
-            for metrics in runner.stack_metrics_ports(settings)
+            for metrics in profiles.stack_metrics_ports(settings)
         ],
     )
     try:
@@ -548,10 +548,10 @@ def stack_system(
         )
         system.roots.append(stack)
         if TRITON_REPOSITORY.is_dir():
-            system.triton_grpc_url = f"127.0.0.1:{runner.triton_ports(settings).grpc}"
+            system.triton_grpc_url = f"127.0.0.1:{profiles.triton_ports(settings).grpc}"
             system.ranker_model = _ranker_ensemble(TRITON_REPOSITORY)
         # nginx reports SERVING once one gateway does: wait for every gateway behind it too.
-        for gateway_port in runner.stack_gateway_ports(settings):
+        for gateway_port in profiles.stack_gateway_ports(settings):
             wait_for_health(f"127.0.0.1:{gateway_port}", startup_timeout_s, alive=stack)
         wait_for_health(system.target, startup_timeout_s, alive=stack)
         yield system

@@ -19,7 +19,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.config import MAX_PROCESSES, ConfigError, available_cores, load_settings
-from infra.local import runner
+from infra.local import profiles, runner
 from infra.local.ports import ensure_port_free
 from infra.local.supervision import ProcessSpec
 from tests.infra.tooling import run, system_tool
@@ -92,20 +92,20 @@ def test_names_the_backend_that_never_came_up(
 
 
 def test_stack_gateway_ports_follow_nginx_port() -> None:
-    settings = load_settings(runner.REPO / "infra" / "config" / "stack.yaml", {})
-    ports = runner.stack_gateway_ports(settings)
+    settings = load_settings(profiles.REPO / "infra" / "config" / "stack.yaml", {})
+    ports = profiles.stack_gateway_ports(settings)
     assert len(ports) == settings.serving.processes
     assert ports == list(range(settings.serving.port + 1, settings.serving.port + 1 + len(ports)))
 
 
 def test_triton_ports_follow_the_gateways_triton_url() -> None:
-    local = runner.REPO / "infra" / "config" / "local.yaml"
-    default = runner.triton_ports(load_settings(local, {}))
+    local = profiles.REPO / "infra" / "config" / "local.yaml"
+    default = profiles.triton_ports(load_settings(local, {}))
     assert (default.http, default.grpc, default.metrics) == (8000, 8001, 8002)
     moved = load_settings(local, {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": "127.0.0.1:18001"})
-    ports = runner.triton_ports(moved)
+    ports = profiles.triton_ports(moved)
     assert (ports.http, ports.grpc, ports.metrics) == (18000, 18001, 18002)
-    spec = runner._triton(moved)
+    spec = profiles._triton(moved)
     if spec:  # the local repository is built
         argv = spec["triton"].argv
         for flag, value in (
@@ -119,11 +119,11 @@ def test_triton_ports_follow_the_gateways_triton_url() -> None:
 @pytest.mark.parametrize("url", ["127.0.0.1:notaport", "127.0.0.1:1", "127.0.0.1:65535"])
 def test_a_triton_url_without_room_for_three_ports_is_a_config_error(url: str) -> None:
     settings = load_settings(
-        runner.REPO / "infra" / "config" / "local.yaml",
+        profiles.REPO / "infra" / "config" / "local.yaml",
         {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": url},
     )
     with pytest.raises(ConfigError, match="triton_grpc_url"):
-        runner.triton_ports(settings)
+        profiles.triton_ports(settings)
 
 
 def _scrape_targets(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -135,14 +135,14 @@ def _scrape_targets(config: dict[str, Any]) -> dict[str, list[str]]:
 
 def test_stack_prometheus_scrapes_the_ports_the_stack_uses(tmp_path: Path) -> None:
     settings = load_settings(
-        runner.REPO / "infra" / "config" / "stack.yaml",
+        profiles.REPO / "infra" / "config" / "stack.yaml",
         {
             "RECSYS__SERVING__PROCESSES": "3",
             "RECSYS__MONITORING__METRICS__PORT": "19464",
             "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no-models"),
         },
     )
-    config = runner.stack_prometheus_config(settings, 19090)
+    config = profiles.stack_prometheus_config(settings, 19090)
     assert _scrape_targets(config) == {
         "recsys-gateway": ["127.0.0.1:19465", "127.0.0.1:19466", "127.0.0.1:19467"],
         "recsys-ab-sidecar": ["127.0.0.1:19468"],
@@ -160,23 +160,23 @@ def test_stack_prometheus_scrapes_triton_where_it_listens(tmp_path: Path) -> Non
     repository = tmp_path / "models"
     repository.mkdir()
     settings = load_settings(
-        runner.REPO / "infra" / "config" / "stack.yaml",
+        profiles.REPO / "infra" / "config" / "stack.yaml",
         {
             "RECSYS__MODEL__REPOSITORY_DIR": str(repository),
             "RECSYS__MODEL__RANKER__TRITON_GRPC_URL": "127.0.0.1:18001",
         },
     )
-    targets = _scrape_targets(runner.stack_prometheus_config(settings, 9090))
+    targets = _scrape_targets(profiles.stack_prometheus_config(settings, 9090))
     assert targets["triton"] == ["127.0.0.1:18002"]
 
 
-LOCAL = runner.REPO / "infra" / "config" / "local.yaml"
+LOCAL = profiles.REPO / "infra" / "config" / "local.yaml"
 
 
 def test_make_run_starts_one_gateway_per_core_by_default(tmp_path: Path) -> None:
     settings = load_settings(LOCAL, {"RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "none")})
     assert settings.serving.processes == min(available_cores(), MAX_PROCESSES)
-    gateways = [n for n in runner.local_processes(settings, LOCAL) if n.startswith("gateway")]
+    gateways = [n for n in profiles.local_processes(settings, LOCAL) if n.startswith("gateway")]
     assert len(gateways) == settings.serving.processes
 
 
@@ -191,7 +191,7 @@ def test_make_run_gateways_share_the_port_with_metrics_after_the_metrics_port(
             "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "none"),
         },
     )
-    processes = runner.local_processes(settings, LOCAL)
+    processes = profiles.local_processes(settings, LOCAL)
     assert list(processes) == ["gateway1", "gateway2", "gateway3", "sidecar"]
     assert [p.env for p in processes.values()][:3] == [
         {"RECSYS__SERVING__REUSE_PORT": "true", "RECSYS__MONITORING__METRICS__PORT": str(port)}
@@ -206,11 +206,11 @@ def test_make_run_gateways_share_the_port_with_metrics_after_the_metrics_port(
         },
     )
     # The gRPC port is not overridden: all bind `serving.port`; the layout is the stack's.
-    assert runner.local_metrics_ports(settings) == runner.stack_metrics_ports(settings)
+    assert profiles.local_metrics_ports(settings) == profiles.stack_metrics_ports(settings)
     free = load_settings(
         LOCAL, {"RECSYS__SERVING__PROCESSES": "2", "RECSYS__MONITORING__METRICS__PORT": "0"}
     )
-    assert runner.local_metrics_ports(free) == [0, 0]  # a free port each
+    assert profiles.local_metrics_ports(free) == [0, 0]  # a free port each
 
 
 def test_a_single_make_run_gateway_keeps_its_ports_and_an_exclusive_bind(tmp_path: Path) -> None:
@@ -218,16 +218,16 @@ def test_a_single_make_run_gateway_keeps_its_ports_and_an_exclusive_bind(tmp_pat
         LOCAL,
         {"RECSYS__SERVING__PROCESSES": "1", "RECSYS__MODEL__REPOSITORY_DIR": str(tmp_path / "no")},
     )
-    processes = runner.local_processes(settings, LOCAL)
-    assert processes["gateway"] == ProcessSpec(runner._gateway(LOCAL))
+    processes = profiles.local_processes(settings, LOCAL)
+    assert processes["gateway"] == ProcessSpec(profiles._gateway(LOCAL))
     assert list(processes) == ["gateway", "sidecar"]
     port = processes["sidecar"].env["RECSYS__AB_TESTING__CONTROLLER__METRICS_PORT"]
     assert port == str(settings.monitoring.metrics.port + 2)  # 9464: gateway, 9466: sidecar
     no_experiments = settings.model_copy(
         update={"ab_testing": settings.ab_testing.model_copy(update={"experiments": ()})}
     )
-    assert list(runner.local_processes(no_experiments, LOCAL)) == ["gateway"]
-    assert runner.local_metrics_ports(settings) == [settings.monitoring.metrics.port]
+    assert list(profiles.local_processes(no_experiments, LOCAL)) == ["gateway"]
+    assert profiles.local_metrics_ports(settings) == [settings.monitoring.metrics.port]
     assert not settings.serving.reuse_port
 
 
@@ -236,7 +236,7 @@ def test_several_make_run_gateways_need_a_fixed_port() -> None:
         LOCAL, {"RECSYS__SERVING__PROCESSES": "2", "RECSYS__SERVING__PORT": "0"}
     )
     with pytest.raises(ConfigError, match="serving.port"):
-        runner.local_processes(settings, LOCAL)
+        profiles.local_processes(settings, LOCAL)
 
 
 def _listener(reuse_port: bool) -> socket.socket:
