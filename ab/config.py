@@ -27,8 +27,9 @@ class VariantConfig(BaseModel):
     """Share of the experiment's traffic; the weights of one experiment sum to 1."""
     serve_surface: bool = True
     """Serve the list the request asks for (`RecommendRequest.surface`, MIXED when unset);
-    false serves the ranker's list (BUY_AGAIN) whatever it asks: the behaviour before
-    surfaces, the control arm of an experiment on them."""
+    false serves the ranker's list (BUY_AGAIN) instead of MIXED: the default list before
+    surfaces, the control arm of an experiment on it. A list asked for by name (DISCOVER,
+    BUY_AGAIN) is served either way."""
 
 
 MetricName: TypeAlias = Literal[

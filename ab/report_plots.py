@@ -40,6 +40,9 @@ _TITLES = {
     "conversion_rate": "conversion (purchases / clicks)",
     "revenue_per_user": "revenue per user",
     "average_order_value": "average order value",
+    "discovery_share": "discovery (new items / items recommended)",
+    "discovery_click_share": "discovery clicks (new / all clicks)",
+    "discovery_purchase_share": "discovery purchases (new / all purchases)",
 }
 
 
@@ -72,10 +75,13 @@ def lift_figure(analysis: Analysis) -> Figure:
     """Cumulative relative lift per metric with its confidence band, one panel per metric."""
     experiment = analysis.experiment
     control = analysis.arms[0]
-    fig = Figure(figsize=(11, 7.5), layout="constrained")
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    rows = (len(METRICS) + 1) // 2
+    fig = Figure(figsize=(11, 3.75 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, sharex=True).ravel()
+    for spare in axes[len(METRICS) :]:
+        spare.set_visible(False)
     ends = _x([p.end for p in analysis.points])
-    for ax, metric in zip(axes, METRICS, strict=True):
+    for ax, metric in zip(axes, METRICS, strict=False):
         for variant in analysis.arms[1:]:
             tests = [
                 next((t for t in p.tests if t.variant == variant and t.metric == metric), None)

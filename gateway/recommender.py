@@ -140,9 +140,11 @@ class Recommender:
         request_span.set_attribute("recsys.candidates.retrieved", len(candidates))
         request_span.set_attribute("recsys.candidates.filtered", len(kept))
 
-        # An arm that does not serve surfaces (the control of an experiment on them) and the
-        # requests that want no discovery list get exactly the ranker's list.
-        surface = query.surface if routed is None or routed.serve_surface else Surface.BUY_AGAIN
+        # The control arm of an experiment on the default list (MIXED) serves the ranker's
+        # list, today's default; a list asked for by name (DISCOVER, BUY_AGAIN) is served.
+        surface = query.surface
+        if surface is Surface.MIXED and routed is not None and not routed.serve_surface:
+            surface = Surface.BUY_AGAIN
         owned = purchases.recent_items
         budget.check("rank")
         with stage("rank"):

@@ -42,7 +42,9 @@ async def test_list_get_set_weights_and_rollback(settings: Settings) -> None:
     async with running_gateway(settings) as (_, channel):
         admin = _stub(channel)
         listed = await admin.ListExperiments(pb.ListExperimentsRequest(), metadata=TOKEN, timeout=5)
-        (experiment,) = listed.experiments
+        by_name = {e.name: e for e in listed.experiments}
+        assert set(by_name) == {NAME, "mixed_vs_buy_again"}  # the shipped profile's two layers
+        experiment = by_name[NAME]
         assert (experiment.name, experiment.status) == (NAME, "running")
         assert dict(experiment.weights) == pytest.approx({"control": 0.9, "treatment": 0.1})
 

@@ -249,6 +249,13 @@ async def test_surfaces_each_in_one_triton_call(
 ) -> None:
     # No prediction cache: every Recommend must reach Triton, and exactly once.
     settings = ranked_settings(MODEL__RANKER__PREDICTION_CACHE_SIZE="0")
+    # The lists themselves, outside the shipped experiment on the default list (its control
+    # arm serves BUY_AGAIN for MIXED; tests/integration/experiments covers it).
+    ab = settings.ab_testing
+    ranker_only = tuple(e for e in ab.experiments if e.layer != "surface")
+    settings = settings.model_copy(
+        update={"ab_testing": ab.model_copy(update={"experiments": ranker_only})}
+    )
     async with open_resources(settings) as resources:
         server = await start_server(settings, resources)
         try:

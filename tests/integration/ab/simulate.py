@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from ab.assignment import assign
+from ab.assignment import Assignment, assign_layers
 from ab.config import ExperimentConfig
 from ab.exposures import Exposure, SqliteExposureSink
 from ab.store import PostgresExposureSink
@@ -74,23 +74,45 @@ def simulate(
     impressions_per_request: int = 10,
 ) -> tuple[list[Exposure], list[EventRow]]:
     """Exposures (1-3 requests per user, spread over `days`) and the users' events."""
+    return simulate_layers(
+        (experiment,),
+        users,
+        lambda arms: behaviour[arms[0].variant],
+        seed=seed,
+        days=days,
+        impressions_per_request=impressions_per_request,
+    )
+
+
+def simulate_layers(
+    experiments: Sequence[ExperimentConfig],
+    users: int,
+    behaviour: Callable[[tuple[Assignment, ...]], ArmBehaviour],
+    *,
+    seed: int = 7,
+    days: int = 3,
+    impressions_per_request: int = 10,
+) -> tuple[list[Exposure], list[EventRow]]:
+    """Like `simulate` for experiments in layers: each request gives one exposure per arm the
+    user is in (`ab.assignment.assign_layers`), and the user behaves as `behaviour` says for
+    that combination of arms."""
     rng = np.random.default_rng(seed)
     exposures: list[Exposure] = []
     events: list[EventRow] = []
     for i in range(users):
         user = f"u{i}"
-        found = assign(experiment, user)
-        if found is None:
+        found = assign_layers(experiments, user)
+        if not found:
             continue
-        arm = behaviour[found.variant]
+        arm = behaviour(found)
         for r in range(int(rng.integers(1, 4))):
             request = f"{user}-r{r}"
             ts = T0 + timedelta(hours=float(rng.uniform(0, 24 * days)))
             items, new = _listed(arm, impressions_per_request)
-            exposures.append(
-                Exposure(request, user, experiment.name, found.variant, "1", items, ts,
-                         new_item_ids=new)
-            )  # fmt: skip
+            exposures.extend(
+                Exposure(request, user, a.experiment, a.variant, "1", items, ts, new_item_ids=new)
+                for a in found
+            )
             clicks = int(rng.binomial(impressions_per_request, arm.ctr))
             for k in range(impressions_per_request):
                 events.append(event_row(f"{request}-i{k}", 1, user, request, ts))
@@ -125,6 +147,9 @@ async def load(
         await connection.copy_records_to_table(
             "events", records=list(events), columns=list(EVENT_COLUMNS)
         )
+        # Statistics of the loaded tables, as autovacuum keeps them in production: planned
+        # with those of an earlier test's few rows, the metric joins take minutes.
+        await connection.execute("ANALYZE exposures, events")
 
 
 async def load_sqlite(

@@ -20,8 +20,10 @@ def test_production_config_loads_our_sections_only() -> None:
     settings = load_sidecar_settings(REPO / "infra" / "config" / "production.yaml", {})
     assert settings.uses_postgres
     assert settings.feature_store.postgres.dsn.startswith("postgresql://")
-    [experiment] = settings.ab_testing.experiments
-    assert experiment.name == "ranker_v2_vs_v3"
+    assert [(e.name, e.layer) for e in settings.ab_testing.experiments] == [
+        ("ranker_v2_vs_v3", "main"),
+        ("mixed_vs_buy_again", "surface"),
+    ]
     assert settings.ab_testing.controller.metrics_port == 9465
 
 
@@ -56,8 +58,9 @@ def test_admin_commands_on_the_embedded_state_file(
     assert shown["weights"] == {"control": 1.0, "treatment": 0.0}
     assert json.loads(state.read_text())["ranker_v2_vs_v3"]["status"] == "rolled_back"
     assert main(["experiments", "list", "--config", config]) == 0
-    [row] = json.loads(capsys.readouterr().out)
-    assert row["status"] == "rolled_back"
+    rows = {row["experiment"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["ranker_v2_vs_v3"]["status"] == "rolled_back"
+    assert rows["mixed_vs_buy_again"]["status"] == "running"  # another layer: untouched
     assert main(["experiments", "show", "--config", config, "missing"]) == 2
     assert "unknown experiment 'missing'" in capsys.readouterr().err
 

@@ -16,10 +16,20 @@ from tests.conftest import REPO
 def test_shipped_profiles_load(profile: str) -> None:
     settings = load_settings(REPO / "infra" / "config" / profile, {})
     assert settings.model.candidate_generator.candidates == 500
-    (experiment,) = settings.ab_testing.experiments
+    experiment, surface = settings.ab_testing.experiments
     assert [(v.name, v.model, v.weight) for v in experiment.variants] == [
         ("control", "ranker_v2", 0.9),
         ("treatment", "ranker_v3", 0.1),
+    ]
+    # MIXED against today's default list, in a layer of its own (overlapping the ranker's)
+    assert (surface.name, surface.layer, surface.primary_metric) == (
+        "mixed_vs_buy_again",
+        "surface",
+        "discovery_purchase_share",
+    )
+    assert [(v.name, v.model, v.serve_surface) for v in surface.variants] == [
+        ("control", None, False),
+        ("treatment", None, True),
     ]
 
 
