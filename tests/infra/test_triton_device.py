@@ -20,7 +20,12 @@ from tritonclient.grpc import model_config_pb2
 from feature_service.definitions import NUM_FEATURES
 from tests.infra.tooling import CHART, Manifest, helm_template, one, render
 from triton_models import repository as repo
-from triton_models.ranker_repositories import ServingOptions, write_ranker
+from triton_models.ranker_repositories import (
+    DiscoveryHead,
+    ServingOptions,
+    write_discovery,
+    write_ranker,
+)
 
 PRODUCTION = CHART / "ci" / "production-values.yaml"
 CPU = CHART / "ci" / "cpu-values.yaml"
@@ -47,9 +52,25 @@ def _ranker_graph(path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def production_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ranker_v2 as `make models` writes it into build/triton/production (same code path)."""
+    """ranker_v2 with its discovery head, and the discovery model's own folder, as `make models`
+    writes them into build/triton/production (same code path)."""
     work = tmp_path_factory.mktemp("triton-production")
     root = work / "production"
+    discovery = DiscoveryHead(
+        "discovery_v1",
+        _ranker_graph(work / "discovery_int8.onnx", 3),
+        _ranker_graph(work / "discovery_fp32.onnx", 4),
+    )
+    write_discovery(
+        root,
+        discovery.name,
+        discovery.onnx_model,
+        NUM_FEATURES,
+        {"model": discovery.name},
+        ServingOptions(),
+        repo.Flavour.PRODUCTION,
+        gpu_onnx_model=discovery.gpu_onnx_model,
+    )
     write_ranker(
         root,
         "ranker_v2",
@@ -59,6 +80,7 @@ def production_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ServingOptions(),
         repo.Flavour.PRODUCTION,
         gpu_onnx_model=_ranker_graph(work / "fp32.onnx", 2),
+        discovery=discovery,
     )
     return root
 
@@ -144,7 +166,7 @@ def test_chart_resources_and_model_configs_agree(
                 (i.name, list(i.dims)) for i in config.input
             ]
             assert [t.name for t in outputs] == [o.name for o in config.output]
-    assert onnx_models == 1
+    assert onnx_models == 2  # ranker_v2_onnx (two heads) and discovery_v1_onnx
 
 
 def test_gpus_in_resources_by_hand_are_refused() -> None:
