@@ -17,13 +17,11 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from ab.config import ExperimentConfig
 from ab.exposures import upgrade_exposure_file
 from ab.sidecar_settings import SidecarSettings
 from ab.store import ExperimentStoreError, JsonStateStore, PostgresStateStore, StateStore, open_pool
@@ -33,7 +31,6 @@ from ab.variant_sums import (
     Dialect,
     ExperimentMetrics,
     MetricsConnection,
-    VariantSums,
 )
 from feature_service.event_log import SqliteEventLog
 from feature_service.sqlite_file import SqliteFile
@@ -87,19 +84,6 @@ class PostgresMetricsDatabase:
             raise ExperimentStoreError(
                 f"postgres: reading experiment metrics failed: {exc!r}"
             ) from exc
-
-
-async def fetch_variant_sums(
-    pool: asyncpg.Pool,
-    experiment: ExperimentConfig,
-    *,
-    start: datetime | None = None,
-    end: datetime | None = None,
-) -> dict[str, VariantSums]:
-    """Per-variant sums of `experiment` in [start, end) from Postgres."""
-    return await ExperimentMetrics(PostgresMetricsDatabase(pool)).sums(
-        experiment, start=start, end=end
-    )
 
 
 class _SqliteConnection:

@@ -42,10 +42,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeAlias
 
-import asyncpg
 import numpy as np
 
-from ab.backends import fetch_variant_sums
 from ab.bandit import thompson_weights
 from ab.config import ExperimentConfig
 from ab.health import HealthSource, VariantHealth
@@ -71,16 +69,6 @@ class SumsSource(Protocol):
     async def variant_sums(self, experiment: ExperimentConfig) -> Mapping[str, VariantSums]:
         """Sums per variant name since the experiment's start."""
         ...
-
-
-class PostgresSumsSource:
-    """`SumsSource` running `ab.variant_sums` on the pool (borrowed)."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def variant_sums(self, experiment: ExperimentConfig) -> Mapping[str, VariantSums]:
-        return await fetch_variant_sums(self._pool, experiment, start=experiment.start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,80 +201,103 @@ def _empty(variant: str) -> VariantSums:
     return VariantSums(variant, 0, *([0.0] * 13))  # the new-item sums default to 0
 
 
-def evaluate(
-    experiment: ExperimentConfig,
-    sums: Mapping[str, VariantSums],
-    now: datetime,
-    *,
-    health: Mapping[str, VariantHealth] | None = None,
-    rng: np.random.Generator | None = None,
-    weights_overridden: bool = False,
-) -> Evaluation:
-    """Decides what to do with one running experiment; see the module docstring.
+@dataclass(slots=True)
+class _Round:
+    """What the rules of one evaluation read, and what earlier rules found for later ones."""
 
-    `weights_overridden`: an operator changed the split while running, so the users per arm
-    mix two splits and the SRM test against the configured weights is skipped.
-    """
-    arms = [v.name for v in experiment.variants]
-    control_name = arms[0]
-    per_arm = {a: sums.get(a) or _empty(a) for a in arms}
-    control = per_arm[control_name]
-    treatments = [per_arm[a] for a in arms[1:]]
-    values: dict[str, dict[str, float]] = {
-        a: {str(m): v for m in METRICS if (v := per_arm[a].value(m)) is not None} for a in arms
-    }
-    evidence: dict[str, Any] = {
-        "policy": experiment.decision_policy,
-        "alpha": experiment.alpha,
-        "variants": {a: per_arm[a].as_dict() for a in arms},
-        "values": values,
-    }
-    rollback_weights = {a: (1.0 if a == control_name else 0.0) for a in arms}
-
-    # 1. sample-ratio mismatch
+    experiment: ExperimentConfig
+    arms: list[str]
+    per_arm: dict[str, VariantSums]
+    now: datetime
+    health: Mapping[str, VariantHealth] | None
+    rng: np.random.Generator | None
+    weights_overridden: bool
+    evidence: dict[str, Any]
     srm_p: float | None = None
-    if weights_overridden:
-        evidence["srm"] = {"skipped": "weights overridden while running"}
-    elif experiment.decision_policy != "bandit":
-        observed = [per_arm[a].users for a in arms]
-        weights = [v.weight for v in experiment.variants]
-        if sum(observed) > 0 and all(w > 0 for w in weights):
-            srm = srm_test(observed, weights)
-            srm_p = srm.p_value
-            evidence["srm"] = {
-                "observed": list(srm.observed),
-                "expected": list(srm.expected),
-                "statistic": srm.statistic,
-                "p_value": srm.p_value,
-                "threshold": experiment.srm_p_value,
-            }
-            if srm.p_value < experiment.srm_p_value:
-                return Evaluation(
-                    experiment.name,
-                    "rollback",
-                    f"sample-ratio mismatch: p = {srm.p_value:.3g} < {experiment.srm_p_value:g}"
-                    f" (users {dict(zip(arms, observed, strict=True))})",
-                    "rolled_back",
-                    rollback_weights,
-                    srm_p,
-                    values=values,
-                    evidence=evidence,
-                )
+    needed: int | None = None
+    """Users per arm the primary metric needs (set by `_primary_metric`)."""
+    ready: bool = False
+    """Every arm has `needed` users."""
 
-    # 2. guardrails
-    guardrail_tests: list[dict[str, Any]] = []
+    @property
+    def control(self) -> VariantSums:
+        return self.per_arm[self.arms[0]]
+
+    @property
+    def treatments(self) -> list[VariantSums]:
+        return [self.per_arm[a] for a in self.arms[1:]]
+
+    @property
+    def ended(self) -> bool:
+        end = self.experiment.end
+        return end is not None and self.now >= end
+
+    def rollback(self, reason: str, breached: tuple[str, ...] = ()) -> _Verdict:
+        weights = {a: (1.0 if a == self.arms[0] else 0.0) for a in self.arms}
+        return _Verdict("rollback", reason, "rolled_back", weights, breached)
+
+    def promote(self, winner: str, reason: str) -> _Verdict:
+        weights = {a: (1.0 if a == winner else 0.0) for a in self.arms}
+        return _Verdict("promote", reason, "promoted", weights)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """A rule's decision."""
+
+    decision: Decision
+    reason: str
+    status: Status | None
+    weights: dict[str, float] | None
+    breached: tuple[str, ...] = ()
+
+
+def _sample_ratio(r: _Round) -> _Verdict | None:
+    """1. Sample-ratio mismatch against the configured weights -> rollback."""
+    experiment = r.experiment
+    if r.weights_overridden:
+        r.evidence["srm"] = {"skipped": "weights overridden while running"}
+        return None
+    if experiment.decision_policy == "bandit":
+        return None
+    observed = [r.per_arm[a].users for a in r.arms]
+    weights = [v.weight for v in experiment.variants]
+    if sum(observed) == 0 or not all(w > 0 for w in weights):
+        return None
+    srm = srm_test(observed, weights)
+    r.srm_p = srm.p_value
+    r.evidence["srm"] = {
+        "observed": list(srm.observed),
+        "expected": list(srm.expected),
+        "statistic": srm.statistic,
+        "p_value": srm.p_value,
+        "threshold": experiment.srm_p_value,
+    }
+    if srm.p_value >= experiment.srm_p_value:
+        return None
+    return r.rollback(
+        f"sample-ratio mismatch: p = {srm.p_value:.3g} < {experiment.srm_p_value:g}"
+        f" (users {dict(zip(r.arms, observed, strict=True))})"
+    )
+
+
+def _guardrails(r: _Round) -> _Verdict | None:
+    """2. A guardrail metric significantly worse beyond its tolerance in a treatment ->
+    rollback."""
+    experiment = r.experiment
+    tests: list[dict[str, Any]] = []
     breached: list[str] = []
     reasons: list[str] = []
     for guardrail in experiment.guardrails:
-        for treatment in treatments:
-            test = compare_arms(experiment, guardrail.metric, control, treatment, "less")
+        for treatment in r.treatments:
+            test = compare_arms(experiment, guardrail.metric, r.control, treatment, "less")
             if test is None:
                 continue
             hit = (
                 test.p_value < experiment.alpha
                 and test.effect < -guardrail.max_relative_degradation
             )
-            guardrail_tests.append(
+            tests.append(
                 test.as_dict()
                 | {"max_relative_degradation": guardrail.max_relative_degradation}
                 | {"breached": hit}
@@ -298,164 +309,175 @@ def evaluate(
                     f"{guardrail.metric} of {treatment.variant} {test.effect:+.2%}"
                     f" (p = {test.p_value:.3g})"
                 )
-    evidence["guardrails"] = guardrail_tests
-    if breached:
-        return Evaluation(
-            experiment.name,
-            "rollback",
-            "guardrail breached: " + "; ".join(reasons),
-            "rolled_back",
-            rollback_weights,
-            srm_p,
-            tuple(breached),
-            values=values,
-            evidence=evidence,
-        )
+    r.evidence["guardrails"] = tests
+    if not breached:
+        return None
+    return r.rollback("guardrail breached: " + "; ".join(reasons), tuple(breached))
 
-    # 3. operational health
-    if health:
-        problems = []
-        for treatment in treatments:
-            h = health.get(treatment.variant)
-            if h is None:
-                continue
-            if (
-                experiment.max_error_rate is not None
-                and h.error_rate is not None
-                and h.error_rate > experiment.max_error_rate
-            ):
-                problems.append(f"{treatment.variant} error rate {h.error_rate:.2%}")
-            if (
-                experiment.max_latency_p99_ms is not None
-                and h.latency_p99_s is not None
-                and h.latency_p99_s * 1000.0 > experiment.max_latency_p99_ms
-            ):
-                problems.append(f"{treatment.variant} p99 {h.latency_p99_s * 1000:.0f} ms")
-        evidence["health"] = {
-            name: {"error_rate": h.error_rate, "latency_p99_s": h.latency_p99_s}
-            for name, h in health.items()
-        }
-        if problems:
-            return Evaluation(
-                experiment.name,
-                "rollback",
-                "operational guardrail breached: " + "; ".join(problems),
-                "rolled_back",
-                rollback_weights,
-                srm_p,
-                values=values,
-                evidence=evidence,
-            )
 
-    ended = experiment.end is not None and now >= experiment.end
+def _operational_health(r: _Round) -> _Verdict | None:
+    """3. A treatment's error rate or p99 latency above its limit -> rollback."""
+    if not r.health:
+        return None
+    experiment = r.experiment
+    problems = []
+    for treatment in r.treatments:
+        h = r.health.get(treatment.variant)
+        if h is None:
+            continue
+        if (
+            experiment.max_error_rate is not None
+            and h.error_rate is not None
+            and h.error_rate > experiment.max_error_rate
+        ):
+            problems.append(f"{treatment.variant} error rate {h.error_rate:.2%}")
+        if (
+            experiment.max_latency_p99_ms is not None
+            and h.latency_p99_s is not None
+            and h.latency_p99_s * 1000.0 > experiment.max_latency_p99_ms
+        ):
+            problems.append(f"{treatment.variant} p99 {h.latency_p99_s * 1000:.0f} ms")
+    r.evidence["health"] = {
+        name: {"error_rate": h.error_rate, "latency_p99_s": h.latency_p99_s}
+        for name, h in r.health.items()
+    }
+    if not problems:
+        return None
+    return r.rollback("operational guardrail breached: " + "; ".join(problems))
 
-    # 4. bandit
-    if experiment.decision_policy == "bandit":
-        generator = rng if rng is not None else np.random.default_rng()
-        weights_now = thompson_weights(
-            {a: per_arm[a].purchases for a in arms},
-            {a: per_arm[a].clicks for a in arms},
-            arms,
-            rng=generator,
-            min_weight=0.0 if ended else experiment.bandit_min_weight,
-        )
-        evidence["bandit"] = {"weights": weights_now}
-        if ended:
-            best = max(arms, key=lambda a: weights_now[a])
-            if weights_now[best] >= 1.0 - experiment.alpha:
-                return Evaluation(
-                    experiment.name,
-                    "promote",
-                    f"bandit ended: {best} is best with probability {weights_now[best]:.3f}",
-                    "promoted",
-                    {a: (1.0 if a == best else 0.0) for a in arms},
-                    srm_p,
-                    values=values,
-                    evidence=evidence,
-                )
-            return Evaluation(
-                experiment.name,
-                "stop",
-                "bandit ended without a clear winner",
-                "stopped",
-                None,
-                srm_p,
-                values=values,
-                evidence=evidence,
-            )
-        return Evaluation(
-            experiment.name,
+
+def _bandit(r: _Round) -> _Verdict | None:
+    """4. Bandit policy: Thompson-sampling weights -> reweight; at the end, promote the arm
+    best with probability >= 1 - alpha, else stop."""
+    experiment = r.experiment
+    if experiment.decision_policy != "bandit":
+        return None
+    weights = thompson_weights(
+        {a: r.per_arm[a].purchases for a in r.arms},
+        {a: r.per_arm[a].clicks for a in r.arms},
+        r.arms,
+        rng=r.rng if r.rng is not None else np.random.default_rng(),
+        min_weight=0.0 if r.ended else experiment.bandit_min_weight,
+    )
+    r.evidence["bandit"] = {"weights": weights}
+    if not r.ended:
+        return _Verdict(
             "reweight",
             "Thompson sampling on conversion_rate: "
-            + ", ".join(f"{a} {w:.3f}" for a, w in weights_now.items()),
+            + ", ".join(f"{a} {w:.3f}" for a, w in weights.items()),
             "running",
-            weights_now,
-            srm_p,
-            values=values,
-            evidence=evidence,
+            weights,
         )
+    best = max(r.arms, key=lambda a: weights[a])
+    if weights[best] >= 1.0 - experiment.alpha:
+        return r.promote(best, f"bandit ended: {best} is best with probability {weights[best]:.3f}")
+    return _Verdict("stop", "bandit ended without a clear winner", "stopped", None)
 
-    # 5. primary metric
-    needed = required_users(experiment, control)
-    evidence["min_users_per_variant"] = needed
-    ready = needed is not None and all(per_arm[a].users >= needed for a in arms)
-    if ready:
-        tests = [
-            t
-            for treatment in treatments
-            if (
-                t := compare_arms(
-                    experiment, experiment.primary_metric, control, treatment, "two-sided"
-                )
-            )
-            is not None
-        ]
-        adjusted = adjust_p_values([t.p_value for t in tests], "holm")
-        evidence["primary"] = [
-            t.as_dict() | {"p_value_adjusted": q} for t, q in zip(tests, adjusted, strict=True)
-        ]
-        winners = [
-            t for t, q in zip(tests, adjusted, strict=True) if q < experiment.alpha and t.effect > 0
-        ]
-        if winners:
-            best_test = max(winners, key=lambda t: t.effect)
-            return Evaluation(
-                experiment.name,
-                "promote",
-                f"{experiment.primary_metric} of {best_test.variant} {best_test.effect:+.2%}"
-                f" (p = {best_test.p_value:.3g}) with >= {needed} users per arm",
-                "promoted",
-                {a: (1.0 if a == best_test.variant else 0.0) for a in arms},
-                srm_p,
-                values=values,
-                evidence=evidence,
-            )
 
-    # 6. end of the experiment
-    if ended:
-        return Evaluation(
-            experiment.name,
-            "stop",
-            f"ended at {experiment.end} without a significant winner",
-            "stopped",
-            None,
-            srm_p,
-            values=values,
-            evidence=evidence,
+def _primary_metric(r: _Round) -> _Verdict | None:
+    """5. Once every arm has the minimum sample, the significant (Holm-adjusted) positive
+    effect with the largest estimate -> promote."""
+    experiment = r.experiment
+    r.needed = required_users(experiment, r.control)
+    r.evidence["min_users_per_variant"] = r.needed
+    r.ready = r.needed is not None and all(r.per_arm[a].users >= r.needed for a in r.arms)
+    if not r.ready:
+        return None
+    tests = [
+        t
+        for treatment in r.treatments
+        if (
+            t := compare_arms(
+                experiment, experiment.primary_metric, r.control, treatment, "two-sided"
+            )
         )
-    if ready:
+        is not None
+    ]
+    adjusted = adjust_p_values([t.p_value for t in tests], "holm")
+    r.evidence["primary"] = [
+        t.as_dict() | {"p_value_adjusted": q} for t, q in zip(tests, adjusted, strict=True)
+    ]
+    winners = [
+        t for t, q in zip(tests, adjusted, strict=True) if q < experiment.alpha and t.effect > 0
+    ]
+    if not winners:
+        return None
+    best = max(winners, key=lambda t: t.effect)
+    return r.promote(
+        best.variant,
+        f"{experiment.primary_metric} of {best.variant} {best.effect:+.2%}"
+        f" (p = {best.p_value:.3g}) with >= {r.needed} users per arm",
+    )
+
+
+def _end(r: _Round) -> _Verdict | None:
+    """6. Past `end` -> stop."""
+    if not r.ended:
+        return None
+    return _Verdict(
+        "stop", f"ended at {r.experiment.end} without a significant winner", "stopped", None
+    )
+
+
+_RULES: tuple[Callable[[_Round], _Verdict | None], ...] = (
+    _sample_ratio,
+    _guardrails,
+    _operational_health,
+    _bandit,
+    _primary_metric,
+    _end,
+)
+"""The decision rules in order; the first verdict wins (see the module docstring)."""
+
+
+def _keep_running(r: _Round) -> _Verdict:
+    if r.ready:
         progress = ""
-    elif needed is None:
+    elif r.needed is None:
         progress = "; minimum sample not computable yet"
     else:
-        progress = f"; waiting for {needed} users per arm"
+        progress = f"; waiting for {r.needed} users per arm"
+    return _Verdict("continue", "no significant result" + progress, None, None)
+
+
+def evaluate(
+    experiment: ExperimentConfig,
+    sums: Mapping[str, VariantSums],
+    now: datetime,
+    *,
+    health: Mapping[str, VariantHealth] | None = None,
+    rng: np.random.Generator | None = None,
+    weights_overridden: bool = False,
+) -> Evaluation:
+    """Decides what to do with one running experiment: the first of `_RULES` that decides,
+    else continue; see the module docstring.
+
+    `weights_overridden`: an operator changed the split while running, so the users per arm
+    mix two splits and the SRM test against the configured weights is skipped.
+    """
+    arms = [v.name for v in experiment.variants]
+    per_arm = {a: sums.get(a) or _empty(a) for a in arms}
+    values: dict[str, dict[str, float]] = {
+        a: {str(m): v for m in METRICS if (v := per_arm[a].value(m)) is not None} for a in arms
+    }
+    evidence: dict[str, Any] = {
+        "policy": experiment.decision_policy,
+        "alpha": experiment.alpha,
+        "variants": {a: per_arm[a].as_dict() for a in arms},
+        "values": values,
+    }
+    r = _Round(experiment, arms, per_arm, now, health, rng, weights_overridden, evidence)
+    verdict = next(
+        (found for rule in _RULES if (found := rule(r)) is not None), None
+    ) or _keep_running(r)
     return Evaluation(
         experiment.name,
-        "continue",
-        "no significant result" + progress,
-        None,
-        None,
-        srm_p,
+        verdict.decision,
+        verdict.reason,
+        verdict.status,
+        verdict.weights,
+        r.srm_p,
+        verdict.breached,
         values=values,
         evidence=evidence,
     )

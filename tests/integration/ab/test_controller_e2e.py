@@ -18,11 +18,13 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from ab.__main__ import main
+from ab.backends import PostgresMetricsDatabase
 from ab.config import ExperimentConfig, GuardrailConfig, VariantConfig
-from ab.controller import Controller, PostgresSumsSource
+from ab.controller import Controller
 from ab.prometheus_metrics import SidecarMetrics
 from ab.routing import RoutingPoller, RoutingTable
 from ab.store import PostgresStateStore
+from ab.variant_sums import ExperimentMetrics
 from feature_service.config import PostgresSettings
 from infra.local.ports import free_port
 from tests.integration.ab.simulate import ArmBehaviour, load, simulate
@@ -50,7 +52,10 @@ BETTER = {"control": ArmBehaviour(0.20, 0.10), "treatment": ArmBehaviour(0.20, 0
 async def _decide(pool: asyncpg.Pool) -> tuple[str, CollectorRegistry]:
     registry = CollectorRegistry()
     controller = Controller(
-        [EXPERIMENT], PostgresSumsSource(pool), PostgresStateStore(pool), SidecarMetrics(registry)
+        [EXPERIMENT],
+        ExperimentMetrics(PostgresMetricsDatabase(pool)),
+        PostgresStateStore(pool),
+        SidecarMetrics(registry),
     )
     [evaluation] = await controller.run_once()
     return evaluation.decision, registry

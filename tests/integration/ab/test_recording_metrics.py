@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from ab.assignment import assign
-from ab.backends import PostgresMetricsDatabase, SqliteMetricsDatabase, fetch_variant_sums
+from ab.backends import PostgresMetricsDatabase, SqliteMetricsDatabase
 from ab.config import ExperimentConfig, VariantConfig
 from ab.exposures import Exposure
 from ab.store import PostgresExposureSink, load_migrations, migrate, open_pool
@@ -67,7 +67,7 @@ async def test_a_fresh_database_can_be_analysed_before_any_gateway_starts(
     fresh = pg_settings.model_copy(update={"dsn": pg_settings.dsn.rsplit("/", 1)[0] + "/ab_fresh"})
     fresh_pool = await open_pool(fresh)
     try:
-        assert await fetch_variant_sums(fresh_pool, EXPERIMENT) == {}
+        assert await ExperimentMetrics(PostgresMetricsDatabase(fresh_pool)).sums(EXPERIMENT) == {}
         async with fresh_pool.acquire() as connection:
             applied = await connection.fetchval("SELECT count(*) FROM schema_migrations")
         assert applied == len(feature_migrations())
