@@ -24,7 +24,14 @@ import asyncpg
 
 from ab.exposures import upgrade_exposure_file
 from ab.sidecar_settings import SidecarSettings
-from ab.store import ExperimentStoreError, JsonStateStore, PostgresStateStore, StateStore, open_pool
+from ab.store import (
+    POSTGRES_ERRORS,
+    ExperimentStoreError,
+    JsonStateStore,
+    PostgresStateStore,
+    StateStore,
+    open_pool,
+)
 from ab.variant_sums import (
     POSTGRES,
     SQLITE,
@@ -36,7 +43,7 @@ from feature_service.event_log import SqliteEventLog
 from feature_service.sqlite_file import SqliteFile
 from feature_service.store import FeatureStoreError
 
-_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_PG_ERRORS = POSTGRES_ERRORS
 
 
 class _PostgresConnection:

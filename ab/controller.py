@@ -53,7 +53,7 @@ from ab.power import PowerInputError, sample_size_mean
 from ab.prometheus_metrics import SidecarMetrics
 from ab.srm import srm_test
 from ab.statistics import AnalysisResult, StatisticsError, analyze
-from ab.store import ExperimentState, StateStore, Status
+from ab.store import ExperimentState, LeaderLock, LeaseLostError, StateStore, Status
 from ab.variant_sums import METRICS, MetricName, VariantSums
 
 _log = logging.getLogger(__name__)
@@ -493,15 +493,17 @@ async def apply_decision(
     evidence: Mapping[str, Any],
     metrics: SidecarMetrics | None = None,
     now: datetime | None = None,
+    leader: LeaderLock | None = None,
 ) -> None:
-    """Writes the state and its audit row, counts the decision and logs it as JSON."""
+    """Writes the state and its audit row, counts the decision and logs it as JSON; with
+    `leader`, only while that lease lock is held (`ab.store.LeaseLostError` otherwise)."""
     state = ExperimentState(
         experiment=experiment,
         status=status,
         weights=None if weights is None else dict(weights),
         updated_at=now or datetime.now(UTC),
     )
-    record = await store.record_decision(state, decision, reason, evidence)
+    record = await store.record_decision(state, decision, reason, evidence, leader=leader)
     if metrics is not None:
         metrics.decisions.labels(experiment=experiment, decision=decision).inc()
     _log.warning(
@@ -612,17 +614,23 @@ class Controller:
                 # The lease went while evaluating: the new leader decides, once.
                 _log.warning("leader lease lost; %s left to the new leader", experiment.name)
                 return evaluation
-            await apply_decision(
-                self._store,
-                experiment.name,
-                evaluation.decision,
-                evaluation.status,
-                evaluation.weights,
-                evaluation.reason,
-                evaluation.evidence,
-                self._metrics,
-                now,
-            )
+            try:
+                await apply_decision(
+                    self._store,
+                    experiment.name,
+                    evaluation.decision,
+                    evaluation.status,
+                    evaluation.weights,
+                    evaluation.reason,
+                    evaluation.evidence,
+                    self._metrics,
+                    now,
+                    self._lease.lock if self._lease is not None else None,
+                )
+            except LeaseLostError:
+                # Lost between the check above and the write: nothing was written.
+                _log.warning("leader lease lost; %s left to the new leader", experiment.name)
+                return evaluation
         weights = evaluation.weights or {v.name: v.weight for v in experiment.variants}
         for variant, weight in weights.items():
             self._metrics.weight.labels(experiment=experiment.name, variant=variant).set(weight)

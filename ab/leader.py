@@ -19,8 +19,9 @@ Who leads is visible as `recsys_experiment_controller_leader` (1 on the leader, 
 followers) and as one log line at each change.
 
 The controller asks again just before it writes a decision, so a leader whose session ended
-during an evaluation writes nothing. What remains is the instant between that check and the
-write's commit; closing it would take checking the lock inside the write's transaction.
+during an evaluation writes nothing, and on Postgres the writing transaction itself checks in
+`pg_locks` that the lease's session still holds the lock (`PostgresLease.lock`,
+`ab.store.LeaderLock`): a leader that lost it after that check writes nothing either.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from typing import IO, Protocol
 import asyncpg
 
 from ab.sidecar_settings import SidecarSettings
+from ab.store import POSTGRES_ERRORS, LeaderLock
 from feature_service.config import PostgresSettings
 
 _log = logging.getLogger(__name__)
 
 CONTROLLER_LOCK_KEY = 0x7265_6373_7973_0B01
 """Advisory lock key of the experiment controller (distinct from the migration locks)."""
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_ERRORS = POSTGRES_ERRORS
 # How long Postgres keeps a vanished leader's session (and lock): idle 10 s, then 3 probes
 # 5 s apart. A process that dies on a live node closes its socket and frees the lock at once.
 _KEEPALIVE = {
@@ -65,6 +67,11 @@ class LeaderLease(Protocol):
     async def hold(self) -> bool:
         """Takes the lease if it is free, or checks that this process still has it; True
         while this process leads. Never raises: an unreachable store means not leading."""
+        ...
+
+    @property
+    def lock(self) -> LeaderLock | None:
+        """What a decision's write checks is still held (None: the write does not check)."""
         ...
 
     async def release(self) -> None:
@@ -131,6 +138,13 @@ class PostgresLease:
             _log_change(True, self.holder, "postgres advisory lock")
         return got
 
+    @property
+    def lock(self) -> LeaderLock | None:
+        """The advisory lock on the lease's session while leading, else None."""
+        if not self._leading or self._connection is None:
+            return None
+        return LeaderLock(self._connection.get_server_pid(), self._key)
+
     async def _connect(self) -> asyncpg.Connection:
         if self._connection is not None:
             return self._connection
@@ -176,6 +190,11 @@ class FileLease:
         self.path = path
         self._file: IO[bytes] | None = None
         self.holder = _holder()
+
+    @property
+    def lock(self) -> LeaderLock | None:
+        """None: a flock on one machine cannot be lost by a live holder."""
+        return None
 
     async def hold(self) -> bool:
         if self._file is not None:

@@ -39,14 +39,39 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Advisory lock key of this schema (distinct from the feature service's keys).
 _MIGRATION_LOCK = 0x7265_6373_7973_0A01
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError is not an InterfaceError: a connection whose server was SIGKILLed can
+# raise it while the pool resets it on release (as `feature_service.postgres` maps it too).
+POSTGRES_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+"""What asyncpg and the network raise for a failed Postgres call; mapped to our errors."""
+_ERRORS = POSTGRES_ERRORS
 
 Status: TypeAlias = Literal["running", "rolled_back", "promoted", "stopped"]
 STATUSES: tuple[Status, ...] = ("running", "rolled_back", "promoted", "stopped")
 
 
+@dataclass(frozen=True, slots=True)
+class LeaderLock:
+    """The session advisory lock a controller's decision may only be written under
+    (`ab.leader.PostgresLease`): the writing transaction checks that it is still held."""
+
+    session_pid: int
+    """Backend pid of the lease's own connection."""
+    key: int
+    """The advisory lock key (a signed 64-bit integer)."""
+
+
 class ExperimentStoreError(RuntimeError):
     """Experiment storage failed (unreachable, bad migration, unreadable state file)."""
+
+
+class LeaseLostError(ExperimentStoreError):
+    """A decision was not written: the writer no longer holds the controller's lease."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +110,11 @@ class StateStore(Protocol):
         decision: str,
         reason: str,
         evidence: Mapping[str, Any],
+        *,
+        leader: LeaderLock | None = None,
     ) -> DecisionRecord:
-        """Stores the new state and its audit row together."""
+        """Stores the new state and its audit row together; with `leader`, only while that
+        lock is held (else `LeaseLostError`, nothing written)."""
         ...
 
     async def decisions(self, experiment: str) -> list[DecisionRecord]:
@@ -237,6 +265,22 @@ def _state_from_row(row: Mapping[str, Any]) -> ExperimentState:
     )
 
 
+# A bigint advisory lock shows in pg_locks as classid (high 32 bits), objid (low 32 bits) and
+# objsubid 1.
+_HOLDS_LOCK = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = $1
+      AND classid = $2::bigint::oid AND objid = $3::bigint::oid AND objsubid = 1
+)
+"""
+
+
+def _lock_args(leader: LeaderLock) -> tuple[int, int, int]:
+    unsigned = leader.key & 0xFFFF_FFFF_FFFF_FFFF
+    return leader.session_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
 class PostgresStateStore:
     """`StateStore` on the `experiment_state` and `decisions` tables (pool borrowed)."""
 
@@ -257,12 +301,29 @@ class PostgresStateStore:
         decision: str,
         reason: str,
         evidence: Mapping[str, Any],
+        *,
+        leader: LeaderLock | None = None,
     ) -> DecisionRecord:
+        """Stores the state and its audit row in one transaction.
+
+        Raises:
+            LeaseLostError: `leader` is given and its session no longer holds the lock
+                (checked inside the writing transaction, so a leader that lost its lease
+                after its last check writes nothing).
+            ExperimentStoreError: Postgres failed.
+        """
         weights = None if state.weights is None else json.dumps(dict(state.weights))
         async with (
             _connection(self._pool, "record decision") as connection,
             connection.transaction(),
         ):
+            if leader is not None and not await connection.fetchval(
+                _HOLDS_LOCK, *_lock_args(leader)
+            ):
+                raise LeaseLostError(
+                    f"decision on {state.experiment} not written: session {leader.session_pid}"
+                    " no longer holds the controller lease"
+                )
             await connection.execute(
                 """
                 INSERT INTO experiment_state (experiment, status, weights, updated_at)
@@ -377,7 +438,13 @@ class JsonStateStore:
         decision: str,
         reason: str,
         evidence: Mapping[str, Any],
+        *,
+        leader: LeaderLock | None = None,
     ) -> DecisionRecord:
+        # `leader` is unused here: the embedded profile's lease (`ab.leader.FileLease`) is a
+        # flock on one machine, whose holder cannot lose it while alive.
+        del leader
+
         def decide() -> DecisionRecord:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.lock_path.open("a") as lock:

@@ -20,6 +20,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ab.config import ExperimentConfig, GuardrailConfig, VariantConfig
+from ab.leader import PostgresLease
+from ab.store import ExperimentState, LeaderLock, LeaseLostError, PostgresStateStore
 from feature_service.config import PostgresSettings
 from infra.local.ports import free_port
 from tests.integration.ab.simulate import ArmBehaviour, load, simulate
@@ -193,3 +195,27 @@ async def test_one_leader_evaluates_and_another_takes_over_after_sigkill(
         "SELECT status FROM experiment_state WHERE experiment = $1", EXPERIMENT.name
     )
     assert state is not None and state["status"] == "rolled_back"
+
+
+async def test_a_decision_is_written_only_while_its_lease_is_held(
+    pool: asyncpg.Pool, pg_settings: PostgresSettings
+) -> None:
+    store = PostgresStateStore(pool)
+    state = ExperimentState(EXPERIMENT.name, "rolled_back", {"control": 1.0, "treatment": 0.0})
+    lease = PostgresLease(pg_settings)
+    assert lease.lock is None  # not leading yet
+    assert await lease.hold()
+    held = lease.lock
+    assert held is not None
+    await store.record_decision(state, "rollback", "while leading", {}, leader=held)
+    # Another session's pid, or the same key released: the check inside the write's
+    # transaction refuses, and the transaction writes nothing.
+    with pytest.raises(LeaseLostError, match="no longer holds the controller lease"):
+        await store.record_decision(
+            state, "promote", "someone else", {}, leader=LeaderLock(held.session_pid + 1, held.key)
+        )
+    await lease.release()
+    with pytest.raises(LeaseLostError):
+        await store.record_decision(state, "promote", "after losing it", {}, leader=held)
+    assert [d.reason for d in await store.decisions(EXPERIMENT.name)] == ["while leading"]
+    assert (await store.load_states())[EXPERIMENT.name].status == "rolled_back"

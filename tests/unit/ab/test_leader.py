@@ -68,6 +68,7 @@ class _Lease:
     the controller after `rounds` questions."""
 
     holder = "test"
+    lock = None  # the JSON store's writes do not check a lock
 
     def __init__(self, answers: list[bool], rounds: int, stop: asyncio.Event) -> None:
         self.answers = answers
