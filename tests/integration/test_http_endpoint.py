@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -52,8 +53,12 @@ async def test_metrics_and_health(make_settings: Callable[..., Settings]) -> Non
             samples[("recsys_degraded_responses_total", frozenset({("reason", "NO_MODEL")}))] == 3
         )
         assert samples[("recsys_candidates_count", frozenset({("phase", "filtered")}))] == 3
-        exposures = sum(v for (name, _), v in samples.items() if name == "recsys_exposures_total")
-        assert exposures == 3
+        exposures: Counter[str] = Counter()
+        for (name, labels), value in samples.items():
+            if name == "recsys_exposures_total":
+                exposures[dict(labels)["experiment"]] += int(value)
+        # one exposure per response in each experiment the user is in (one per layer)
+        assert exposures == {"ranker_v2_vs_v3": 3, "mixed_vs_buy_again": 3}
 
         await server.drain_and_stop(0)
         assert await asyncio.to_thread(_get, f"{base}/health") == (503, "NOT_SERVING\n")
