@@ -86,7 +86,7 @@ async def _measure(requests: int) -> dict[str, object]:
                 )
                 marks = [time.perf_counter()]
                 routed = assign_variant(user_id, rec.routing)
-                assignment = routed.assignment if routed is not None else None
+                assignment = routed.primary if routed is not None else None
                 user = await rec.store.user_features(user_id, context.time)
                 purchases = ranker.features.histories.purchases(user_id)
                 history = purchases.history
