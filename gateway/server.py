@@ -60,7 +60,14 @@ class RunningServer:
 
     async def drain_and_stop(self, grace_s: float) -> None:
         """Health to NOT_SERVING (gRPC and HTTP), then let in-flight requests finish within
-        `grace_s`."""
+        `grace_s`.
+
+        From `server.stop` on, gRPC core answers CANCELLED to any call that still arrives (its
+        GOAWAY is on the way, but a proxy may have written a call before reading it), and
+        grpc.aio cannot stop listening and send GOAWAY while still serving. So whatever routes
+        calls here must stop first: Kubernetes removes the pod from its endpoints during the
+        chart's preStop sleep; nginx needs the gateway marked `down` and a reload
+        (infra/nginx/nginx.conf.template)."""
         self._health_state.set_serving(False)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)

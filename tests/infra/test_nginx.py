@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -58,6 +59,18 @@ def test_render_for_three_gateways() -> None:
     assert "add_header grpc-status 14 always;" in text
     assert "$upstream_addr" in text
     assert "$request_time" in text
+
+
+def test_render_marks_a_gateway_down() -> None:
+    text = render_config("--gateways", "2", "--down", "127.0.0.1:50052")
+    servers = [line.strip() for line in text.splitlines() if line.strip().startswith("server 1")]
+    assert servers == [
+        "server 127.0.0.1:50051 max_fails=3 fail_timeout=10s;",
+        "server 127.0.0.1:50052 max_fails=3 fail_timeout=10s down;",
+    ]
+    result = run([RENDER, "--gateways", "2", "--down", "127.0.0.1:50060"])
+    assert result.returncode == 2
+    assert "--down 127.0.0.1:50060 is not an upstream" in result.stderr
 
 
 def test_render_rejects_missing_upstreams() -> None:
@@ -119,15 +132,22 @@ def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 10
     pytest.fail(f"nginx did not listen on {port}")
 
 
+def nginx_args(listen: int, upstreams: list[str], down: tuple[str, ...] = ()) -> list[str]:
+    """render-config arguments: one worker, the error log in the prefix, `down` marked so."""
+    args = ["--listen", f"127.0.0.1:{listen}", "--workers", "1", "--error-log", "logs/error.log"]
+    for upstream in upstreams:
+        args += ["--upstream", upstream]
+    for upstream in down:
+        args += ["--down", upstream]
+    return args
+
+
 def start_nginx(tmp_path: Path, upstreams: list[str]) -> tuple[subprocess.Popen[str], int, Path]:
     nginx = require_tool("nginx")
     listen = free_port()
     prefix = prefix_dir(tmp_path)
-    args = ["--listen", f"127.0.0.1:{listen}", "--workers", "1", "--error-log", "logs/error.log"]
-    for upstream in upstreams:
-        args += ["--upstream", upstream]
     conf = tmp_path / "nginx.conf"
-    conf.write_text(render_config(*args), encoding="utf-8")
+    conf.write_text(render_config(*nginx_args(listen, upstreams)), encoding="utf-8")
     process = subprocess.Popen(
         [str(nginx), "-e", "stderr", "-c", str(conf), "-p", f"{prefix}/", "-g", "daemon off;"],
         stdout=subprocess.DEVNULL,
@@ -307,3 +327,90 @@ def test_a_call_in_flight_on_a_dying_gateway_is_unavailable_and_the_client_retry
     assert dying.calls_taken > taken, "nginx never sent a client call to the dying gateway"
     assert service.calls["Recommend"] - answered_before["Recommend"] == 3
     assert service.calls["RecordEvents"] - answered_before["RecordEvents"] == 3
+
+
+def _workers(master: int) -> set[int]:
+    """The pids of nginx's worker processes (the master's children)."""
+    found = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+    return {int(pid) for pid in found.stdout.split()}
+
+
+def reload_nginx(process: subprocess.Popen[str], conf: Path, text: str) -> None:
+    """Writes `text` as nginx's configuration and reloads it; returns once the workers that ran
+    the old one have finished their calls and exited, closing their kept-alive gateway
+    connections."""
+    old = _workers(process.pid)
+    conf.write_text(text, encoding="utf-8")
+    process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while old & _workers(process.pid) or not _workers(process.pid):
+        assert time.monotonic() < deadline, "nginx's old workers did not exit after a reload"
+        time.sleep(0.02)
+
+
+def start_counting_gateway(port: int) -> tuple[grpc.Server, CountingService, int]:
+    service = CountingService()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_RecommendationServiceServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server, service, bound
+
+
+def test_a_gateway_marked_down_in_nginx_before_its_graceful_stop_loses_no_call(
+    tmp_path: Path, nginx_factory: list[subprocess.Popen[str]]
+) -> None:
+    """A gateway that nginx still routes to can fail, when stopped gracefully, the one call that
+    reaches it in the instant its shutdown begins: gRPC core answers CANCELLED to every call
+    that arrives after shutdown started, and nginx may write the next call on a kept-alive
+    connection before it has read the gateway's GOAWAY (tests/integration/test_stack.py). With
+    the gateway marked `down` and nginx reloaded first, nothing reaches it any more, and its
+    graceful stop loses no call, while calls keep flowing through the reloads."""
+    gateways = [start_counting_gateway(0), start_counting_gateway(0)]
+    upstreams = [f"127.0.0.1:{port}" for _, _, port in gateways]
+    process, listen, _ = start_nginx(tmp_path, upstreams)
+    nginx_factory.append(process)
+    conf = tmp_path / "nginx.conf"
+
+    failures: list[tuple[grpc.StatusCode | None, str | None]] = []
+    answered = 0
+    done = threading.Event()
+
+    def call_in_a_loop() -> None:
+        nonlocal answered
+        with grpc.insecure_channel(f"127.0.0.1:{listen}") as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            while not done.is_set():
+                try:
+                    stub.Recommend(pb.RecommendRequest(user_id="17850"), timeout=5)
+                    answered += 1
+                except grpc.RpcError as error:
+                    if isinstance(error, grpc.Call):
+                        failures.append((error.code(), error.details()))
+                    else:
+                        failures.append((None, None))
+
+    caller = threading.Thread(target=call_in_a_loop, daemon=True)
+    caller.start()
+    try:
+        for victim in (0, 1):
+            server, _, port = gateways[victim]
+            reload_nginx(
+                process, conf, render_config(*nginx_args(listen, upstreams, (upstreams[victim],)))
+            )
+            server.stop(grace=5).wait()
+            time.sleep(0.2)  # calls go on with one gateway
+            gateways[victim] = start_counting_gateway(port)
+            reload_nginx(process, conf, render_config(*nginx_args(listen, upstreams)))
+            restarted = gateways[victim][1]
+            deadline = time.monotonic() + 5
+            while restarted.calls["Recommend"] == 0:
+                assert time.monotonic() < deadline, "nginx sent nothing to the restarted gateway"
+                time.sleep(0.02)
+    finally:
+        done.set()
+        caller.join(timeout=10)
+        for server, _, _ in gateways:
+            server.stop(grace=None).wait()
+    assert failures == []
+    assert answered > 50

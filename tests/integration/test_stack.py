@@ -1,6 +1,6 @@
 """`make stack`: nginx spreads gRPC traffic over several gateway processes sharing Redis and
-Postgres, a recorded view is filtered by every process, and stopping one gateway loses no
-request."""
+Postgres, a recorded view is filtered by every process, and stopping one gateway fails no call
+but, at most, the one gRPC core cancels at the instant its shutdown begins."""
 
 from __future__ import annotations
 
@@ -161,11 +161,22 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
                 again = stub.Recommend(pb.RecommendRequest(user_id="12347", num_items=5), timeout=5)
                 assert viewed not in {r.item_id for r in again.recommendations}
 
-            # Stop one gateway (graceful SIGTERM) in the middle of a stream of calls: nginx
-            # retries refused connections on the others, so no call fails.
+            # Stop one gateway (graceful SIGTERM) in the middle of a stream of calls that nginx
+            # still routes to it: nginx passes refused connections on to the others, and the
+            # calls the gateway holds finish within its grace period. The one call it can fail
+            # is the one that reaches it in the instant its shutdown begins: gRPC core sends a
+            # GOAWAY but answers CANCELLED to every call that arrives after shutdown started
+            # (grpc.aio offers no "stop listening, send GOAWAY, keep serving"), and nginx may
+            # already have written the next call on its kept-alive connection before reading
+            # the GOAWAY. A drain before the stop cannot help: nginx does not read health. So
+            # the claim is: no failure but that one, CANCELLED by the stopped gateway itself.
+            # Marked down in nginx first, a stop loses nothing (tests/infra/test_nginx.py).
             failures: list[grpc.RpcError] = []
             answered = 0
-            victim = _gateway_pid(grpc_port + 2)
+            victim_port = grpc_port + 2
+            victim = _gateway_pid(victim_port)
+            access_log = run_dir / "logs" / "access.log"
+            logged_before = len(access_log.read_text().splitlines())
             started = time.monotonic()
             stopped_at = None
             while time.monotonic() - started < 4.0:
@@ -178,7 +189,15 @@ def test_nginx_spreads_load_and_survives_a_gateway_stop(build_dir: Path, tmp_pat
                 except grpc.RpcError as error:
                     failures.append(error)
             assert stopped_at is not None and answered > 50
-            assert failures == [], [(e.code(), e.details()) for e in failures]
+            seen = [(e.code(), e.details()) for e in failures]
+            assert seen in ([], [(grpc.StatusCode.CANCELLED, "CANCELLED")]), seen
+            # nginx's log: every failed call was answered CANCELLED by the stopped gateway.
+            lines = access_log.read_text().splitlines()[logged_before:]
+            entries = [json.loads(line) for line in lines]
+            failed = [e for e in entries if e["grpc_status"] != "0"]
+            assert [(e["grpc_status"], e["upstream"]) for e in failed] == [
+                ("1", f"127.0.0.1:{victim_port}")
+            ] * len(failures), failed
     finally:
         # supervisord runs each process in a group of its own: what outlives the runner is
         # killed by pid (while its command line is unchanged), so no leftover holds the
