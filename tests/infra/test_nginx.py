@@ -330,9 +330,16 @@ def test_a_call_in_flight_on_a_dying_gateway_is_unavailable_and_the_client_retry
 
 
 def _workers(master: int) -> set[int]:
-    """The pids of nginx's worker processes (the master's children)."""
-    found = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
-    return {int(pid) for pid in found.stdout.split()}
+    """The pids of nginx's live worker processes (the master's children, from /proc)."""
+    workers = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(parent) == master and state != "Z":
+            workers.add(int(stat.parent.name))
+    return workers
 
 
 def reload_nginx(process: subprocess.Popen[str], conf: Path, text: str) -> None:
