@@ -32,6 +32,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import tritonclient.grpc.aio
 from recsys.v1 import recommendation_pb2 as pb
 from recsys.v1 import recommendation_pb2_grpc as pb_grpc
 
@@ -67,6 +68,7 @@ class Live:
     repository: Path
     control: list[str]
     traffic: Traffic
+    triton_grpc_url: str
 
 
 async def _drive(
@@ -118,7 +120,7 @@ async def _live(
             traffic = Traffic()
             driver = asyncio.create_task(_drive(stub, control, traffic))
             try:
-                yield Live(repository, control, traffic)
+                yield Live(repository, control, traffic, triton.grpc_url)
             finally:
                 driver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -189,6 +191,25 @@ async def test_good_version_switches_without_failed_requests(
     )
 
 
+async def _version_state(grpc_url: str, model: str, version: str) -> str | None:
+    """Triton's state of `model` `version` once it has settled (READY, or UNAVAILABLE after a
+    failed load), waiting up to SWITCH_BUDGET_S; None when Triton never listed it."""
+    client = tritonclient.grpc.aio.InferenceServerClient(grpc_url)
+    try:
+        deadline = time.monotonic() + SWITCH_BUDGET_S
+        while time.monotonic() < deadline:
+            index = await client.get_model_repository_index(as_json=True)
+            for entry in index.get("models", []):
+                if (entry.get("name"), entry.get("version")) == (model, version) and entry.get(
+                    "state"
+                ) in ("READY", "UNAVAILABLE"):
+                    return str(entry["state"])
+            await asyncio.sleep(0.2)
+        return None
+    finally:
+        await client.close()
+
+
 def _corrupt_model(staged: dict[str, Path]) -> None:
     (staged["ranker_v2_onnx"] / "model.onnx").write_bytes(os.urandom(4096))
 
@@ -232,6 +253,11 @@ async def test_bad_version_keeps_the_previous_one_serving(
         staged = _stage(live.repository, 2)
         spoil(staged)
         added = _publish(live.repository, staged, 2)
+        # Hold only once Triton has settled version 2 (a slow load on a busy machine would
+        # otherwise leave the whole hold on version 1, proving nothing).
+        state = await _version_state(live.triton_grpc_url, "ranker_v2_onnx", "2")
+        if spoil is _reorder_features:
+            assert state == "READY", f"ranker_v2_onnx version 2 never loaded ({state})"
         await asyncio.sleep(HOLD_S)
         after = live.traffic.since(added)
     outcomes = _outcomes(after)
