@@ -16,8 +16,8 @@ from recsys.v1 import recommendation_pb2 as pb
 from ab.exposures import Exposure, ExposureRecorder
 from ab.routing import RoutingTable, UserArms
 from feature_service.catalogue import ItemCatalogue
-from feature_service.history import NO_PURCHASES
-from feature_service.store import FeatureStore
+from feature_service.history import NO_PURCHASES, UserPurchases
+from feature_service.store import FeatureStore, UserFeatures
 from feature_service.surfaces import Surface
 from gateway.deadline import Budget
 from gateway.errors import ServiceError
@@ -30,7 +30,7 @@ from gateway.stages.filter import filter_candidates
 from gateway.stages.rank import FallbackRanker, Ranker, RankRequest, rank_candidates
 from gateway.stages.rerank import rerank
 from gateway.stages.respond import ResponseBuilder
-from gateway.stages.types import RecommendQuery
+from gateway.stages.types import Candidates, RecommendQuery
 from gateway.tracing import PipelineStage
 from triton_models.config import ModelSettings
 
@@ -116,29 +116,7 @@ class Recommender:
 
         budget.check("candidates")
         rules = self.model.reranker
-        with stage("candidates"):
-            blocked = [self.catalogue.positions(query.exclude_item_ids)]
-            if rules.filter_recently_viewed:
-                blocked.append(user.recent_viewed)
-            if rules.filter_recently_purchased:
-                blocked.append(user.recent_purchased)
-            blocked_positions = np.unique(np.concatenate(blocked))
-            count = candidate_count(
-                self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
-            )
-            past_items = purchases.recent_items[:HISTORY_CANDIDATES]
-            candidates = self.candidates.retrieve(query.user_id, past_items, count)
-
-        with stage("filter"):
-            kept = filter_candidates(
-                candidates,
-                blocked_positions,
-                self.catalogue.available if rules.filter_out_of_stock else None,
-            )
-        self.metrics.candidates_retrieved.observe(len(candidates))
-        self.metrics.candidates_filtered.observe(len(kept))
-        request_span.set_attribute("recsys.candidates.retrieved", len(candidates))
-        request_span.set_attribute("recsys.candidates.filtered", len(kept))
+        kept = self._candidates(query, user, purchases, request_span)
 
         # The control arm of an experiment on the default list (MIXED) serves the ranker's
         # list, today's default; a list asked for by name (DISCOVER, BUY_AGAIN) is served.
@@ -186,21 +164,7 @@ class Recommender:
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")
         is_new = ~np.isin(items.positions, owned)
-        new_items = int(np.count_nonzero(is_new))
-        served = surface.name.lower()
-        self.metrics.child(self.metrics.recommended_items, served, "new").inc(new_items)
-        self.metrics.child(self.metrics.recommended_items, served, "own").inc(
-            len(items) - new_items
-        )
-        for reason in reasons:
-            self.metrics.child(self.metrics.degraded, reason).inc()
-        if reasons:
-            request_span.set_attribute("recsys.degraded_reasons", reasons)
-        if routed is not None:
-            metrics = self.metrics
-            for arm in routed.arms:
-                exposed = arm.assignment
-                metrics.child(metrics.exposures, exposed.experiment, exposed.variant).inc()
+        self._count_served(surface, is_new, reasons, routed, request_span)
         with stage("respond"):
             response = self.responses.build(
                 items,
@@ -213,6 +177,63 @@ class Recommender:
         if routed is not None:
             self._log_exposure(query, routed, ranking.model_version, response, is_new)
         return response
+
+    def _candidates(
+        self,
+        query: RecommendQuery,
+        user: UserFeatures,
+        purchases: UserPurchases,
+        request_span: trace.Span,
+    ) -> Candidates:
+        """The candidates and filter stages: retrieved items less the blocked and unavailable."""
+        rules = self.model.reranker
+        with self._stage("candidates"):
+            blocked = [self.catalogue.positions(query.exclude_item_ids)]
+            if rules.filter_recently_viewed:
+                blocked.append(user.recent_viewed)
+            if rules.filter_recently_purchased:
+                blocked.append(user.recent_purchased)
+            blocked_positions = np.unique(np.concatenate(blocked))
+            count = candidate_count(
+                self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
+            )
+            past_items = purchases.recent_items[:HISTORY_CANDIDATES]
+            candidates = self.candidates.retrieve(query.user_id, past_items, count)
+
+        with self._stage("filter"):
+            kept = filter_candidates(
+                candidates,
+                blocked_positions,
+                self.catalogue.available if rules.filter_out_of_stock else None,
+            )
+        self.metrics.candidates_retrieved.observe(len(candidates))
+        self.metrics.candidates_filtered.observe(len(kept))
+        request_span.set_attribute("recsys.candidates.retrieved", len(candidates))
+        request_span.set_attribute("recsys.candidates.filtered", len(kept))
+        return kept
+
+    def _count_served(
+        self,
+        surface: Surface,
+        is_new: npt.NDArray[np.bool_],
+        reasons: list[str],
+        routed: UserArms | None,
+        request_span: trace.Span,
+    ) -> None:
+        """Metrics of an answer: own and new items served, degraded reasons, exposures."""
+        metrics = self.metrics
+        new_items = int(np.count_nonzero(is_new))
+        served = surface.name.lower()
+        metrics.child(metrics.recommended_items, served, "new").inc(new_items)
+        metrics.child(metrics.recommended_items, served, "own").inc(len(is_new) - new_items)
+        for reason in reasons:
+            metrics.child(metrics.degraded, reason).inc()
+        if reasons:
+            request_span.set_attribute("recsys.degraded_reasons", reasons)
+        if routed is not None:
+            for arm in routed.arms:
+                exposed = arm.assignment
+                metrics.child(metrics.exposures, exposed.experiment, exposed.variant).inc()
 
     def _log_exposure(
         self,
