@@ -1,7 +1,7 @@
 """Run the real Triton Inference Server that ships in the ``nvidia-pytriton`` wheel.
 
 The wheel's ``tritonserver`` binary runs on a CPU-only machine, but only when started the way
-this module starts it (see DESIGN.md, "Known facts about the environment"):
+this module starts it:
 
 - ``LD_LIBRARY_PATH`` holds the wheel's ``nvidia_pytriton.libs`` (libtritonserver and friends)
   and, first, the directory of this interpreter's ``libpython3.X.so``, so the Python-backend
