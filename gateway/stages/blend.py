@@ -74,18 +74,17 @@ def surface_list(
     otherwise `mixed_order` keeps that list whatever the discovery list holds, so the second
     re-rank pass (the larger part of MIXED's extra cost) is skipped with the same result.
     """
+    if surface is Surface.DISCOVER:  # the buy-again list plays no part in it
+        return rerank(_discovery_candidates(ranking, owned))
     items = rerank(ranking.items)
     if surface is Surface.BUY_AGAIN:
         return items
     discover = _NONE
-    if surface is Surface.DISCOVER or missing_new_items(
-        items.positions, owned, num_items, discovery_slots
-    ):
-        discover = rerank(
-            ranking.discover
-            if ranking.discover is not None
-            else without_owned(ranking.items, owned)
-        )
-    if surface is Surface.DISCOVER:
-        return discover
+    if missing_new_items(items.positions, owned, num_items, discovery_slots):
+        discover = rerank(_discovery_candidates(ranking, owned))
     return blend_mixed(items, discover, ranking.items, owned, num_items, discovery_slots)
+
+
+def _discovery_candidates(ranking: Ranking, owned: npt.NDArray[np.int32]) -> Candidates:
+    """The discovery head's list, or the ranker's without own items when no head answered."""
+    return ranking.discover if ranking.discover is not None else without_owned(ranking.items, owned)
