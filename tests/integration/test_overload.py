@@ -165,7 +165,7 @@ async def test_queued_requests_run_when_a_slot_frees_in_time(
 
 
 @pytest.mark.usefixtures("slow_features")
-async def test_calls_over_max_concurrent_streams_are_refused_by_grpc_unprocessed(
+async def test_calls_over_max_concurrent_streams_wait_in_the_client_or_are_refused_unprocessed(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings(
@@ -183,11 +183,15 @@ async def test_calls_over_max_concurrent_streams_are_refused_by_grpc_unprocessed
         for code, details, elapsed in results
         if code == grpc.StatusCode.UNAVAILABLE and "RST_STREAM" in details
     ]
+    # Whether any is refused is a race: the client learns the limit from the server's SETTINGS
+    # and queues the excess itself, but it frees a stream when the answer arrives, which may be
+    # before the server has retired it; a call sent in that gap is refused. Either outcome is
+    # the documented one (README, "Overload").
     assert len(ok) + len(refused) == 8
-    assert len(ok) >= 2 and refused
+    assert len(ok) >= 2
     # Never more than two at once: the others waited in the client for a free stream.
     assert sum(elapsed < 0.45 for elapsed in ok) <= 2
-    # The refused ones were refused by gRPC itself (HTTP/2 REFUSED_STREAM) before any Python
+    # Any refused ones were refused by gRPC itself (HTTP/2 REFUSED_STREAM) before any Python
     # code ran, so they are safe to retry: the gateway's request counter never saw them.
     handled = [
         value
