@@ -64,6 +64,8 @@ def _kernel(*signatures: str | Signature) -> Callable[[_F], _F]:
 
 
 _READONLY_F32 = types.Array(types.float32, 1, "C", readonly=True)
+_READONLY_I32 = types.Array(types.int32, 1, "C", readonly=True)
+_I32 = types.Array(types.int32, 1, "C")
 
 
 @_kernel(
@@ -155,7 +157,47 @@ def first_occurrences(values: Array) -> Array:  # pragma: no cover - compiled
     return out[:taken]
 
 
-@_kernel("int64[:](int32[::1], int32[::1], boolean[::1], boolean)")
+@_kernel(
+    *(
+        types.Array(types.boolean, 1, "C")(values, members)
+        for values in (_I32, _READONLY_I32)
+        for members in (_I32, _READONLY_I32)
+    )
+)
+def contained(values: Array, members: Array) -> Array:  # pragma: no cover - compiled
+    """``values[i] in members`` for each ``i``, as ``np.isin(values, members)``.
+
+    np.isin costs 15-30 µs on a request's few hundred positions (it sorts both arrays); a
+    presence table over the values' range costs about 1 µs. Ranges too sparse for a table are
+    searched in a sorted copy of ``members``.
+    """
+    n = len(values)
+    out = np.zeros(n, np.bool_)
+    if n == 0 or len(members) == 0:
+        return out
+    low = np.int64(values.min())
+    span = np.int64(values.max()) - low + 1
+    if span <= 4 * (n + len(members)) + 65_536:
+        present = np.zeros(span, np.bool_)
+        for member in members:
+            slot = np.int64(member) - low
+            if 0 <= slot < span:
+                present[slot] = True
+        for i in range(n):
+            out[i] = present[np.int64(values[i]) - low]
+        return out
+    ordered = np.sort(members)
+    at = np.searchsorted(ordered, values)
+    for i in range(n):
+        out[i] = at[i] < len(ordered) and ordered[at[i]] == values[i]
+    return out
+
+
+@_kernel(
+    "int64[:](int32[::1], int32[::1], boolean[::1], boolean)",
+    # read-only positions: candidates the gateway's retrieval cache shares between requests
+    types.int64[:](_READONLY_I32, _I32, types.Array(types.boolean, 1, "C"), types.boolean),
+)
 def keep_allowed(
     positions: Array, blocked: Array, available: Array, check_available: bool
 ) -> Array:  # pragma: no cover - compiled

@@ -17,6 +17,8 @@ import enum
 import numpy as np
 import numpy.typing as npt
 
+from feature_service.kernels import contained
+
 Positions = npt.NDArray[np.int32]
 
 DEFAULT_DISCOVERY_SLOTS = 3
@@ -42,7 +44,7 @@ def missing_new_items(
     for MIXED (0: none, and :func:`mixed_order` keeps ``buy_again`` whatever ``discover``
     holds, so a caller can skip building it)."""
     head = buy_again[:num_items]
-    return max(0, min(discovery_slots, num_items) - int((~np.isin(head, owned)).sum()))
+    return max(0, min(discovery_slots, num_items) - int((~contained(head, owned)).sum()))
 
 
 def mixed_order(
@@ -68,17 +70,17 @@ def mixed_order(
         discovery_slots: how many of its slots at least go to new items.
     """
     head = buy_again[:num_items]
-    is_owned = np.isin(head, owned)
+    is_owned = contained(head, owned)
     need = min(discovery_slots, num_items) - int((~is_owned).sum())
     if need <= 0 or len(discover) == 0:
         return buy_again
     owned_at = np.flatnonzero(is_owned)
     room = num_items - len(head)  # a short list takes new items without giving any up
-    picks = discover[~np.isin(discover, head)][: min(need, room + len(owned_at))]
+    picks = discover[~contained(discover, head)][: min(need, room + len(owned_at))]
     # The last owned items of the head give way; everything else keeps its order.
     drop = owned_at[len(owned_at) - max(0, len(picks) - room) :]
     kept = np.delete(head, drop)
     rest = buy_again[num_items:]
-    tail = np.concatenate([head[drop], rest[~np.isin(rest, picks)]])
+    tail = np.concatenate([head[drop], rest[~contained(rest, picks)]])
     order: Positions = np.concatenate([kept, picks, tail]).astype(np.int32)
     return order

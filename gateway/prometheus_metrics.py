@@ -48,6 +48,8 @@ class Metrics:
         self.candidates_filtered = self.candidates.labels("filtered")
         self.prediction_cache_hits = self.prediction_cache.labels("hit")
         self.prediction_cache_misses = self.prediction_cache.labels("miss")
+        self.retrieval_cache_hits = self.retrieval_cache.labels("hit")
+        self.retrieval_cache_misses = self.retrieval_cache.labels("miss")
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
 
     def _declare_calls(self, r: CollectorRegistry) -> None:
@@ -104,6 +106,13 @@ class Metrics:
         self.prediction_cache = Counter(
             "recsys_prediction_cache_requests",
             "Prediction cache lookups, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.retrieval_cache = Counter(
+            "recsys_retrieval_cache_requests",
+            "Lookups of a user's retrieved candidates (kept until their purchases change), by "
+            "result.",
             ["result"],
             registry=r,
         )

@@ -17,6 +17,7 @@ from ab.exposures import Exposure, ExposureRecorder
 from ab.routing import RoutingTable, UserArms
 from feature_service.catalogue import ItemCatalogue
 from feature_service.history import NO_PURCHASES, UserPurchases
+from feature_service.kernels import contained
 from feature_service.store import FeatureStore, UserFeatures
 from feature_service.surfaces import Surface
 from gateway.deadline import Budget
@@ -163,7 +164,7 @@ class Recommender:
             )
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")
-        is_new = ~np.isin(items.positions, owned)
+        is_new = ~contained(items.positions, owned)
         self._count_served(surface, is_new, reasons, routed, request_span)
         with stage("respond"):
             response = self.responses.build(
@@ -198,7 +199,9 @@ class Recommender:
                 self.model.candidate_generator.candidates, query.num_items, len(blocked_positions)
             )
             past_items = purchases.recent_items[:HISTORY_CANDIDATES]
-            candidates = self.candidates.retrieve(query.user_id, past_items, count)
+            candidates, cached = self.candidates.retrieve_cached(query.user_id, past_items, count)
+        metrics = self.metrics
+        (metrics.retrieval_cache_hits if cached else metrics.retrieval_cache_misses).inc()
 
         with self._stage("filter"):
             kept = filter_candidates(
@@ -206,8 +209,8 @@ class Recommender:
                 blocked_positions,
                 self.catalogue.available if rules.filter_out_of_stock else None,
             )
-        self.metrics.candidates_retrieved.observe(len(candidates))
-        self.metrics.candidates_filtered.observe(len(kept))
+        metrics.candidates_retrieved.observe(len(candidates))
+        metrics.candidates_filtered.observe(len(kept))
         request_span.set_attribute("recsys.candidates.retrieved", len(candidates))
         request_span.set_attribute("recsys.candidates.filtered", len(kept))
         return kept

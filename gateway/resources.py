@@ -242,8 +242,12 @@ def _load_candidates(settings: Settings, catalogue: ItemCatalogue) -> CandidateR
         if retrieval_dir.is_dir()
         else None
     )
+    generator = model.candidate_generator
     return CandidateRetriever(
-        PopularCandidates(catalogue), index, model.candidate_generator.popular_candidates
+        PopularCandidates(catalogue),
+        index,
+        generator.popular_candidates,
+        generator.retrieval_cache_size,
     )
 
 

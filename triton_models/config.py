@@ -24,6 +24,11 @@ class CandidateGeneratorSettings(BaseModel):
     """Catalogues up to this many items are searched exactly (every inner product, as the
     ranker's training candidates were) instead of with Annoy: at that size brute force is both
     exact and faster. Larger catalogues use Annoy; 0 always uses Annoy."""
+    retrieval_cache_size: int = Field(4096, ge=0)
+    """Users whose retrieved candidates each gateway process keeps (least recently used
+    first out; about 5 KB each); 0 retrieves on every request. A user's candidates depend only
+    on their embedding and their past items, so an entry is exact until their purchases
+    change, which changes its key."""
 
 
 class RankerSettings(BaseModel):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from feature_service.kernels import contained
 from feature_service.surfaces import Surface, missing_new_items, mixed_order
 from gateway.stages.types import Candidates, Ranking
 
@@ -25,7 +26,7 @@ def discovery_order(
 ) -> Candidates:
     """The candidates the customer never bought, best `discovery_scores` (aligned with
     `candidates`) first."""
-    new = ~np.isin(candidates.positions, owned)
+    new = ~contained(candidates.positions, owned)
     positions, scores = candidates.positions[new], discovery_scores[new]
     order = np.argsort(-scores, kind="stable")
     return Candidates(positions[order], scores[order])
@@ -35,7 +36,7 @@ def without_owned(ranked: Candidates, owned: npt.NDArray[np.int32]) -> Candidate
     """`ranked` without the customer's own past items, order kept: the discovery list when no
     discovery model answered (offline, today's ranker masked like this came within noise of
     the discovery model on new products)."""
-    return ranked.take(~np.isin(ranked.positions, owned))
+    return ranked.take(~contained(ranked.positions, owned))
 
 
 def blend_mixed(

@@ -97,7 +97,7 @@ def test_serving_pipeline_matches_numpy_stage_by_stage(
     catalogue, histories, index = world
     items = ItemArrays.from_catalogue(catalogue)
     popular = PopularCandidates(catalogue)
-    retriever = CandidateRetriever(popular, index, POPULAR)
+    retriever = CandidateRetriever(popular, index, POPULAR, cache_size=1000)
     features = RankingFeatures(histories, items)
     rng = np.random.default_rng(7)
     context = RequestContext(
@@ -111,8 +111,11 @@ def test_serving_pipeline_matches_numpy_stage_by_stage(
         past = purchases.recent_items[:HISTORY_CANDIDATES]
         np.testing.assert_array_equal(past, reference.recent_items(history, HISTORY_CANDIDATES))
 
-        # candidates
-        got = retriever.retrieve(user, past, 500)
+        # candidates (the second lookup comes from the gateway's retrieval cache, read-only)
+        got, cached = retriever.retrieve_cached(user, past, 500)
+        again, cached_again = retriever.retrieve_cached(user, past, 500)
+        assert (cached, cached_again) == (False, True) and again is got
+        assert not got.positions.flags.writeable and not got.scores.flags.writeable
         row = index.user_row.get(user)
         if row is None:
             nearest = np.empty(0, np.int32)
@@ -154,6 +157,10 @@ def test_serving_pipeline_matches_numpy_stage_by_stage(
         )
         np.testing.assert_array_equal(x, want_x)
         bought_candidates += int(np.isin(kept.positions, state.item_positions).sum())
+        # which candidates are new to the customer (the surfaces and the served-items metric)
+        np.testing.assert_array_equal(
+            kernels.contained(kept.positions, past), np.isin(kept.positions, past)
+        )
 
         # order by the ranker's scores (rounded so that ties occur), then the re-rank rules
         scores = np.round(rng.random(len(kept)), 2).astype(np.float32)
@@ -208,6 +215,7 @@ _KERNELS = (
     "order_by_score",
     "greedy_mmr",
     "first_per_category",
+    "contained",
 )
 
 

@@ -219,3 +219,16 @@ def test_rerank_equals_numpy(seed: int) -> None:
 def _assert_same(got: Candidates, want: Candidates) -> None:
     np.testing.assert_array_equal(got.positions, want.positions)
     np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_contained_equals_isin_on_dense_sparse_and_read_only_arrays() -> None:
+    rng = np.random.default_rng(9)
+    for case in range(60):
+        values = rng.integers(-3, N_ITEMS, int(rng.integers(0, 300))).astype(np.int32)
+        members = rng.integers(-3, N_ITEMS, int(rng.integers(0, 200))).astype(np.int32)
+        if case % 3 == 0:  # a range too sparse for a presence table: the sorted search
+            members = rng.integers(0, 2**31 - 1, int(rng.integers(1, 200))).astype(np.int32)
+            values = np.concatenate([values, members[:5]]).astype(np.int32)
+        if case % 4 == 0:
+            members.setflags(write=False)
+        np.testing.assert_array_equal(kernels.contained(values, members), np.isin(values, members))
