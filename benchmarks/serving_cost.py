@@ -99,12 +99,22 @@ def _figure(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "ok_rps": entry["ok_rps"],
         "errors": entry["errors"],
+        # which errors: RESOURCE_EXHAUSTED is admission shedding, anything else a failure
+        "status_codes": {k: v for k, v in entry.get("status_codes", {}).items() if k != "OK"},
         "p50_ms": lat["p50_ms"],
         "p99_ms": lat["p99_ms"],
         "cpu_ms_per_request": entry["cpu_ms_per_request"],
         "fallback_share": entry.get("fallback_share"),
         "machine": entry["machine"],
     }
+
+
+def _errors(figure: Mapping[str, Any]) -> str:
+    """`0`, or the non-OK calls by status code (`12 RESOURCE_EXHAUSTED`)."""
+    codes = figure.get("status_codes") or {}
+    if not codes:
+        return str(figure.get("errors", 0))
+    return ", ".join(f"{n:,} {code}" for code, n in sorted(codes.items(), key=lambda c: -c[1]))
 
 
 def _cpu(figure: Mapping[str, Any], role: str) -> float:
@@ -234,8 +244,8 @@ def render(result: Mapping[str, Any]) -> str:
         "real customers (cache off); the cache-on mix draws customers by their order count.",
         "",
         "| target | processes | req/s | p50 / p99 ms | gateway CPU ms/call | "
-        "Triton CPU ms/call | ghz CPU ms/call | fallback |",
-        "|---|---|---|---|---|---|---|---|",
+        "Triton CPU ms/call | ghz CPU ms/call | fallback | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(name: str, processes: object, fig: Mapping[str, Any], role: str) -> str:
@@ -244,7 +254,7 @@ def render(result: Mapping[str, Any]) -> str:
             f"| {name} | {processes} | {fig['ok_rps']:,.0f} | {fig['p50_ms']:.1f} / "
             f"{fig['p99_ms']:.1f} | {_cpu(fig, role):.3f} | {_cpu(fig, 'triton'):.3f} | "
             f"{_cpu(fig, 'ghz and driver'):.3f} | "
-            f"{'—' if fallback is None else f'{fallback:.1%}'} |"
+            f"{'—' if fallback is None else f'{fallback:.1%}'} | {_errors(fig)} |"
         )
 
     lines.append(row("echo server (canned Recommend)", 1, result["echo"], "echo"))
@@ -261,7 +271,7 @@ def render(result: Mapping[str, Any]) -> str:
         lines.append(
             f"| Triton alone ({alone['model']}, {alone['rows_per_request']} rows) | — | "
             f"{alone['rps']:,.0f} | — | — | {alone.get('server_cpu_ms_per_request') or 0:.3f} "
-            "| — | — |"
+            "| — | — | — |"
         )
     lines += ["", "| figure | this run | target |", "|---|---|---|"]
     for name, value in result["ratios"].items():
