@@ -30,6 +30,7 @@ without changing the contract.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -260,6 +261,13 @@ def _days(now: float, then: npt.NDArray[np.float64] | float) -> npt.NDArray[np.f
     return np.where(np.isfinite(days), np.clip(days, 0.0, MAX_DAYS), MAX_DAYS)
 
 
+def _days_since(now: float, then: float) -> float:
+    """`_days` of one time, in plain float arithmetic (the same IEEE operations, without the
+    ~10 us of NumPy calls on a scalar that every request paid)."""
+    days = (now - then) / SECONDS_PER_DAY
+    return min(max(days, 0.0), MAX_DAYS) if math.isfinite(days) else MAX_DAYS
+
+
 def _shared_row(state: UserState, context: Context) -> npt.NDArray[np.float32]:
     """The user and context columns, which are the same for every candidate."""
     row = np.zeros(NUM_FEATURES, dtype=np.float32)
@@ -267,7 +275,7 @@ def _shared_row(state: UserState, context: Context) -> npt.NDArray[np.float32]:
     row[_USER_START : _USER_START + len(_USER)] = (
         np.log1p(state.order_count),
         np.log1p(len(state.item_positions)),
-        _days(now, state.last_order),
+        _days_since(now, state.last_order),
         state.mean_log_price,
         float(state.order_count == 0),
         float(is_uk(state.country)),

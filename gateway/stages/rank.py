@@ -103,6 +103,11 @@ class PredictionCache:
         fingerprint = hashlib.blake2b(positions.tobytes(), digest_size=12).digest()
         return (model, version, user_id, history_lines, context, fingerprint)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether scores are kept at all (`model.ranker.prediction_cache_size` > 0)."""
+        return self._cache is not None
+
     def get(self, key: tuple[object, ...]) -> npt.NDArray[np.float32] | None:
         """Cached scores, or None."""
         return None if self._cache is None else self._cache.get(key)
@@ -602,15 +607,20 @@ async def rank_candidates(
     context = request.context
     history = request.history
     with_discovery = ranker.registry.has_discovery(model)
-    key = PredictionCache.key(
-        model,
-        version,
-        request.user_id,
-        len(history.positions),
-        (context.device, context.page, hash(context.country), context.time.hour),
-        candidates.positions,
+    # With the cache off, no key is hashed and no scores are stacked for it.
+    key = (
+        PredictionCache.key(
+            model,
+            version,
+            request.user_id,
+            len(history.positions),
+            (context.device, context.page, hash(context.country), context.time.hour),
+            candidates.positions,
+        )
+        if ranker.cache.enabled
+        else None
     )
-    cached = ranker.cache.get(key)
+    cached = ranker.cache.get(key) if key is not None else None
     fresh = cached is None
     discovery: npt.NDArray[np.float32] | None = None
     if cached is not None:
@@ -618,7 +628,8 @@ async def rank_candidates(
         # cached as two rows, ranker and discovery scores, for a model with both heads
         scores, discovery = (cached[0], cached[1]) if with_discovery else (cached, None)
     else:
-        metrics.prediction_cache_misses.inc()
+        if key is not None:
+            metrics.prediction_cache_misses.inc()
         features = ranker.features.build(request.user_id, history, candidates, context)
         timeout_s = min(budget.remaining(), settings.timeout_ms / 1000.0)
         started = time.perf_counter()
@@ -633,7 +644,8 @@ async def rank_candidates(
             duration = metrics.child(metrics.triton_duration, model)
             duration.observe(time.perf_counter() - started)
         scores, discovery = scored.scores, scored.discovery
-        ranker.cache.put(key, scores if discovery is None else np.stack([scores, discovery]))
+        if key is not None:
+            ranker.cache.put(key, scores if discovery is None else np.stack([scores, discovery]))
     order = order_by_score(scores)
     if fresh and len(order):
         score = metrics.child(metrics.ranker_score, model)
