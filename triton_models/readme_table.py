@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,10 @@ def render(readme: str, report: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m triton_models.readme_table", description=__doc__.split("\n", 1)[0]
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('recsys')}")
     parser.add_argument("--report", type=Path, default=Path("build/reports/evaluation.json"))
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)

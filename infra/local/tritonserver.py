@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Self
@@ -538,6 +539,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m infra.local.tritonserver",
         description="Exec the nvidia-pytriton wheel's tritonserver with the environment it needs.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('recsys')}")
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -105,6 +106,18 @@ async def test_client_wheel_calls_a_gateway_from_a_clean_environment(
     )
     assert cli.returncode == 0, cli.stderr
     assert len(json.loads(cli.stdout)["recommendations"]) == 2
+    # The installed distribution's version, from its metadata (not the source tree's fallback).
+    version = await asyncio.to_thread(
+        subprocess.run,
+        [str(python), "-m", "recsys.client", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0, version.stderr
+    declared = tomllib.loads((REPO / "protos" / "pyproject.toml").read_text())["project"]
+    assert version.stdout == f"python -m recsys.client {declared['version']}\n"
     assert wheel.stat().st_size > 0
 
 

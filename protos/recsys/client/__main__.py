@@ -9,7 +9,10 @@ message on stderr and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
@@ -17,11 +20,35 @@ from google.protobuf import json_format
 from recsys.client.client import RecommendationClient
 from recsys.client.service_config import CallPolicy
 
+DISTRIBUTION = "recsys-client"
+
+
+def client_version() -> str:
+    """The installed `recsys-client` distribution's version; from the source tree (the service's
+    environment imports `recsys` from protos/ without installing that distribution), the version
+    in protos/pyproject.toml, and "unknown" when neither is there."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        # tomllib is Python 3.11+ and the distribution supports 3.10: imported by name, so
+        # that mypy's 3.10 check of this package passes and 3.10 ends in ImportError.
+        tomllib = importlib.import_module("tomllib")
+        project = tomllib.loads(pyproject.read_text())["project"]
+    except (ImportError, OSError, ValueError, KeyError):
+        return "unknown"
+    if project.get("name") != DISTRIBUTION:
+        return "unknown"
+    return f"{project['version']} (source tree)"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recsys.client", description="Call the recommendation service."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {client_version()}")
     parser.add_argument("--target", default="127.0.0.1:50051", help="host:port of the service")
     parser.add_argument("--deadline", type=float, default=2.0, help="seconds per call")
     parser.add_argument("--token", default=None, help="bearer token, when the server needs one")
