@@ -3,13 +3,22 @@ outcomes recorded through RecordEvents, and the controller deciding from the rec
 a worse treatment is rolled back (every gateway then routes to control), a better one is
 promoted. The rollback runs on the production stores (Redis and Postgres), the promotion on the
 embedded store of `make run` (SQLite logs, JSON state), where `analyze` then writes its report,
-plots and tables from the real traffic (the README's plot comes from this run)."""
+plots and tables from the real traffic (the README's plot comes from this run).
+
+To refresh the committed copy of that output (benchmarks/results/experiment-e2e/, the README's
+plot), run the promotion with the variable that names where it goes:
+
+    RECSYS_E2E_ANALYSIS_DIR=benchmarks/results/experiment-e2e \
+        pytest tests/integration/experiments/test_experiment_e2e.py -k promoted
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +48,8 @@ from tests.conftest import async_stub, running_gateway
 
 pytestmark = pytest.mark.integration
 USERS = 700  # per run; the minimum sample is 250 users per arm
+ANALYSIS_DIR = os.environ.get("RECSYS_E2E_ANALYSIS_DIR")
+"""Where the promotion's `analyze` output is copied to when set (it stays in tmp_path too)."""
 
 
 def _experiment(name: str) -> ExperimentConfig:
@@ -237,3 +248,5 @@ async def test_controller_decides_from_gateway_traffic(
         conversion = next(e for e in document["effects"] if e["metric"] == "conversion_rate")
         assert conversion["ci"][0] > 0  # the better treatment's lift, interval above zero
         assert (out / f"{experiment.name}_lift.png").stat().st_size > 10_000
+        if ANALYSIS_DIR:
+            shutil.copytree(out, ANALYSIS_DIR, dirs_exist_ok=True)
