@@ -14,6 +14,7 @@ NAMESPACE="${RECSYS_NAMESPACE:-recsys}"
 KUBE_CONTEXT="${RECSYS_KUBE_CONTEXT:-}"
 TIMEOUT="${RECSYS_TIMEOUT:-10m}"
 FULLNAME=""
+WORKLOAD=""
 
 # Print a command as a shell-quoted line prefixed with "+ ", then run it unless --dry-run.
 run() {
@@ -44,6 +45,22 @@ fullname() {
     fi
 }
 
+# The gateway workload as kubectl's TYPE/NAME: a StatefulSet with gateway.spool.volume=
+# persistentVolume (the production values), else a Deployment. --workload KIND says which;
+# without it the cluster is asked (a dry run cannot ask, and assumes a Deployment).
+gateway_workload() {
+    local name kind="$WORKLOAD"
+    name="$(fullname)"
+    if [[ -z "$kind" ]]; then
+        kind=deployment
+        if ((!DRY_RUN)) &&
+            kubectl "${KUBECTL_FLAGS[@]}" get "statefulset/$name" -o name >/dev/null 2>&1; then
+            kind=statefulset
+        fi
+    fi
+    printf '%s/%s' "$kind" "$name"
+}
+
 # Global flags for helm and kubectl.
 helm_flags() {
     HELM_FLAGS=(--namespace "$NAMESPACE")
@@ -65,6 +82,13 @@ common_option() {
         --kube-context) [[ $# -ge 2 ]] || die "$1 needs a value"; KUBE_CONTEXT="$2"; return 2 ;;
         --timeout) [[ $# -ge 2 ]] || die "$1 needs a value"; TIMEOUT="$2"; return 2 ;;
         --fullname) [[ $# -ge 2 ]] || die "$1 needs a value"; FULLNAME="$2"; return 2 ;;
+        --workload)
+            [[ $# -ge 2 ]] || die "$1 needs a value"
+            [[ "$2" == deployment || "$2" == statefulset ]] ||
+                die "$1 must be deployment or statefulset"
+            WORKLOAD="$2"
+            return 2
+            ;;
         --dry-run) DRY_RUN=1; return 1 ;;
         *) return 0 ;;
     esac
@@ -76,5 +100,9 @@ COMMON_USAGE="Common options:
   --kube-context CTX     kubeconfig context (default: current context)
   --timeout DURATION     how long to wait (default: \$RECSYS_TIMEOUT or 10m)
   --fullname NAME        resource name prefix if the chart's fullnameOverride is set
+  --workload KIND        the gateway's workload, deployment or statefulset (default: a
+                         statefulset if the release has one, i.e. gateway.spool.volume=
+                         persistentVolume as in the production values; deploy reads it from
+                         the values it is given)
   --dry-run              print the helm/kubectl commands instead of running them
   -h, --help             show this help"

@@ -116,9 +116,10 @@ def test_production_hpa(production: list[Manifest]) -> None:
     hpa = one(production, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
     spec = hpa["spec"]
+    # Production keeps the event spool on a volume per pod: the gateway is a StatefulSet.
     assert spec["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "name": "recsys",
     }
     assert (spec["minReplicas"], spec["maxReplicas"]) == (5, 50)
@@ -137,7 +138,7 @@ def test_production_hpa(production: list[Manifest]) -> None:
     assert behavior["scaleDown"]["policies"]
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
     # The HPA owns the replica count.
-    assert "replicas" not in one(production, "Deployment", "recsys")["spec"]
+    assert "replicas" not in one(production, "StatefulSet", "recsys")["spec"]
 
 
 def test_hpa_tolerance_example_needs_kubernetes_1_33() -> None:
@@ -166,7 +167,7 @@ def test_no_hpa_without_autoscaling(default: list[Manifest]) -> None:
 @pytest.mark.parametrize("values", [DEFAULT, PRODUCTION], ids=lambda p: p.name)
 def test_pods_run_non_root_with_read_only_root_filesystem(values: Path) -> None:
     manifests = render(values)
-    for deployment in find(manifests, "Deployment"):
+    for deployment in find(manifests, "Deployment") + find(manifests, "StatefulSet"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] > 0
@@ -182,7 +183,7 @@ def test_pods_run_non_root_with_read_only_root_filesystem(values: Path) -> None:
 
 
 def test_gateway_pod(production: list[Manifest]) -> None:
-    deployment = one(production, "Deployment", "recsys")
+    deployment = one(production, "StatefulSet", "recsys")
     pod = deployment["spec"]["template"]["spec"]
     by_name = {c["name"]: c for c in pod["containers"]}
     assert set(by_name) == {"gateway", "ab-sidecar"}
@@ -218,7 +219,9 @@ def test_gateway_pod(production: list[Manifest]) -> None:
 
     # Secrets reach both containers as RECSYS__ overrides from the existing Secret.
     for container in (gateway, sidecar):
-        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+        env = {
+            e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+        }
         assert env["RECSYS__SERVING__AUTH__TOKEN"] == {
             "name": "recsys-secrets",
             "key": "auth-token",
@@ -226,6 +229,9 @@ def test_gateway_pod(production: list[Manifest]) -> None:
         }
         assert "RECSYS__FEATURE_STORE__REDIS__PASSWORD" in env
     assert not find(production, "Secret")
+    # The gateway's event spool is on its own volume (tests/infra/test_helm_spool.py).
+    plain = {e["name"]: e["value"] for e in gateway["env"] if "value" in e}
+    assert plain["RECSYS__FEATURE_STORE__SPOOL_PATH"] == "/var/lib/recsys/spool/event-spool.jsonl"
 
     # Artefacts are copied in by an initContainer from a versioned image.
     (init,) = pod["initContainers"]
@@ -270,9 +276,14 @@ def _settings_from(config_map: Manifest, tmp_path: Path, environ: dict[str, str]
 def test_rendered_config_loads_into_the_gateway_settings(values: Path, tmp_path: Path) -> None:
     """The ConfigMap and the secret env names are accepted by the service's typed Settings."""
     manifests = render(values, kube_version=kube_version_for(values))
-    deployment = one(manifests, "Deployment", "recsys")
-    gateway = deployment["spec"]["template"]["spec"]["containers"][0]
-    environ = {e["name"]: "x" for e in gateway.get("env", []) if e["name"].startswith("RECSYS__")}
+    # A Deployment, or a StatefulSet where the values keep the event spool on a volume per pod.
+    [workload] = find(manifests, "Deployment", "recsys") + find(manifests, "StatefulSet", "recsys")
+    gateway = workload["spec"]["template"]["spec"]["containers"][0]
+    environ = {
+        e["name"]: e.get("value") or "x"
+        for e in gateway.get("env", [])
+        if e["name"].startswith("RECSYS__")
+    }
     settings = _settings_from(one(manifests, "ConfigMap", "recsys-config"), tmp_path, environ)
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
     assert settings.serving.port == ports["grpc"]
@@ -310,7 +321,7 @@ def test_services(production: list[Manifest]) -> None:
 def test_selectors_match_pod_labels(production: list[Manifest]) -> None:
     pods = {
         d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
-        for d in find(production, "Deployment")
+        for d in find(production, "Deployment") + find(production, "StatefulSet")
     }
 
     def selects(selector: dict[str, str]) -> set[str]:
@@ -510,7 +521,7 @@ def test_notes_render(chart_copy: Path) -> None:
         encoding="utf-8",
     )
     text = one(render(PRODUCTION, chart=chart_copy), "ConfigMap", "notes")["data"]["notes"]
-    assert "kubectl -n recsys rollout status deployment/recsys" in text
+    assert "kubectl -n recsys rollout status statefulset/recsys" in text
     assert "Autoscaling: 5-50 replicas, CPU target 70%, p99 target 100ms." in text
     assert "custom.metrics.k8s.io/v1beta1/namespaces/recsys/pods/*/" in text
     assert "WARNING" not in text

@@ -1,6 +1,7 @@
 """The chart's event-spool option: with gateway.spool.volume=persistentVolume the gateway is a
 StatefulSet whose pods each keep a volume for the spool across deletion; lint, render,
-validate strictly against the Kubernetes schema, and load the rendered config."""
+validate strictly against the Kubernetes schema, and load the rendered config. The production
+values choose it by themselves; the chart's default stays emptyDir (dev clusters)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from tests.infra.tooling import (
 )
 
 PRODUCTION = CHART / "ci" / "production-values.yaml"
+DEFAULT = CHART / "ci" / "default-values.yaml"
 PERSISTENT = ("gateway.spool.volume=persistentVolume",)
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="module")
 def persistent() -> list[Manifest]:
-    return render(PRODUCTION, sets=PERSISTENT)
+    """The production values as they are: no --set needed for the persistent spool."""
+    return render(PRODUCTION)
 
 
 def _gateway_container(workload: Manifest) -> Manifest:
@@ -40,7 +43,7 @@ def _gateway_container(workload: Manifest) -> Manifest:
 def test_lint_and_strict_schema(persistent: list[Manifest]) -> None:
     result = run(
         [require_tool("helm"), "lint", "--strict", CHART, "--values", PRODUCTION,
-         "--set", PERSISTENT[0], "--kube-version", KUBE_VERSION]
+         "--kube-version", KUBE_VERSION]
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     for manifest in persistent:
@@ -60,6 +63,8 @@ def test_a_statefulset_with_a_volume_per_pod_holds_the_spool(persistent: list[Ma
     assert claim["metadata"]["name"] == "spool"
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    # The cluster's default storage class: no class named.
+    assert "storageClassName" not in claim["spec"]
     # Deleting a pod or scaling it away keeps its claim (and what waits in it).
     assert spec["persistentVolumeClaimRetentionPolicy"] == {
         "whenDeleted": "Retain",
@@ -103,8 +108,24 @@ def test_the_rendered_config_puts_the_spool_on_the_volume(
     assert store.spool_adopt is not None and store.spool_path.match(store.spool_adopt)
 
 
-def test_emptydir_stays_the_default() -> None:
-    manifests = render(PRODUCTION)
+def test_the_option_renders_the_same_statefulset_on_other_values() -> None:
+    """--set gateway.spool.volume=persistentVolume on the default values gives the same kind of
+    workload and claim as the production values."""
+    manifests = render(DEFAULT, sets=PERSISTENT)
+    assert find(manifests, "Deployment", "recsys") == []
+    [claim] = one(manifests, "StatefulSet", "recsys")["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool"
+
+
+def test_a_storage_class_is_passed_through() -> None:
+    manifests = render(PRODUCTION, sets=("gateway.spool.persistentVolume.storageClassName=ssd",))
+    [claim] = one(manifests, "StatefulSet", "recsys")["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "ssd"
+
+
+@pytest.mark.parametrize("values", [(), (DEFAULT,)], ids=["chart-default", "default-values"])
+def test_emptydir_stays_the_chart_default(values: tuple[Path, ...]) -> None:
+    manifests = render(*values)
     assert find(manifests, "StatefulSet") == []
     assert find(manifests, "Service", "recsys-pods") == []
     deployment = one(manifests, "Deployment", "recsys")

@@ -83,12 +83,40 @@ def test_deploy_dry_run() -> None:
             "prod",
             "rollout",
             "status",
-            "deployment/shop-recsys",
+            # The production values run the gateway as a StatefulSet (spool volume per pod).
+            "statefulset/shop-recsys",
             "--timeout",
             "10m",
         ],
         ["helm", "status", "shop", "--namespace", "prod"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "workload"),
+    [
+        ((), "deployment/recsys"),
+        (("--set", "gateway.spool.volume=persistentVolume"), "statefulset/recsys"),
+        (("-f", str(CHART / "ci" / "production-values.yaml"), "--workload", "deployment"),
+         "deployment/recsys"),
+    ],
+    ids=["chart-default", "persistent-spool", "told"],
+)  # fmt: skip
+def test_deploy_waits_for_the_workload_the_values_render(
+    args: tuple[str, ...], workload: str
+) -> None:
+    commands = dry_run("deploy", "--no-lint", *args)
+    assert commands[1][-4:-2] == ["status", workload]
+
+
+@pytest.mark.parametrize("script", ["rollback", "monitor"])
+def test_workload_option(script: str) -> None:
+    commands = dry_run(script, "--workload", "statefulset")
+    status = next(c for c in commands if "rollout" in c)
+    assert "statefulset/recsys" in status
+    result = run([SCRIPTS / script, "--dry-run", "--workload", "daemonset"])
+    assert result.returncode == 2
+    assert "deployment or statefulset" in result.stderr
 
 
 def test_deploy_release_named_like_the_chart_keeps_its_name() -> None:
@@ -158,7 +186,7 @@ def test_experiment_rollback_dry_run() -> None:
             "--namespace",
             "recsys",
             "exec",
-            "deploy/recsys",
+            "deployment/recsys",
             "-c",
             "ab-sidecar",
             "--",
