@@ -7,10 +7,10 @@ same ghz settings (closed loop, `--concurrency` workers on one connection, `--se
    gRPC call pays;
 2. the gateway (`make run` profile, `--processes` gateway processes on one port) answering
    `grpc.health.v1.Health/Check`: what every call pays before any pipeline work;
-3. the gateway answering `Recommend` for distinct real customers with the prediction cache off
-   (every request scored by Triton);
-4. the same with the prediction cache on and a repeat-visit mix: customers drawn by their
-   order count in the data, as returning shoppers would come back;
+3. the gateway answering `Recommend` for distinct real customers with the prediction and
+   retrieval caches off (every request searches its candidates and is scored by Triton);
+4. the same with both caches on and a repeat-visit mix: customers drawn by their order count
+   in the data, as returning shoppers would come back;
 5. Triton alone, driven by ghz with one request of the ranker's shape per call.
 
 Every figure is given with the CPU milliseconds per answered call of each process (gateway,

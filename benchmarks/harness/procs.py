@@ -416,9 +416,11 @@ def _common_env(
         "PYTHONUNBUFFERED": "1",
     }
     if not prediction_cache:
-        # Every request is scored by Triton (the load targets' condition): ghz cycles through a
-        # few thousand requests, so the prediction cache would answer most of them instead.
+        # Every request does all its work (the load targets' condition): ghz cycles through a
+        # few thousand requests, so the prediction cache would answer most of them instead,
+        # and the retrieval cache would skip their candidate search.
         env["RECSYS__MODEL__RANKER__PREDICTION_CACHE_SIZE"] = "0"
+        env["RECSYS__MODEL__CANDIDATE_GENERATOR__RETRIEVAL_CACHE_SIZE"] = "0"
     return {**env, **extra}
 
 
@@ -447,8 +449,8 @@ def local_system(
     with its own metrics port); the kernel spreads connections, not calls, over them, so a
     load generator needs several connections to reach them all. `rate_limit` overrides
     `serving.rate_limit`; empty disables the per-client limit, which would otherwise throttle
-    ghz (one client address) in the spike. The prediction cache is off unless
-    `prediction_cache`, so every request reaches Triton.
+    ghz (one client address) in the spike. The prediction and retrieval caches are off
+    unless `prediction_cache`, so every request searches its candidates and reaches Triton.
     """
     env = _common_env(workdir, extra_env or {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
