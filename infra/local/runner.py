@@ -22,8 +22,13 @@ Both wait until gRPC health reports SERVING on `serving.port` (first on every ga
 nginx in `stack`, through its HTTP /health in `local`) and print how to call the service. A
 process that dies is restarted (with backoff while it keeps dying at start) and the others keep
 serving; Ctrl-C or SIGTERM on the runner stops everything cleanly, in the reverse start order.
-supervisord's configuration, log and control socket are in the run folder (`--run-dir`):
-`python -m supervisor.supervisorctl -c <run-dir>/supervisord.conf status`.
+When supervisord gives up on a process (FATAL, after `startretries` failed starts in a row, about
+eight minutes of growing waits), the runner reports it (its last exit and the end of its log)
+and, after a pause (`--fatal-retry-after`, 300 s), has supervisord start it again, at most
+`--fatal-retry-rounds` (5) times in a row, so a part whose cause was fixed meanwhile comes back;
+the others keep serving throughout. Each process's output is echoed as `name | line` and kept in
+`<run-dir>/logs/<name>.log`. supervisord's configuration, log and control socket are in the run
+folder (`--run-dir`): `python -m supervisor.supervisorctl -c <run-dir>/supervisord.conf status`.
 """
 
 from __future__ import annotations
@@ -120,6 +125,11 @@ def _announce(
         )
 
 
+def _report(message: str) -> None:
+    """A process supervisord gave up on (and what becomes of it), set apart from the log lines."""
+    print(f"\n  {_PROG}: {message}\n", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=_PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,6 +146,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--prometheus-port", type=int, default=9090, help="Prometheus' port in the stack profile"
+    )
+    parser.add_argument(
+        "--fatal-retry-after",
+        type=float,
+        default=supervision.DEFAULT_RETRY.after_s,
+        metavar="SECONDS",
+        help="pause before a process supervisord gave up on is started again"
+        " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fatal-retry-rounds",
+        type=int,
+        default=supervision.DEFAULT_RETRY.rounds,
+        metavar="N",
+        help="times in a row such a process is started again before it is left stopped"
+        " (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     run_dir = (args.run_dir or Path(".run") / args.profile).resolve()
@@ -161,16 +187,34 @@ def main(argv: list[str] | None = None) -> None:
     # Started before any thread of ours, so the fork happens while the runner is single-threaded.
     supervisor = subprocess.Popen(supervision.supervisord_argv(files))
     signalled: list[int] = []
+    stopped = threading.Event()
+    stopping = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         # supervisord stops every program, highest priority first, then exits. Ctrl-C in a
         # terminal reaches it directly as well (same process group): a second stop is harmless.
         signalled.append(signum)
+        stopping.set()  # nothing is started again from now on
         supervisor.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    stopped = threading.Event()
+    echo = threading.Thread(
+        target=supervision.echo_logs,
+        args=(files, list(processes), stopped, sys.stdout),
+        daemon=True,
+    )
+    echo.start()
+    threading.Thread(
+        target=supervision.watch_programs,
+        args=(
+            files,
+            stopping,
+            _report,
+            supervision.FatalRetry(args.fatal_retry_after, args.fatal_retry_rounds),
+        ),
+        daemon=True,
+    ).start()
     target = f"{settings.serving.host}:{settings.serving.port}"
     # nginx reports SERVING as soon as one gateway behind it does; the stack is ready only
     # when every gateway is.
@@ -200,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         returncode = supervisor.wait()
     finally:
+        stopping.set()
         stopped.set()
+        echo.join(timeout=10)  # the last lines the processes wrote while stopping
     # Stopped on a signal: 128 + its number, as a shell reports it. supervisord exiting by
     # itself (a bad configuration, its socket taken) is a failure whatever its status.
     sys.exit(128 + signalled[0] if signalled else returncode or 1)

@@ -8,6 +8,11 @@ without Triton (fallback ranking). supervisord is the well-kept alternative: per
 `autorestart`, `startsecs` (how long a start must survive to count) and `startretries` (each
 failed start waits one second longer than the previous one, then it gives up: FATAL), ordered
 start and stop by `priority`, and a control socket for `supervisorctl` (status, pid, restart).
+
+Each program's output goes to its own file under the run folder's `logs/`; the runner echoes
+those files to its terminal, each line after the program's name (`echo_logs`), and watches the
+programs over the control socket (`watch_programs`): one that supervisord gave up on (FATAL) is
+reported with its last exit and the end of its log, and started again after a longer pause.
 """
 
 from __future__ import annotations
@@ -19,20 +24,23 @@ import re
 import shlex
 import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+import xmlrpc.client
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic
+from typing import Any, TextIO
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from infra.local.logs import log_tail
 
 # A Unix socket path longer than this does not fit sockaddr_un (108 bytes with the NUL).
 _MAX_SOCKET_PATH = 100
-
-
-@dataclass(frozen=True)
-class ProcessSpec:
-    """One supervised process: its command line and the environment it adds."""
-
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
+# A program's log file is rotated at this size (one backup kept).
+_PROGRAM_LOG_MAX_BYTES = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,16 @@ def restart_policy(name: str) -> RestartPolicy:
 
 
 @dataclass(frozen=True)
+class ProcessSpec:
+    """One supervised process: its command line, the environment it adds and, when not the
+    one its name implies (`restart_policy`), how it is restarted."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    policy: RestartPolicy | None = None
+
+
+@dataclass(frozen=True)
 class SupervisorFiles:
     """Where one run's supervisord keeps its configuration, control socket, pid and log."""
 
@@ -78,6 +96,8 @@ class SupervisorFiles:
     socket: Path
     pidfile: Path
     log: Path
+    logs: Path
+    """Folder of the programs' own logs, `<name>.log`."""
 
     @classmethod
     def under(cls, run_dir: Path) -> SupervisorFiles:
@@ -91,7 +111,12 @@ class SupervisorFiles:
             socket=socket,
             pidfile=run_dir / "supervisord.pid",
             log=run_dir / "supervisord.log",
+            logs=run_dir / "logs",
         )
+
+    def program_log(self, name: str) -> Path:
+        """The file program `name`'s output (stdout and stderr) goes to."""
+        return self.logs / f"{name}.log"
 
 
 def _escape(value: str) -> str:
@@ -138,7 +163,7 @@ def supervisord_config(
         "",
     ]
     for name, spec in processes.items():
-        policy = restart_policy(name)
+        policy = spec.policy or restart_policy(name)
         argv = ["env", *(f"{key}={value}" for key, value in spec.env.items()), *spec.argv]
         sections += [
             f"[program:{_check_name(name)}]",
@@ -155,17 +180,23 @@ def supervisord_config(
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
-            "stdout_logfile=/dev/stdout",
-            "stdout_logfile_maxbytes=0",
+            # A file per program, so its last lines can be shown when it fails; the runner
+            # echoes it to the terminal (echo_logs).
+            f"stdout_logfile={_escape(str(files.program_log(name)))}",
+            f"stdout_logfile_maxbytes={_PROGRAM_LOG_MAX_BYTES}",
+            "stdout_logfile_backups=1",
             "",
         ]
     return "\n".join(sections)
 
 
 def write_config(processes: Mapping[str, ProcessSpec], run_dir: Path, cwd: Path) -> SupervisorFiles:
-    """Writes the configuration under `run_dir` (created) and returns the run's files."""
+    """Writes the configuration under `run_dir` (created), removes the program logs of an earlier
+    run there, and returns the run's files."""
     run_dir.mkdir(parents=True, exist_ok=True)
     files = SupervisorFiles.under(run_dir)
+    files.logs.mkdir(exist_ok=True)
+    clear_program_logs(files)
     files.config.write_text(supervisord_config(processes, files, cwd), encoding="utf-8")
     return files
 
@@ -173,3 +204,153 @@ def write_config(processes: Mapping[str, ProcessSpec], run_dir: Path, cwd: Path)
 def supervisord_argv(files: SupervisorFiles) -> list[str]:
     """The command that runs supervisord in the foreground with this run's configuration."""
     return [sys.executable, "-m", "supervisor.supervisord", "--configuration", str(files.config)]
+
+
+def clear_program_logs(files: SupervisorFiles) -> None:
+    """Removes the program logs of an earlier run in the same folder (supervisord appends)."""
+    for path in files.logs.glob("*.log*"):
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def control(files: SupervisorFiles) -> Iterator[Any]:
+    """supervisord's XML-RPC namespace over the run's control socket (as supervisorctl uses)."""
+    transport = SupervisorTransport(None, None, f"unix://{files.socket}")
+    try:
+        yield xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+    finally:
+        transport.close()
+
+
+def echo_logs(
+    files: SupervisorFiles,
+    names: list[str],
+    stopped: threading.Event,
+    out: TextIO,
+    poll_s: float = 0.2,
+) -> None:
+    """Copies the programs' new log lines to `out`, each as `name | line`, until `stopped`;
+    then once more, for what they wrote while stopping."""
+    width = max(map(len, names), default=0)
+    offsets = dict.fromkeys(names, 0)
+    partial = dict.fromkeys(names, b"")
+
+    def drain(final: bool) -> None:
+        for name in names:
+            try:
+                with files.program_log(name).open("rb") as log:
+                    if os.fstat(log.fileno()).st_size < offsets[name]:  # rotated
+                        offsets[name], partial[name] = 0, b""
+                    log.seek(offsets[name])
+                    data = log.read()
+            except FileNotFoundError:
+                continue
+            offsets[name] += len(data)
+            *lines, partial[name] = (partial[name] + data).split(b"\n")
+            if final and partial[name]:
+                lines.append(partial[name])
+                partial[name] = b""
+            if lines:
+                text = (line.decode("utf-8", errors="replace").rstrip("\r") for line in lines)
+                out.write("".join(f"{name:<{width}} | {line}\n" for line in text))
+        out.flush()
+
+    while not stopped.wait(poll_s):
+        drain(final=False)
+    drain(final=True)
+
+
+def last_exit(files: SupervisorFiles, info: Mapping[str, Any]) -> str:
+    """How a program last ended: supervisord's own log says ("exited: NAME (exit status 3; not
+    expected)"); its process info keeps no status for a start that exited too quickly."""
+    spawnerr = str(info.get("spawnerr") or "")
+    # "Exited too quickly": it ran and exited; any other spawnerr: it could not be run at all.
+    if spawnerr and not spawnerr.startswith("Exited too quickly"):
+        return f"not started: {spawnerr}"
+    exited = re.compile(
+        rf"exited: {re.escape(str(info['name']))} \((.+?)(?:; (?:not )?expected)?\)"
+    )
+    for line in reversed(log_tail(files.log, 400).splitlines()):
+        if found := exited.search(line):
+            return found.group(1)
+    return f"exit status {info.get('exitstatus')}" if info.get("exitstatus") else "unknown"
+
+
+@dataclass(frozen=True)
+class FatalRetry:
+    """What the runner does about a program supervisord gave up on (FATAL)."""
+
+    after_s: float = 300.0
+    """Pause before it is started again (a fresh round of `startretries` with growing waits)."""
+    rounds: int = 5
+    """Rounds in a row before the runner gives up too (5: about an hour with the default
+    policies); a program that runs again gets them back."""
+
+
+DEFAULT_RETRY = FatalRetry()
+
+
+def _fatal_report(
+    files: SupervisorFiles, info: Mapping[str, Any], then: str, tail_lines: int
+) -> str:
+    name = str(info["name"])
+    log = files.program_log(name)
+    tail = log_tail(log, tail_lines)
+    return (
+        f"ERROR: {name} is down: supervisord gave up restarting it after repeated failed starts "
+        f"(FATAL; last exit: {last_exit(files, info)}). The other processes keep serving. "
+        f"The end of its log ({log}):\n"
+        + "".join(f"    {line}\n" for line in tail.splitlines())
+        + then
+    )
+
+
+def watch_programs(
+    files: SupervisorFiles,
+    stopped: threading.Event,
+    report: Callable[[str], None],
+    retry: FatalRetry = DEFAULT_RETRY,
+    poll_s: float = 1.0,
+    tail_lines: int = 20,
+) -> None:
+    """Watches supervisord's programs until `stopped`. One that supervisord gave up on (FATAL:
+    `startretries` failed starts in a row) is reported with its last exit and the end of its
+    log, the others are left serving, and after `retry.after_s` it is started again, at most
+    `retry.rounds` times in a row."""
+    ctl = f"python -m supervisor.supervisorctl -c {files.config}"
+    fatal_at: dict[str, float] = {}  # when a FATAL program was reported (time.monotonic)
+    rounds: dict[str, int] = {}  # rounds started again since the program last ran
+    while not stopped.wait(poll_s):
+        try:
+            with control(files) as supervisor:
+                infos: list[dict[str, Any]] = supervisor.getAllProcessInfo()
+                now = monotonic()
+                for info in infos:
+                    name = str(info["name"])
+                    if info["statename"] != "FATAL":
+                        fatal_at.pop(name, None)
+                        if info["statename"] == "RUNNING" and rounds.pop(name, 0):
+                            report(f"{name} is running again.")
+                        continue
+                    used = rounds.get(name, 0)
+                    if name not in fatal_at:
+                        fatal_at[name] = now
+                        then = (
+                            f"It will be started again in {retry.after_s:.0f} s (round "
+                            f"{used + 1} of {retry.rounds}); `{ctl} start {name}` does it now."
+                            if used < retry.rounds
+                            else f"Started again {used} times after a pause, it failed each "
+                            f"time; it stays stopped: `{ctl} start {name}` once fixed."
+                        )
+                        report(_fatal_report(files, info, then, tail_lines))
+                    elif used < retry.rounds and now - fatal_at[name] >= retry.after_s:
+                        if stopped.is_set():
+                            return
+                        rounds[name] = used + 1
+                        del fatal_at[name]
+                        try:
+                            supervisor.startProcess(name, False)
+                        except xmlrpc.client.Fault as exc:
+                            report(f"ERROR: could not start {name} again: {exc.faultString}")
+        except (OSError, xmlrpc.client.Error):
+            continue  # supervisord not up yet, or on its way out
