@@ -391,8 +391,12 @@ def top_k_exact(
         if len(exclude) != rows:
             raise ValueError(f"{rows} users but {len(exclude)} exclusion lists")
         parts = [np.asarray(positions, dtype=np.int32) for positions in exclude]
-        flat = np.concatenate(parts) if parts else np.empty(0, np.int32)
-        offsets = np.zeros(rows + 1, np.int64)
-        np.cumsum([len(p) for p in parts], out=offsets[1:])
+        if rows == 1:  # the gateway's one user: no concatenation or running sum to build
+            flat = np.ascontiguousarray(parts[0])
+            offsets = np.array([0, len(flat)], np.int64)
+        else:
+            flat = np.concatenate(parts) if parts else np.empty(0, np.int32)
+            offsets = np.zeros(rows + 1, np.int64)
+            np.cumsum([len(p) for p in parts], out=offsets[1:])
     top: npt.NDArray[np.int32] = kernels.top_k_rows(scores, k, flat, offsets)
     return top
