@@ -35,7 +35,7 @@ from gateway.config import load_settings
 from infra.local import profiles
 from infra.local.health import grpc_serving, http_ok, poll_until
 from infra.local.logs import log_tail
-from infra.local.ports import free_port, free_port_block
+from infra.local.ports import free_port, free_port_block, free_ports
 from infra.local.processes import stop_process_group
 from infra.local.tritonserver import TritonServer, TritonServerOptions
 
@@ -454,8 +454,7 @@ def local_system(
     """
     env = _common_env(workdir, extra_env or {}, prediction_cache)
     env["RECSYS__SERVING__RATE_LIMIT"] = rate_limit
-    port = free_port()
-    metrics_ports = [free_port() for _ in range(processes)]
+    port, *metrics_ports = free_ports(1 + processes)
     env["RECSYS__SERVING__PORT"] = str(port)
     if processes > 1:
         env["RECSYS__SERVING__REUSE_PORT"] = "true"

@@ -15,6 +15,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports that were free a moment ago: each probe stays bound until all
+    are picked, so the kernel cannot hand out one port twice (two `free_port` calls can, and a
+    server then refused the same port for HTTP and gRPC)."""
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind((host, 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
+
+
 def free_port_block(size: int, host: str = "127.0.0.1") -> int:
     """A port p such that p .. p+size-1 were all free a moment ago (for processes that take
     consecutive ports, started side by side with others).

@@ -49,7 +49,7 @@ from typing import IO, Literal, Self
 
 from infra.local.health import http_ok
 from infra.local.logs import log_tail
-from infra.local.ports import free_port
+from infra.local.ports import free_ports
 from infra.local.processes import stop_process_group
 
 ModelControlMode = Literal["none", "poll", "explicit"]
@@ -245,12 +245,13 @@ class TritonServerOptions:
             raise ValueError("repository_poll_secs must be at least 1")
 
     def with_free_ports(self) -> TritonServerOptions:
-        """A copy on three ports that are free now (for tests running side by side)."""
+        """A copy on three distinct ports that are free now (for tests running side by side)."""
+        http, grpc, metrics = free_ports(3, self.address)
         return dataclasses.replace(
             self,
-            http_port=free_port(self.address),
-            grpc_port=free_port(self.address),
-            metrics_port=free_port(self.address),
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
         )
 
 
