@@ -117,8 +117,23 @@ def test_head_layer_is_found_and_kept_in_fp32(
 ) -> None:
     fp32 = export.export_onnx(trained["dcn"], F, tmp_path / "fp32.onnx")
     names = export.head_nodes(fp32)
-    assert len(names) == 2
+    assert len(names) == 3
     dynamic = onnx.load(str(export.quantize_dynamic_int8(fp32, tmp_path / "dynamic.onnx")))
     # The head's MatMul survives as a float MatMul; every other layer became MatMulInteger.
     ops = [node.op_type for node in dynamic.graph.node]
     assert ops.count("MatMulInteger") == 5 and "MatMul" in ops
+
+
+def test_static_int8_scores_are_not_cut_to_quantization_levels(
+    trained: dict[RankerKind, torch.nn.Module], tmp_path: Path
+) -> None:
+    """The logit and the sigmoid stay FP32, so scores keep their resolution (quantized, the
+    output took at most 256 values and a customer's top items tied)."""
+    data = _synthetic(seed=2)
+    fp32 = export.export_onnx(trained["mlp"], F, tmp_path / "fp32.onnx")
+    static = export.quantize_static_int8(fp32, tmp_path / "static.onnx", data.features[:2000])
+    graph = onnx.load(str(static)).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    assert producers[graph.output[0].name].op_type == "Sigmoid"
+    scores = export.onnx_scores(export.session(static), data.features)
+    assert len(np.unique(scores)) > 256
