@@ -1,6 +1,6 @@
 """Routing for the gateways: the configured experiments with the current decisions applied.
 
-The gateway's assign stage calls `RoutingTable.assign(user_id)` in process (no I/O). A
+The gateway's assign stage calls `RoutingTable.arms(user_id)` in process (no I/O). A
 `RoutingPoller` task refreshes the table from a `StateSource` every few seconds (2 by
 default), so a rollback or promotion written by the sidecar or an operator takes effect in
 every gateway process within seconds, without restarts:
@@ -158,7 +158,8 @@ class RoutingTable:
         return next((e for e in self._effective if e.name == name), None)
 
     def assign(self, user_id: str) -> RoutedAssignment | None:
-        """The first experiment (config order) that includes the user, with its propensity."""
+        """The first experiment (config order) that includes the user, with its propensity: one
+        layer's view, for tools and tests (the gateway asks `arms`, every layer at once)."""
         for experiment in self._effective:
             found = assign(experiment, user_id)
             if found is not None:
