@@ -6,13 +6,16 @@ gateway (which serves them), so the list that was measured is the list that is s
 - ``BUY_AGAIN``: the ranker's order (today's list; this data's customers re-order a lot, so it
   is mostly their own past items);
 - ``DISCOVER``: the discovery model's order of the candidates the customer never bought;
-- ``MIXED``: the ranker's order with at least ``discovery_slots`` of the first ``num_items``
-  new to the customer (see :func:`mixed_order`).
+- ``MIXED``: the ranker's order with some of the first ``num_items`` new to the customer (see
+  :func:`mixed_order`): per customer as many as :func:`discovery_slots_for` finds worth it
+  from both heads' probabilities, or a fixed ``discovery_slots`` when no discovery head
+  answered.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -22,10 +25,27 @@ from feature_service.kernels import contained
 Positions = npt.NDArray[np.int32]
 
 DEFAULT_DISCOVERY_SLOTS = 3
-"""MIXED's discovery slots out of 10 unless configured otherwise. On the test period each slot
-trades re-order recall for discovery (build/reports/evaluation.md measures 1 to 5): 3 keeps
-overall recall@10 at about 0.9x today's list and reaches a new product for about a third of
-the customers who bought one."""
+"""MIXED's discovery slots out of 10 when no discovery head answered (otherwise
+:func:`discovery_slots_for` decides per customer). On the test period each fixed slot trades
+re-order recall for discovery (build/reports/evaluation.md measures 1 to 5): 3 keeps overall
+recall@10 at about 0.9x today's list and reaches a new product for about a third of the
+customers who bought one."""
+
+DISCOVERY_WEIGHT = 0.11
+"""MIXED's price of a new product, in expected recall: :func:`discovery_slots_for` gives up
+that share of the customer's expected re-order and purchase hits for a certain new-product hit.
+Chosen on the rankers' validation queries (never the test period) as the weight with the most
+customers reached on new products while overall recall@10 stays within 5% of the ranker's
+list; the pipeline repeats that choice at every build and the report says whether it still
+is this value (build/reports/evaluation.md, "MIXED's discovery weight")."""
+
+
+class Scored(NamedTuple):
+    """Items a model head scored and its probability for each (aligned, any order, each item
+    once)."""
+
+    positions: Positions
+    scores: npt.NDArray[np.float32]
 
 
 class Surface(enum.IntEnum):
@@ -84,3 +104,67 @@ def mixed_order(
     tail = np.concatenate([head[drop], rest[~contained(rest, picks)]])
     order: Positions = np.concatenate([kept, picks, tail]).astype(np.int32)
     return order
+
+
+def _probabilities(items: Positions, scored: Scored) -> npt.NDArray[np.float64]:
+    """``scored``'s probability of each of ``items`` (0 for an item it did not score). The
+    items are a list's few (at most twice its length): one comparison matrix against the
+    scored positions is cheaper than sorting those."""
+    if len(scored.positions) == 0:
+        return np.zeros(len(items))
+    match = items[:, None] == scored.positions[None, :]
+    found = scored.scores[match.argmax(axis=1)].astype(np.float64)
+    return np.where(match.any(axis=1), found, 0.0)
+
+
+def discovery_slots_for(
+    buy_again: Positions,
+    discover: Positions,
+    owned: Positions,
+    num_items: int,
+    ranker: Scored,
+    discovery: Scored,
+    weight: float = DISCOVERY_WEIGHT,
+) -> int:
+    """How many of one customer's first ``num_items`` MIXED gives to new products.
+
+    Each possible :func:`mixed_order` list (0, 1, 2... discovery picks) is valued at the
+    ranker's probabilities summed over its items, as a share of their sum over every
+    candidate (the customer's expected purchases: the list's expected recall), plus
+    ``weight`` x the probability, by the discovery head and taking the new items as
+    independent, that the customer buys at least one of the list's new items. The best value
+    wins (the fewest picks on a tie). A customer whose re-orders are near-certain keeps
+    them; one whose discovery picks are likely to sell gets several.
+
+    Args:
+        buy_again: every candidate, ranker order, best first.
+        discover: candidates new to the customer, discovery order, best first.
+        owned: the customer's past items (any order).
+        num_items: the length of the list that will be shown.
+        ranker: every candidate with the ranker head's probability.
+        discovery: the new candidates with the discovery head's probability.
+        weight: the value of a certain new-product hit (:data:`DISCOVERY_WEIGHT`).
+
+    Returns:
+        The ``discovery_slots`` to give :func:`mixed_order` for this customer.
+    """
+    head = buy_again[:num_items]
+    is_owned = contained(head, owned)
+    owned_at = np.flatnonzero(is_owned)
+    room = num_items - len(head)
+    # At most len(head) of the discovery list are listed already, so its first
+    # room + len(owned_at) + len(head) items hold every pick.
+    first = discover[: room + len(owned_at) + len(head)]
+    picks = first[~contained(first, head)][: room + len(owned_at)]
+    listed = np.concatenate([head, picks])
+    p_ranker, p_new = _probabilities(listed, ranker), _probabilities(listed, discovery)
+    # k picks push out the last max(0, k - room) owned items of the head (mixed_order's rule).
+    given_up = np.concatenate([[0.0], np.cumsum(p_ranker[owned_at][::-1])])
+    taken = np.concatenate([[0.0], np.cumsum(p_ranker[len(head) :])])
+    drops = np.maximum(0, np.arange(len(picks) + 1) - room)
+    expected = p_ranker[: len(head)].sum() - given_up[drops] + taken
+    total = float(ranker.scores.sum(dtype=np.float64))
+    misses = np.concatenate([[1.0], np.cumprod(1.0 - p_new[len(head) :])])
+    no_new_hit = np.prod(1.0 - p_new[: len(head)][~is_owned]) * misses
+    value = expected / (total if total > 0 else 1.0) + weight * (1.0 - no_new_hit)
+    return int(len(head) - len(owned_at) + np.argmax(value))

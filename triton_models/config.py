@@ -88,7 +88,8 @@ class RerankerSettings(BaseModel):
     filter_recently_purchased: bool = False
     """Drop items the user bought recently. Off: customers in this data re-buy the same items."""
     discovery_slots: int = Field(DEFAULT_DISCOVERY_SLOTS, ge=0, le=100)
-    """Items new to the customer a MIXED list holds at least (`feature_service.surfaces`); each
+    """Items new to the customer a MIXED list holds at least when the model has no discovery
+    head (with one, `feature_service.surfaces.discovery_slots_for` decides per customer); each
     one trades re-order recall for discovery (build/reports/evaluation.md measures 1 to 5)."""
 
 

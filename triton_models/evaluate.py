@@ -16,7 +16,8 @@ user bought in the rest of the test period (:mod:`triton_models.ranking_quality`
 - ``discovery_vN (fp32|int8)``: the discovery model's order of the candidates the user never
   bought (:mod:`triton_models.discovery`);
 - the surfaces as served (:mod:`feature_service.surfaces`): ``BUY_AGAIN`` (today's ranker),
-  ``DISCOVER`` (the discovery model) and ``MIXED`` with 1 to 5 discovery slots.
+  ``DISCOVER`` (the discovery model), ``MIXED`` (discovery slots per customer from both heads'
+  probabilities at the served weight) and, for comparison, MIXED with 1 to 5 fixed slots.
 
 Every list is scored overall, on re-orders and on products new to the user apart
 (:func:`triton_models.ranking_quality.segment_metrics`), with its share of own items and its
@@ -36,13 +37,23 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from feature_service.definitions import FEATURE_NAMES
-from feature_service.surfaces import DEFAULT_DISCOVERY_SLOTS, mixed_order
+from feature_service.surfaces import (
+    DEFAULT_DISCOVERY_SLOTS as FIXED_SLOTS,
+)
+from feature_service.surfaces import (
+    DISCOVERY_WEIGHT,
+    Scored,
+    discovery_slots_for,
+    mixed_order,
+)
 from triton_models.dataset import RankingSet
 from triton_models.discovery import discovery_lists
 from triton_models.ranking_quality import (
+    hit_rate_at_k,
     ndcg_at_k,
     rank_by_score,
     ranking_metrics,
+    recall_at_k,
     segment_metrics,
     split_by_history,
 )
@@ -59,7 +70,11 @@ DISCOVERY = "discovery_v1_int8"
 MASKED = f"{TODAY} own items masked"
 """Today's ranker on the candidates new to the user: the filter, not a separate objective."""
 MIXED_SLOTS = (1, 2, 3, 4, 5)
-"""Discovery slots the report measures MIXED with (the served default is one of them)."""
+"""Fixed discovery slots the report measures MIXED with (the served fallback is one of them)."""
+WEIGHT_GRID = tuple(round(0.01 * i, 2) for i in range(1, 31))
+"""Discovery weights the validation queries choose MIXED's from (0.01 to 0.30)."""
+RECALL_BOUND = 0.95
+"""MIXED's overall recall@10 must stay at this share of the ranker list's (the issue's 5%)."""
 
 
 def popularity_lists(
@@ -181,20 +196,96 @@ def per_query_ndcg(
     )
 
 
+def mixed_lists(
+    data: RankingSet,
+    buy_again: list[npt.NDArray[np.int32]],
+    discover: list[npt.NDArray[np.int32]],
+    ranker_scores: npt.NDArray[np.float32],
+    discovery_scores: npt.NDArray[np.float32],
+    weight: float,
+) -> list[npt.NDArray[np.int32]]:
+    """MIXED as served: per query, :func:`feature_service.surfaces.discovery_slots_for` from
+    both heads' scores of the query's rows, then :func:`mixed_order` with that many slots."""
+    lists = []
+    for q, (ranker, new, past) in enumerate(zip(buy_again, discover, data.history, strict=True)):
+        rows = slice(data.offsets[q], data.offsets[q + 1])
+        positions = data.positions[rows]
+        slots = discovery_slots_for(
+            ranker,
+            new,
+            past,
+            10,
+            Scored(positions, ranker_scores[rows]),
+            Scored(positions, discovery_scores[rows]),
+            weight,
+        )
+        lists.append(mixed_order(ranker, new, past, 10, slots))
+    return lists
+
+
+def per_query_recall_and_hit(
+    lists: list[npt.NDArray[np.int32]], data: RankingSet
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per query with relevant items, recall@10 on all of them; per query with new products,
+    whether the first 10 hold one (the two MIXED figures, query by query)."""
+    _, new = split_by_history(data.relevant, data.history)
+    pairs = zip(lists, data.relevant, strict=True)
+    recall = [recall_at_k(r, rel, 10) for r, rel in pairs if len(rel)]
+    hit = [hit_rate_at_k(r, rel, 10) for r, rel in zip(lists, new, strict=True) if len(rel)]
+    return np.asarray(recall), np.asarray(hit)
+
+
 def surface_lists(
     test: RankingSet,
     buy_again: list[npt.NDArray[np.int32]],
     discover: list[npt.NDArray[np.int32]],
+    ranker_scores: npt.NDArray[np.float32] | None = None,
+    discovery_scores: npt.NDArray[np.float32] | None = None,
 ) -> dict[str, list[npt.NDArray[np.int32]]]:
-    """BUY_AGAIN, DISCOVER and MIXED (each number of discovery slots) as the gateway blends
-    them, from the ranker's and the discovery model's lists."""
+    """BUY_AGAIN, DISCOVER and MIXED (each number of fixed discovery slots, and, given both
+    heads' scores of every row, ``MIXED`` as served) as the gateway blends them, from the
+    ranker's and the discovery model's lists."""
     lists = {"BUY_AGAIN": buy_again, "DISCOVER": discover}
+    if ranker_scores is not None and discovery_scores is not None:
+        lists["MIXED"] = mixed_lists(
+            test, buy_again, discover, ranker_scores, discovery_scores, DISCOVERY_WEIGHT
+        )
     for slots in MIXED_SLOTS:
         lists[f"MIXED ({slots} discovery slots)"] = [
             mixed_order(ranker, new, past, 10, slots)
             for ranker, new, past in zip(buy_again, discover, test.history, strict=True)
         ]
     return lists
+
+
+def choose_discovery_weight(
+    valid: RankingSet,
+    ranker_scores: npt.NDArray[np.float32],
+    discovery_scores: npt.NDArray[np.float32],
+    grid: tuple[float, ...] = WEIGHT_GRID,
+) -> dict[str, Any]:
+    """MIXED's discovery weight chosen on ``valid`` (queries no model was trained on, from the
+    training period): of the weights in ``grid`` whose MIXED keeps overall recall@10 within
+    :data:`RECALL_BOUND` of the ranker's list, the one reaching a new product for the most
+    customers (the smallest on a tie); None when no weight keeps it.
+
+    Returns:
+        ``weight`` and, per weight, MIXED's ``recall_ratio`` and new-product ``hr@10``.
+    """
+    buy_again = rank_by_score(valid.positions, ranker_scores, valid.offsets)
+    discover = discovery_lists(valid, discovery_scores)
+    base = ranking_metrics(buy_again, valid.relevant)["recall@10"]
+    _, new = split_by_history(valid.relevant, valid.history)
+    measured = {}
+    for weight in grid:
+        mixed = mixed_lists(valid, buy_again, discover, ranker_scores, discovery_scores, weight)
+        measured[weight] = {
+            "recall_ratio": ranking_metrics(mixed, valid.relevant)["recall@10"] / base,
+            "hr@10": ranking_metrics(mixed, new)["hr@10"],
+        }
+    within = [w for w in grid if measured[w]["recall_ratio"] >= RECALL_BOUND]
+    chosen = max(within, key=lambda w: (measured[w]["hr@10"], -w)) if within else None
+    return {"weight": chosen, "validation_queries": len(valid), "grid": measured}
 
 
 def evaluate(
@@ -224,7 +315,8 @@ def evaluate(
     if TODAY in lists and DISCOVERY in lists:
         # The filter the discovery model is measured against: today's ranker, own items masked.
         lists[MASKED] = discovery_lists(test, model_scores[TODAY])
-        surfaces = surface_lists(test, lists[TODAY], lists[DISCOVERY])
+        heads = (model_scores[TODAY], (discovery_scores or {})[DISCOVERY])
+        surfaces = surface_lists(test, lists[TODAY], lists[DISCOVERY], *heads)
     metrics = {name: ranking_metrics(ranked, test.relevant, k=10) for name, ranked in lists.items()}
     n_items = len(popularity)
     segments = {
@@ -247,6 +339,14 @@ def evaluate(
         if MASKED in lists
         else None
     )
+    mixed_vs_fixed = None
+    if "MIXED" in surfaces:
+        served = per_query_recall_and_hit(surfaces["MIXED"], test)
+        fixed = per_query_recall_and_hit(surfaces[f"MIXED ({FIXED_SLOTS} discovery slots)"], test)
+        mixed_vs_fixed = {
+            "overall recall@10": paired_bootstrap(served[0], fixed[0]),
+            "new products hr@10": paired_bootstrap(served[1], fixed[1]),
+        }
     new_candidate_recall = float(
         np.mean(
             [
@@ -263,6 +363,7 @@ def evaluate(
         "candidate_recall": candidate_recall,
         "new_item_candidate_recall": new_candidate_recall,
         "discover_minus_masked_ranker": discover_vs_masked,
+        "mixed_minus_fixed_slots": mixed_vs_fixed,
     }
 
 
@@ -279,9 +380,11 @@ def targets(metrics: Mapping[str, Mapping[str, float]], rankers: list[str]) -> d
 
 
 def discovery_targets(
-    segments: Mapping[str, Mapping[str, Any]], slots: int = DEFAULT_DISCOVERY_SLOTS
+    segments: Mapping[str, Mapping[str, Any]], weight_choice: Mapping[str, Any] | None = None
 ) -> dict[str, bool]:
-    """The discovery issue's offline targets (those a served list has to meet again)."""
+    """The discovery issue's offline targets (those a served list has to meet again) and,
+    given :func:`choose_discovery_weight`'s answer, whether the served MIXED weight is the
+    one the validation queries choose now."""
     if "DISCOVER" not in segments:
         return {}
 
@@ -289,7 +392,7 @@ def discovery_targets(
         return float(segments[name][segment]["recall@10"])
 
     discover = recall("DISCOVER", "discovery")
-    mixed = f"MIXED ({slots} discovery slots)"
+    mixed = "MIXED"
     result = {
         "DISCOVER recall@10 on new products >= 1.25x popularity_skip_own": discover
         >= 1.25 * recall("popularity_skip_own", "discovery"),
@@ -303,6 +406,11 @@ def discovery_targets(
         result["DISCOVER recall@10 on new products > item_to_item"] = discover > recall(
             "item_to_item", "discovery"
         )
+    if weight_choice is not None:
+        result[
+            f"MIXED's served discovery weight ({DISCOVERY_WEIGHT}) is the validation queries' "
+            "choice"
+        ] = weight_choice["weight"] == DISCOVERY_WEIGHT
     return result
 
 
@@ -375,6 +483,31 @@ def markdown(report: Mapping[str, Any]) -> str:
         ]
         for target, met in report.get("discovery_targets", {}).items():
             lines.append(f"- {'met' if met else 'MISSED'}: {target}")
+        choice = report.get("discovery_weight")
+        if choice:
+            lines += [
+                "",
+                "## MIXED's discovery weight",
+                "",
+                f"Chosen on {choice['validation_queries']} validation queries (training period): "
+                f"{choice['weight']} (served: {DISCOVERY_WEIGHT}). Per weight, MIXED's overall "
+                "recall@10 as a share of the ranker list's, and its new-product HR@10:",
+                "",
+                "| weight | recall ratio | HR@10 |",
+                "|---:|---:|---:|",
+                *(
+                    f"| {w} | {m['recall_ratio']:.3f} | {m['hr@10']:.3f} |"
+                    for w, m in choice["grid"].items()
+                ),
+            ]
+        against = report.get("mixed_minus_fixed_slots")
+        if against:
+            lines += ["", f"MIXED - MIXED ({FIXED_SLOTS} discovery slots), paired bootstrap:", ""]
+            lines += [
+                f"- {figure}: {d['mean_diff']:+.4f} (95% CI {d['ci95_low']:+.4f} .. "
+                f"{d['ci95_high']:+.4f})"
+                for figure, d in against.items()
+            ]
         diff = report.get("discover_minus_masked_ranker")
         if diff:
             lines += [

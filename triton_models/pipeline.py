@@ -45,6 +45,9 @@ from triton_models.dataset import (
 )
 from triton_models.discovery import DISCOVERY_MODELS, new_items_only
 from triton_models.evaluate import (
+    DISCOVERY,
+    TODAY,
+    choose_discovery_weight,
     discovery_targets,
     evaluate,
     paired_bootstrap,
@@ -381,6 +384,13 @@ def run_evaluation(
     result = evaluate(
         test, popularity, item_vectors, scores["ranker"], scores["discovery"], purchases
     )
+    # MIXED's discovery weight is chosen on the validation queries, with the served heads.
+    _, valid = _split(datasets, opts)
+    ranker, discovery = (
+        export.onnx_scores(export.session(onnx_dir / name / "int8.onnx"), valid.features)
+        for name in (TODAY.removesuffix("_int8"), DISCOVERY.removesuffix("_int8"))
+    )
+    weight_choice = choose_discovery_weight(valid, ranker, discovery)
     metrics = result["metrics"]
     segments = result["segments"]
     per_query = result["per_query_ndcg"]
@@ -416,9 +426,11 @@ def run_evaluation(
         "targets": targets(
             metrics, [f"{n}_fp32" for n in RANKERS] + [f"{n}_int8" for n in RANKERS]
         ),
-        "discovery_targets": discovery_targets(segments),
+        "discovery_targets": discovery_targets(segments, weight_choice),
+        "discovery_weight": weight_choice,
         "v2_minus_v3": paired_bootstrap(per_query["ranker_v2_fp32"], per_query["ranker_v3_fp32"]),
         "discover_minus_masked_ranker": result["discover_minus_masked_ranker"],
+        "mixed_minus_fixed_slots": result["mixed_minus_fixed_slots"],
         "quantization": quantization,
         "retrieval": {
             "recall@100 (annoy / exact / popularity)": retrieval_meta["recall_test"]["recall@100"],

@@ -32,6 +32,7 @@ LISTS = (
     "discovery_v1_int8",
     "BUY_AGAIN",
     "DISCOVER",
+    "MIXED",
     "MIXED (1 discovery slots)",
     "MIXED (2 discovery slots)",
     "MIXED (3 discovery slots)",

@@ -2,9 +2,11 @@
 
 After re-ranking, `BUY_AGAIN` is the ranker's list as before; `DISCOVER` is the discovery
 list (candidates the customer never bought, by the discovery model's score, re-ranked by the
-same rules); `MIXED` is the ranker's list with at least `model.reranker.discovery_slots` of
-its items new to the customer (`feature_service.surfaces.mixed_order`, the blend the offline
-evaluation measured), ordered and scored by the ranker.
+same rules); `MIXED` is the ranker's list with some of its items new to the customer
+(`feature_service.surfaces.mixed_order`, the blend the offline evaluation measured), ordered
+and scored by the ranker: as many as `feature_service.surfaces.discovery_slots_for` finds
+worth it from both heads' scores, or `model.reranker.discovery_slots` when no discovery head
+answered.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from feature_service.kernels import contained
-from feature_service.surfaces import Surface, missing_new_items, mixed_order
+from feature_service.surfaces import (
+    Scored,
+    Surface,
+    discovery_slots_for,
+    missing_new_items,
+    mixed_order,
+)
 from gateway.stages.types import Candidates, Ranking
 
 _NONE = Candidates(np.empty(0, np.int32), np.empty(0, np.float32))
@@ -71,15 +79,27 @@ def surface_list(
     """The re-ranked list `surface` asks for (`rerank`: the re-rank stage's rules, cut to
     `num_items`).
 
-    MIXED re-ranks the discovery list only when the re-ranked buy-again list lacks new items:
-    otherwise `mixed_order` keeps that list whatever the discovery list holds, so the second
-    re-rank pass (the larger part of MIXED's extra cost) is skipped with the same result.
+    MIXED's discovery slots come from both heads' scores (`discovery_slots_for`, on the
+    re-ranked buy-again list and the discovery head's order), `discovery_slots` when no
+    discovery head answered. MIXED re-ranks the discovery list only when the re-ranked
+    buy-again list lacks new items: otherwise `mixed_order` keeps that list whatever the
+    discovery list holds, so the second re-rank pass (the larger part of MIXED's extra cost)
+    is skipped with the same result.
     """
     if surface is Surface.DISCOVER:  # the buy-again list plays no part in it
         return rerank(_discovery_candidates(ranking, owned))
     items = rerank(ranking.items)
     if surface is Surface.BUY_AGAIN:
         return items
+    if ranking.discover is not None:
+        discovery_slots = discovery_slots_for(
+            items.positions,
+            ranking.discover.positions,
+            owned,
+            num_items,
+            Scored(ranking.items.positions, ranking.items.scores),
+            Scored(ranking.discover.positions, ranking.discover.scores),
+        )
     discover = _NONE
     if missing_new_items(items.positions, owned, num_items, discovery_slots):
         discover = rerank(_discovery_candidates(ranking, owned))

@@ -18,11 +18,13 @@ import tritonclient.grpc.aio as grpcclient
 from annoy import AnnoyIndex
 
 from feature_service.definitions import FEATURE_NAMES, NUM_FEATURES
+from feature_service.surfaces import DISCOVERY_WEIGHT
 from infra.local.tritonserver import TritonServer
 from tests.conftest import DATA_DIR
 from triton_models import export
 from triton_models.cli import run_pipeline
 from triton_models.dataset import RankingSet
+from triton_models.evaluate import WEIGHT_GRID
 from triton_models.pipeline import PipelineOptions
 from triton_models.rankers import TrainConfig
 
@@ -118,7 +120,18 @@ def test_report_and_metadata(build: tuple[Path, dict[str, float]]) -> None:
     for slots in range(1, 6):
         mixed = segments[f"MIXED ({slots} discovery slots)"]
         assert mixed["own_item_share@10"] <= 1 - slots / 10 + 1e-9
-    assert set(report["discovery_targets"]) and DISCOVERY in report["quantization"]
+    # The targets read the served MIXED (slots per customer at the served weight), and the
+    # weight is chosen again on the validation queries at every build.
+    targets, served = report["discovery_targets"], segments["MIXED"]
+    assert targets["MIXED discovery HR@10 >= 0.35"] == (served["discovery"]["hr@10"] >= 0.35)
+    within = served["overall"]["recall@10"] >= 0.95 * segments["BUY_AGAIN"]["overall"]["recall@10"]
+    assert targets["MIXED overall recall@10 within 5% of today's (ranker_v2_int8)"] == within
+    choice = report["discovery_weight"]
+    assert len(choice["grid"]) == len(WEIGHT_GRID) and choice["validation_queries"] > 0
+    served_weight = [t for t in targets if t.startswith("MIXED's served discovery weight")]
+    assert [targets[t] for t in served_weight] == [choice["weight"] == DISCOVERY_WEIGHT]
+    assert set(report["mixed_minus_fixed_slots"]) == {"overall recall@10", "new products hr@10"}
+    assert DISCOVERY in report["quantization"]
     discovery_meta = json.loads(
         (out / "triton" / "local" / f"{DISCOVERY}_onnx" / "1" / "metadata.json").read_text()
     )

@@ -28,6 +28,8 @@ from tests.conftest import async_stub, running_gateway
 pytestmark = pytest.mark.integration
 StartTriton = Callable[..., TritonServer]
 USER = "17850"
+LIGHT_USER = "12547"
+"""Two orders of six products (USER: 34 orders of 21 products, bought again and again)."""
 # Today at 15:30 UTC by the clock the gateway reads (datetime.now(UTC)): always within the day of
 # skew it accepts from a client, whatever the date the suite runs on.
 CLIENT_TIME = datetime.now(UTC).replace(hour=15, minute=30, second=0, microsecond=0)
@@ -281,6 +283,20 @@ async def test_surfaces_each_in_one_triton_call(
                     assert not reply.degraded, reply.degraded_reasons
                     replies[surface] = reply
                 unset = await stub.Recommend(_request(num_items=10), timeout=10)
+                light_owned = set(
+                    resources.catalogue.item_ids[
+                        ranker.features.histories.purchases(LIGHT_USER).recent_items
+                    ].tolist()
+                )
+                light_new = {}
+                for surface in (pb.SURFACE_BUY_AGAIN, pb.SURFACE_MIXED):
+                    calls = ranker.triton.calls
+                    reply = await stub.Recommend(
+                        _request(LIGHT_USER, num_items=10, surface=surface), timeout=10
+                    )
+                    assert ranker.triton.calls == calls + 1
+                    listed = {r.item_id for r in reply.recommendations}
+                    light_new[surface] = len(listed - light_owned)
         finally:
             await server.drain_and_stop(0)
         model, _ = replies[pb.SURFACE_MIXED].model_version.split("/")
@@ -288,7 +304,7 @@ async def test_surfaces_each_in_one_triton_call(
         for surface, onnx_model, new_at_least in (
             (pb.SURFACE_BUY_AGAIN, f"{model}_onnx", 0),
             (pb.SURFACE_DISCOVER, "discovery_v1_onnx", 10),
-            (pb.SURFACE_MIXED, f"{model}_onnx", slots),
+            (pb.SURFACE_MIXED, f"{model}_onnx", 0),
         ):
             items = [r.item_id for r in replies[surface].recommendations]
             scores = [r.score for r in replies[surface].recommendations]
@@ -296,9 +312,14 @@ async def test_surfaces_each_in_one_triton_call(
             assert len(set(items) - owned) >= new_at_least, (surface, items)
             expected = _onnx_scores(resources, models, onnx_model, USER, items)
             np.testing.assert_allclose(scores, expected, atol=1e-4)
-        # The customer re-orders a lot: today's list is mostly own items, MIXED is not.
+        # The customer re-orders a lot: today's list is mostly own items, and MIXED keeps it
+        # (discovery_slots_for: each re-order is likelier to sell than a new pick is worth),
+        # while the light buyer's MIXED gives a new product a slot that today's list does not.
         buy_again = [r.item_id for r in replies[pb.SURFACE_BUY_AGAIN].recommendations]
         assert len(set(buy_again) - owned) < slots
+        mixed = [r.item_id for r in replies[pb.SURFACE_MIXED].recommendations]
+        assert sorted(mixed) == sorted(buy_again)
+        assert light_new[pb.SURFACE_MIXED] > light_new[pb.SURFACE_BUY_AGAIN]
         # An old client (no surface) gets MIXED.
         assert [r.item_id for r in unset.recommendations] == [
             r.item_id for r in replies[pb.SURFACE_MIXED].recommendations

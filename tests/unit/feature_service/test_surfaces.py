@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
-from feature_service.surfaces import Surface, missing_new_items, mixed_order
+from feature_service.surfaces import (
+    Scored,
+    Surface,
+    discovery_slots_for,
+    missing_new_items,
+    mixed_order,
+)
 
 
 def a(*values: int) -> npt.NDArray[np.int32]:
@@ -60,3 +67,54 @@ def test_missing_new_items_is_zero_exactly_when_mixed_keeps_the_ranker_order() -
         assert missing_new_items(ranked, owned, 5, slots) == missing
         unchanged = np.array_equal(mixed_order(ranked, discover, owned, 5, slots), ranked)
         assert unchanged == (missing == 0)
+
+
+def _scored(probabilities: dict[int, float]) -> Scored:
+    return Scored(a(*probabilities), np.asarray(list(probabilities.values()), np.float32))
+
+
+def test_discovery_slots_weigh_expected_recall_against_a_new_product_hit() -> None:
+    # All three listed items are owned; the ranker's probabilities sum to 1 over the candidates.
+    # k picks: 0 -> 0.9; 1 (3 gives way to 7) -> 0.85 + w * 0.5; 2 (2 and 3 give way to 7
+    # and 8) -> 0.6 + w * (1 - 0.5 * 0.8).
+    ranker = _scored({1: 0.5, 2: 0.3, 3: 0.1, 7: 0.05, 8: 0.05})
+    discovery = _scored({7: 0.5, 8: 0.2})
+    for weight, slots in ((0.05, 0), (0.11, 1), (2.0, 1), (3.0, 2)):
+        chosen = discovery_slots_for(a(1, 2, 3), a(7, 8), a(1, 2, 3), 3, ranker, discovery, weight)
+        assert chosen == slots
+
+
+def test_discovery_slots_count_the_new_items_already_listed() -> None:
+    # 9 is new and listed: with no pick worth making, MIXED keeps the list (1 slot, filled).
+    ranker = _scored({1: 0.6, 9: 0.3, 2: 0.1, 7: 0.0})
+    discovery = _scored({9: 0.2, 7: 0.01})
+    slots = discovery_slots_for(a(1, 9, 2), a(7, 9), a(1, 2), 3, ranker, discovery, 0.11)
+    assert slots == 1
+    assert missing_new_items(a(1, 9, 2), a(1, 2), 3, slots) == 0
+
+
+def test_discovery_slots_are_the_best_mixed_list_by_brute_force() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n_items, num_items = int(rng.integers(3, 16)), int(rng.integers(1, 11))
+        buy_again = rng.permutation(n_items).astype(np.int32)
+        n_owned = int(rng.integers(0, n_items + 1))
+        owned = rng.choice(n_items, n_owned, replace=False).astype(np.int32)
+        discover = rng.permutation(np.setdiff1d(buy_again, owned)).astype(np.int32)
+        ranker = Scored(buy_again, rng.random(n_items).astype(np.float32) * 0.3)
+        discovery = Scored(discover, rng.random(len(discover)).astype(np.float32) * 0.5)
+        weight = float(rng.choice([0.0, 0.11, 0.5, 3.0]))
+        p_ranker = dict(zip(ranker.positions.tolist(), ranker.scores.tolist(), strict=True))
+        p_new = dict(zip(discovery.positions.tolist(), discovery.scores.tolist(), strict=True))
+        values = []
+        for slots in range(num_items + 1):
+            listed = mixed_order(buy_again, discover, owned, num_items, slots)[:num_items]
+            no_hit = np.prod([1 - p_new[i] for i in listed.tolist() if i in p_new])
+            expected = sum(p_ranker[i] for i in listed.tolist()) / sum(p_ranker.values())
+            values.append((expected + weight * (1 - no_hit), listed.tolist()))
+        slots = discovery_slots_for(
+            buy_again, discover, owned, num_items, ranker, discovery, weight
+        )
+        listed = mixed_order(buy_again, discover, owned, num_items, slots)[:num_items].tolist()
+        best = max(v for v, _ in values)
+        assert next(v for v, lst in values if lst == listed) == pytest.approx(best, abs=1e-9)

@@ -99,22 +99,23 @@ def _ranking(positions: list[int]) -> Ranking:
     ("positions", "passes", "listed"),
     [
         ([1, 7, 6, 2], 1, [1, 7, 6]),  # 7 and 6 are new: 2 slots filled, the discovery list unused
-        ([1, 2, 3, 7], 2, [1, 9, 8]),  # owned items 3, then 2, give way to 9 and 8
+        ([1, 2, 3, 7], 2, [1, 7, 9]),  # owned items 3, then 2, give way to 7 and 9
     ],
 )
 def test_mixed_re_ranks_the_discovery_list_only_when_it_is_used(
     positions: list[int], passes: int, listed: list[int]
 ) -> None:
+    # No discovery head: 2 fixed slots, from the ranker's list without owned items.
     owned, ranking = a(1, 2, 3), _ranking(positions)
-    assert ranking.discover is not None
+    no_head = Ranking(ranking.items, "ranker_v2/1", ())
     rerank = _CountingRerank(3)
-    mixed = surface_list(Surface.MIXED, ranking, owned, 3, 2, rerank)
+    mixed = surface_list(Surface.MIXED, no_head, owned, 3, 2, rerank)
     assert rerank.passes == passes
     assert sorted(mixed.positions.tolist()) == sorted(listed)
     # The same list as blending with the discovery list re-ranked in any case.
     always = blend_mixed(
         rerank(ranking.items),
-        rerank(ranking.discover),
+        rerank(without_owned(ranking.items, owned)),
         ranking.items,
         owned,
         3,
@@ -122,6 +123,20 @@ def test_mixed_re_ranks_the_discovery_list_only_when_it_is_used(
     )
     assert mixed.positions.tolist() == always.positions.tolist()
     assert mixed.scores.tolist() == always.scores.tolist()
+
+
+@pytest.mark.parametrize(("discovery_9", "listed"), [(0.9, [1, 2, 9]), (0.2, [1, 2, 3])])
+def test_mixed_slots_come_from_both_heads_when_the_discovery_head_answered(
+    discovery_9: float, listed: list[int]
+) -> None:
+    # Ranker probabilities sum to 1; owned 3 (0.1) gives way to 9 (0.02) when
+    # 0.11 x P(9 sells) outweighs the 0.08 of expected recall given up, whatever the
+    # configured fixed slots (0 here).
+    items = c([1, 2, 3, 9, 8], [0.5, 0.3, 0.1, 0.02, 0.08])
+    discover = c([9, 8], [discovery_9, 0.1])
+    ranking = Ranking(items, "ranker_v2/1", (), discover)
+    mixed = surface_list(Surface.MIXED, ranking, a(1, 2, 3), 3, 0, _CountingRerank(3))
+    assert mixed.positions.tolist() == listed
 
 
 def test_buy_again_and_discover_lists() -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from feature_service.definitions import FEATURE_NAMES, NUM_FEATURES
+from feature_service.surfaces import DISCOVERY_WEIGHT, Scored, discovery_slots_for, mixed_order
 from triton_models.dataset import RankingSet
 from triton_models.discovery import discovery_lists, new_items_only, owned_rows
 from triton_models.evaluate import (
+    choose_discovery_weight,
     discovery_targets,
     item_to_item_lists,
     popularity_skip_own_lists,
@@ -85,6 +88,7 @@ def test_surfaces_and_targets() -> None:
     data = ranking_set([[1, 2, 3, 4]], [[1, 2]], [[1, 4]])
     buy_again, discover = [a(1, 2, 3, 4)], [a(4, 3)]
     lists = surface_lists(data, buy_again, discover)
+    assert "MIXED" not in lists  # served MIXED needs both heads' scores
     assert lists["MIXED (1 discovery slots)"][0][:2].tolist() == [1, 2]
     assert lists["MIXED (3 discovery slots)"][0][:4].tolist() == [1, 2, 3, 4]
     m = {"recall@10": 0.5, "hr@10": 0.5}
@@ -92,17 +96,70 @@ def test_surfaces_and_targets() -> None:
         name: {"overall": m, "reorder": m, "discovery": m}
         for name in ("DISCOVER", "popularity_skip_own", "BUY_AGAIN", "ranker_v2_int8")
     }
-    segments["MIXED (3 discovery slots)"] = {
+    segments["MIXED"] = {
         "overall": {"recall@10": 0.4},
         "discovery": {"recall@10": 0.2, "hr@10": 0.36},
     }
-    result = discovery_targets(segments, slots=3)
-    assert result["MIXED (3 discovery slots) discovery HR@10 >= 0.35"]
+    result = discovery_targets(segments, {"weight": DISCOVERY_WEIGHT})
+    assert result["MIXED discovery HR@10 >= 0.35"]
     assert not result["DISCOVER recall@10 on new products >= 1.25x popularity_skip_own"]
-    assert not result[
-        "MIXED (3 discovery slots) overall recall@10 within 5% of today's " "(ranker_v2_int8)"
-    ]
+    assert not result["MIXED overall recall@10 within 5% of today's (ranker_v2_int8)"]
+    served = (
+        f"MIXED's served discovery weight ({DISCOVERY_WEIGHT}) is the validation queries' choice"
+    )
+    assert result[served]
+    assert not discovery_targets(segments, {"weight": None})[served]
+    assert served not in discovery_targets(segments)
     assert discovery_targets({}) == {}
+
+
+def _ten_owned_and_one_new(
+    first: int, relevant: list[int], new_probability: float
+) -> tuple[list[int], list[int], list[int], list[float], list[float]]:
+    """A query over items first..first+10: the first ten owned (ranker 0.1 each), the last new
+    (ranker 0, discovery ``new_probability``). Taking the new item drops the tenth owned one,
+    which MIXED does once the weight exceeds 0.1 / new_probability."""
+    items = list(range(first, first + 11))
+    return items, items[:10], relevant, [0.1] * 10 + [0.0], [0.0] * 10 + [new_probability]
+
+
+def test_served_mixed_takes_the_slots_discovery_slots_for_finds() -> None:
+    first = _ten_owned_and_one_new(1, [1, 11], 0.45)
+    data = ranking_set([first[0]], [first[1]], [first[2]])
+    ranker, discovery = np.asarray(first[3], np.float32), np.asarray(first[4], np.float32)
+    buy_again, discover = [a(*first[0])], [a(11)]
+    mixed = surface_lists(data, buy_again, discover, ranker, discovery)["MIXED"]
+    slots = discovery_slots_for(
+        buy_again[0],
+        discover[0],
+        data.history[0],
+        10,
+        Scored(data.positions, ranker),
+        Scored(data.positions, discovery),
+        DISCOVERY_WEIGHT,
+    )
+    expected = mixed_order(buy_again[0], a(11), data.history[0], 10, slots)
+    assert mixed[0].tolist() == expected.tolist()
+
+
+def test_discovery_weight_reaches_most_customers_within_the_recall_bound() -> None:
+    # Query 1 bought its new item 11: taking it (weight > 0.1 / 0.45 = 0.222) doubles its
+    # recall. Query 2 re-ordered item 30, its tenth owned one, which taking its new item 31
+    # (weight > 0.1 / 0.35 = 0.286) pushes out: overall recall falls to 2/3 of the ranker's.
+    queries = [
+        _ten_owned_and_one_new(1, [1, 11], 0.45),
+        _ten_owned_and_one_new(21, [30], 0.35),
+    ]
+    data = ranking_set([q[0] for q in queries], [q[1] for q in queries], [q[2] for q in queries])
+    ranker = np.asarray([p for q in queries for p in q[3]], np.float32)
+    discovery = np.asarray([p for q in queries for p in q[4]], np.float32)
+    choice = choose_discovery_weight(data, ranker, discovery)
+    assert choice["weight"] == 0.23
+    grid = choice["grid"]
+    assert grid[0.22] == {"recall_ratio": 1.0, "hr@10": 0.0}
+    assert grid[0.23] == {"recall_ratio": pytest.approx(4 / 3), "hr@10": 1.0}
+    assert grid[0.29]["recall_ratio"] == pytest.approx(2 / 3)
+    assert choose_discovery_weight(data, ranker, discovery, grid=(0.3,))["weight"] is None
 
 
 def test_mixed_with_no_new_candidates_keeps_buy_again() -> None:
