@@ -31,7 +31,7 @@ re-order recall for discovery (build/reports/evaluation.md measures 1 to 5): 3 k
 recall@10 at about 0.9x today's list and reaches a new product for about a third of the
 customers who bought one."""
 
-DISCOVERY_WEIGHT = 0.11
+DISCOVERY_WEIGHT = 0.08
 """MIXED's price of a new product, in expected recall: :func:`discovery_slots_for` gives up
 that share of the customer's expected re-order and purchase hits for a certain new-product hit.
 Chosen on the rankers' validation queries (never the test period) as the weight with the most

@@ -28,8 +28,8 @@ from tests.conftest import async_stub, running_gateway
 pytestmark = pytest.mark.integration
 StartTriton = Callable[..., TritonServer]
 USER = "17850"
-LIGHT_USER = "12547"
-"""Two orders of six products (USER: 34 orders of 21 products, bought again and again)."""
+LIGHT_USER = "12356"
+"""Two orders of 52 products (USER: 34 orders of 21 products, bought again and again)."""
 # Today at 15:30 UTC by the clock the gateway reads (datetime.now(UTC)): always within the day of
 # skew it accepts from a client, whatever the date the suite runs on.
 CLIENT_TIME = datetime.now(UTC).replace(hour=15, minute=30, second=0, microsecond=0)

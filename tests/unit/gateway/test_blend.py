@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pytest
 from recsys.v1 import recommendation_pb2 as pb
 
-from feature_service.surfaces import Surface
+from feature_service.surfaces import DISCOVERY_WEIGHT, Surface
 from gateway.errors import InvalidArgument
 from gateway.stages.blend import blend_mixed, discovery_order, surface_list, without_owned
 from gateway.stages.types import Candidates, Ranking
@@ -129,10 +129,11 @@ def test_mixed_re_ranks_the_discovery_list_only_when_it_is_used(
 def test_mixed_slots_come_from_both_heads_when_the_discovery_head_answered(
     discovery_9: float, listed: list[int]
 ) -> None:
-    # Ranker probabilities sum to 1; owned 3 (0.1) gives way to 9 (0.02) when
-    # 0.11 x P(9 sells) outweighs the 0.08 of expected recall given up, whatever the
-    # configured fixed slots (0 here).
-    items = c([1, 2, 3, 9, 8], [0.5, 0.3, 0.1, 0.02, 0.08])
+    # Ranker probabilities sum to 1; owned 3 (0.05) gives way to 9 (0.02) when
+    # DISCOVERY_WEIGHT x P(9 sells) outweighs the 0.03 of expected recall given up, whatever
+    # the configured fixed slots (0 here).
+    assert DISCOVERY_WEIGHT * 0.9 > 0.03 > DISCOVERY_WEIGHT * 0.2
+    items = c([1, 2, 3, 9, 8], [0.5, 0.3, 0.05, 0.02, 0.13])
     discover = c([9, 8], [discovery_9, 0.1])
     ranking = Ranking(items, "ranker_v2/1", (), discover)
     mixed = surface_list(Surface.MIXED, ranking, a(1, 2, 3), 3, 0, _CountingRerank(3))
