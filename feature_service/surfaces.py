@@ -34,10 +34,11 @@ customers who bought one."""
 DISCOVERY_WEIGHT = 0.08
 """MIXED's price of a new product, in expected recall: :func:`discovery_slots_for` gives up
 that share of the customer's expected re-order and purchase hits for a certain new-product hit.
-Chosen on the rankers' validation queries (never the test period) as the weight with the most
-customers reached on new products while overall recall@10 stays within 5% of the ranker's
-list; the pipeline repeats that choice at every build and the report says whether it still
-is this value (build/reports/evaluation.md, "MIXED's discovery weight")."""
+Each `make models` chooses it again on the rankers' validation queries (never the test period):
+the weight with the most customers reached on new products while overall recall@10 stays
+within 5% of the ranker's list (build/reports/evaluation.md, "MIXED's discovery weight"), and
+the gateway serves that choice (`gateway.resources.with_discovery_weight`). This value, the
+choice for the shipped data and models, stands in where no report names one."""
 
 
 class Scored(NamedTuple):

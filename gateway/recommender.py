@@ -19,7 +19,7 @@ from feature_service.catalogue import ItemCatalogue
 from feature_service.history import NO_PURCHASES, UserPurchases
 from feature_service.kernels import contained
 from feature_service.store import FeatureStore, UserFeatures
-from feature_service.surfaces import Surface
+from feature_service.surfaces import DISCOVERY_WEIGHT, Surface
 from gateway.deadline import Budget
 from gateway.errors import ServiceError
 from gateway.prometheus_metrics import Metrics
@@ -161,6 +161,7 @@ class Recommender:
                 lambda ranked: rerank(
                     ranked, self.catalogue.category, rules, query.num_items, embeddings
                 ),
+                DISCOVERY_WEIGHT if rules.discovery_weight is None else rules.discovery_weight,
             )
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from feature_service.events import Event
 from feature_service.history import PurchaseHistories, replay_offset
 from feature_service.layered import LayeredFeatureStore
 from feature_service.store import FeatureStore
+from feature_service.surfaces import DISCOVERY_WEIGHT
 from gateway.config import Settings
 from gateway.http_endpoint import HealthState, HttpEndpoint
 from gateway.model_registry import ModelRegistry
@@ -45,6 +47,9 @@ from gateway.stages.features import RankingFeatures
 from gateway.stages.rank import FallbackRanker, PredictionCache, Ranker, TritonRanker
 from gateway.stages.respond import ResponseBuilder
 from gateway.tracing import build_tracer_provider
+from triton_models.config import EVALUATION_REPORT, ModelSettings
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,24 @@ class Resources:
     traces_new_calls: bool = True
     """Whether a call without a caller's trace context may be sampled (tracing enabled, or a
     tracer provider handed in); when not, the interceptor opens no span for it."""
+
+
+def with_discovery_weight(model: ModelSettings) -> ModelSettings:
+    """`model` with MIXED's discovery weight settled: the configured one, else the one `make
+    models` chose on the validation queries for the models it built (`discovery_weight` in
+    `reports/evaluation.json` under `artifacts_dir`), else `DISCOVERY_WEIGHT`. The weight
+    belongs to the models: a rebuild on other data chooses again, and the gateway follows."""
+    if model.reranker.discovery_weight is not None:
+        return model
+    weight, source = DISCOVERY_WEIGHT, "the default"
+    report = model.artifacts_dir / "reports" / EVALUATION_REPORT
+    if report.is_file():
+        chosen = (json.loads(report.read_text()).get("discovery_weight") or {}).get("weight")
+        if chosen is not None:
+            weight, source = float(chosen), str(report)
+    _log.info("MIXED discovery weight %s (%s)", weight, source)
+    reranker = model.reranker.model_copy(update={"discovery_weight": weight})
+    return model.model_copy(update={"reranker": reranker})
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +128,7 @@ async def open_resources(
             triton = ranker.triton
             metrics.triton_unanswered.set_function(lambda: triton.abandoned_calls)
         recommender = Recommender(
-            model=model,
+            model=with_discovery_weight(model),
             routing=experiments.routing,
             catalogue=catalogue,
             store=store,

@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from feature_service.surfaces import DEFAULT_DISCOVERY_SLOTS
 
+EVALUATION_REPORT = "evaluation.json"
+"""The offline evaluation's report in `<artifacts_dir>/reports/` (`make models` writes it)."""
+
 
 class CandidateGeneratorSettings(BaseModel):
     """Candidate retrieval (Annoy over item embeddings, merged with popular items)."""
@@ -87,6 +90,11 @@ class RerankerSettings(BaseModel):
     """Drop items the user viewed within the recent-activity window."""
     filter_recently_purchased: bool = False
     """Drop items the user bought recently. Off: customers in this data re-buy the same items."""
+    discovery_weight: float | None = Field(None, ge=0.0)
+    """MIXED's price of a new product (`feature_service.surfaces.discovery_slots_for`). Unset:
+    the weight `make models` chose on the validation queries for the models it built
+    (`discovery_weight` in `<artifacts_dir>/reports/evaluation.json`), or
+    `feature_service.surfaces.DISCOVERY_WEIGHT` without such a report."""
     discovery_slots: int = Field(DEFAULT_DISCOVERY_SLOTS, ge=0, le=100)
     """Items new to the customer a MIXED list holds at least when the model has no discovery
     head (with one, `feature_service.surfaces.discovery_slots_for` decides per customer); each

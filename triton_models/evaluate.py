@@ -46,6 +46,7 @@ from feature_service.surfaces import (
     discovery_slots_for,
     mixed_order,
 )
+from triton_models.config import EVALUATION_REPORT
 from triton_models.dataset import RankingSet
 from triton_models.discovery import discovery_lists
 from triton_models.ranking_quality import (
@@ -241,6 +242,7 @@ def surface_lists(
     discover: list[npt.NDArray[np.int32]],
     ranker_scores: npt.NDArray[np.float32] | None = None,
     discovery_scores: npt.NDArray[np.float32] | None = None,
+    discovery_weight: float = DISCOVERY_WEIGHT,
 ) -> dict[str, list[npt.NDArray[np.int32]]]:
     """BUY_AGAIN, DISCOVER and MIXED (each number of fixed discovery slots, and, given both
     heads' scores of every row, ``MIXED`` as served) as the gateway blends them, from the
@@ -248,7 +250,7 @@ def surface_lists(
     lists = {"BUY_AGAIN": buy_again, "DISCOVER": discover}
     if ranker_scores is not None and discovery_scores is not None:
         lists["MIXED"] = mixed_lists(
-            test, buy_again, discover, ranker_scores, discovery_scores, DISCOVERY_WEIGHT
+            test, buy_again, discover, ranker_scores, discovery_scores, discovery_weight
         )
     for slots in MIXED_SLOTS:
         lists[f"MIXED ({slots} discovery slots)"] = [
@@ -295,10 +297,12 @@ def evaluate(
     model_scores: Mapping[str, npt.NDArray[np.float32]],
     discovery_scores: Mapping[str, npt.NDArray[np.float32]] | None = None,
     purchases: sp.csr_matrix | None = None,
+    discovery_weight: float = DISCOVERY_WEIGHT,
 ) -> dict[str, Any]:
     """Metrics of the baselines and of each ``model_scores`` / ``discovery_scores`` entry
     (scores per test row); ``purchases`` (customers x items before the test period) adds the
-    item-to-item baseline. With today's ranker and a discovery model, the surfaces too."""
+    item-to-item baseline. With today's ranker and a discovery model, the surfaces too, MIXED
+    at ``discovery_weight`` (the one the gateway serves)."""
     lists: dict[str, list[npt.NDArray[np.int32]]] = {
         "popularity": popularity_lists(popularity, len(test)),
         "repeat_purchase": repeat_purchase_lists(test, popularity),
@@ -316,7 +320,7 @@ def evaluate(
         # The filter the discovery model is measured against: today's ranker, own items masked.
         lists[MASKED] = discovery_lists(test, model_scores[TODAY])
         heads = (model_scores[TODAY], (discovery_scores or {})[DISCOVERY])
-        surfaces = surface_lists(test, lists[TODAY], lists[DISCOVERY], *heads)
+        surfaces = surface_lists(test, lists[TODAY], lists[DISCOVERY], *heads, discovery_weight)
     metrics = {name: ranking_metrics(ranked, test.relevant, k=10) for name, ranked in lists.items()}
     n_items = len(popularity)
     segments = {
@@ -379,12 +383,8 @@ def targets(metrics: Mapping[str, Mapping[str, float]], rankers: list[str]) -> d
     return result
 
 
-def discovery_targets(
-    segments: Mapping[str, Mapping[str, Any]], weight_choice: Mapping[str, Any] | None = None
-) -> dict[str, bool]:
-    """The discovery issue's offline targets (those a served list has to meet again) and,
-    given :func:`choose_discovery_weight`'s answer, whether the served MIXED weight is the
-    one the validation queries choose now."""
+def discovery_targets(segments: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
+    """The discovery issue's offline targets (those a served list has to meet again)."""
     if "DISCOVER" not in segments:
         return {}
 
@@ -406,11 +406,6 @@ def discovery_targets(
         result["DISCOVER recall@10 on new products > item_to_item"] = discover > recall(
             "item_to_item", "discovery"
         )
-    if weight_choice is not None:
-        result[
-            f"MIXED's served discovery weight ({DISCOVERY_WEIGHT}) is the validation queries' "
-            "choice"
-        ] = weight_choice["weight"] == DISCOVERY_WEIGHT
     return result
 
 
@@ -490,8 +485,9 @@ def markdown(report: Mapping[str, Any]) -> str:
                 "## MIXED's discovery weight",
                 "",
                 f"Chosen on {choice['validation_queries']} validation queries (training period): "
-                f"{choice['weight']} (served: {DISCOVERY_WEIGHT}). Per weight, MIXED's overall "
-                "recall@10 as a share of the ranker list's, and its new-product HR@10:",
+                f"{choice['weight']}, which the gateway serves (none: {DISCOVERY_WEIGHT}). Per "
+                "weight, MIXED's overall recall@10 as a share of the ranker list's, and its "
+                "new-product HR@10:",
                 "",
                 "| weight | recall ratio | HR@10 |",
                 "|---:|---:|---:|",
@@ -537,5 +533,5 @@ def markdown(report: Mapping[str, Any]) -> str:
 def write_report(report: Mapping[str, Any], out_dir: Path) -> None:
     """``evaluation.json`` and ``evaluation.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (out_dir / EVALUATION_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     (out_dir / "evaluation.md").write_text(markdown(report))

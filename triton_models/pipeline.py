@@ -35,6 +35,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from feature_service.definitions import FEATURE_NAMES, NUM_FEATURES, top_k_exact
+from feature_service.surfaces import DISCOVERY_WEIGHT
 from triton_models import export, repository, retrieval
 from triton_models.dataset import (
     CandidateParams,
@@ -381,16 +382,24 @@ def run_evaluation(
         for precision in ("fp32", "int8"):
             sess = export.session(onnx_dir / name / f"{precision}.onnx")
             group[f"{name}_{precision}"] = export.onnx_scores(sess, test.features)
-    result = evaluate(
-        test, popularity, item_vectors, scores["ranker"], scores["discovery"], purchases
-    )
-    # MIXED's discovery weight is chosen on the validation queries, with the served heads.
+    # MIXED's discovery weight is chosen on the validation queries, with the served heads; the
+    # gateway serves that choice (gateway.resources.with_discovery_weight).
     _, valid = _split(datasets, opts)
     ranker, discovery = (
         export.onnx_scores(export.session(onnx_dir / name / "int8.onnx"), valid.features)
         for name in (TODAY.removesuffix("_int8"), DISCOVERY.removesuffix("_int8"))
     )
     weight_choice = choose_discovery_weight(valid, ranker, discovery)
+    served_weight = weight_choice["weight"]
+    result = evaluate(
+        test,
+        popularity,
+        item_vectors,
+        scores["ranker"],
+        scores["discovery"],
+        purchases,
+        DISCOVERY_WEIGHT if served_weight is None else served_weight,
+    )
     metrics = result["metrics"]
     segments = result["segments"]
     per_query = result["per_query_ndcg"]
@@ -426,7 +435,7 @@ def run_evaluation(
         "targets": targets(
             metrics, [f"{n}_fp32" for n in RANKERS] + [f"{n}_int8" for n in RANKERS]
         ),
-        "discovery_targets": discovery_targets(segments, weight_choice),
+        "discovery_targets": discovery_targets(segments),
         "discovery_weight": weight_choice,
         "v2_minus_v3": paired_bootstrap(per_query["ranker_v2_fp32"], per_query["ranker_v3_fp32"]),
         "discover_minus_masked_ranker": result["discover_minus_masked_ranker"],

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from feature_service.kernels import contained
 from feature_service.surfaces import (
+    DISCOVERY_WEIGHT,
     Scored,
     Surface,
     discovery_slots_for,
@@ -75,6 +76,7 @@ def surface_list(
     num_items: int,
     discovery_slots: int,
     rerank: Callable[[Candidates], Candidates],
+    discovery_weight: float = DISCOVERY_WEIGHT,
 ) -> Candidates:
     """The re-ranked list `surface` asks for (`rerank`: the re-rank stage's rules, cut to
     `num_items`).
@@ -99,6 +101,7 @@ def surface_list(
             num_items,
             Scored(ranking.items.positions, ranking.items.scores),
             Scored(ranking.discover.positions, ranking.discover.scores),
+            discovery_weight,
         )
     discover = _NONE
     if missing_new_items(items.positions, owned, num_items, discovery_slots):

@@ -100,16 +100,10 @@ def test_surfaces_and_targets() -> None:
         "overall": {"recall@10": 0.4},
         "discovery": {"recall@10": 0.2, "hr@10": 0.36},
     }
-    result = discovery_targets(segments, {"weight": DISCOVERY_WEIGHT})
+    result = discovery_targets(segments)
     assert result["MIXED discovery HR@10 >= 0.35"]
     assert not result["DISCOVER recall@10 on new products >= 1.25x popularity_skip_own"]
     assert not result["MIXED overall recall@10 within 5% of today's (ranker_v2_int8)"]
-    served = (
-        f"MIXED's served discovery weight ({DISCOVERY_WEIGHT}) is the validation queries' choice"
-    )
-    assert result[served]
-    assert not discovery_targets(segments, {"weight": None})[served]
-    assert served not in discovery_targets(segments)
     assert discovery_targets({}) == {}
 
 
