@@ -397,3 +397,72 @@ def first_per_category(categories: Array, limit: int) -> Array:  # pragma: no co
             taken += 1
         seen[slot] += 1
     return keep[:taken]
+
+
+@_kernel(
+    "int64(int32[::1], boolean[::1], int32[::1], int32[::1], float32[::1], int32[::1],"
+    " float32[::1], int64, float64, float64)"
+)
+def best_discovery_picks(
+    head: Array,
+    is_owned: Array,
+    picks: Array,
+    ranker_positions: Array,
+    ranker_scores: Array,
+    discovery_positions: Array,
+    discovery_scores: Array,
+    room: int,
+    total: float,
+    weight: float,
+) -> int:  # pragma: no cover - compiled
+    """How many of ``picks`` MIXED lists: the k in 0..len(picks) whose list has the best value
+    (the first on a tie), as ``feature_service.surfaces.discovery_slots_for`` defines it.
+
+    k picks take the ``room`` free slots, then push out the last owned items of ``head``. A
+    list's value is the ranker's probabilities of its items over ``total`` plus ``weight`` x
+    the probability, by the discovery head (items independent), that a listed new item sells.
+    An item a head did not score counts 0 there.
+    """
+    n_head, n_picks = len(head), len(picks)
+    listed = 0.0
+    no_new_hit = 1.0
+    owned_p = np.empty(n_head, np.float64)
+    n_owned = 0
+    for i in range(n_head):
+        p = 0.0
+        for j in range(len(ranker_positions)):
+            if ranker_positions[j] == head[i]:
+                p = float(ranker_scores[j])
+                break
+        listed += p
+        if is_owned[i]:
+            owned_p[n_owned] = p
+            n_owned += 1
+        else:
+            for j in range(len(discovery_positions)):
+                if discovery_positions[j] == head[i]:
+                    no_new_hit *= 1.0 - float(discovery_scores[j])
+                    break
+    # given_up[d]: what the last d owned items of the head were worth to the ranker.
+    given_up = np.zeros(n_owned + 1, np.float64)
+    for d in range(1, n_owned + 1):
+        given_up[d] = given_up[d - 1] + owned_p[n_owned - d]
+    best_k, best_value = 0, -np.inf
+    taken, misses = 0.0, 1.0
+    for k in range(n_picks + 1):
+        if k > 0:
+            pick = picks[k - 1]
+            for j in range(len(ranker_positions)):
+                if ranker_positions[j] == pick:
+                    taken += float(ranker_scores[j])
+                    break
+            for j in range(len(discovery_positions)):
+                if discovery_positions[j] == pick:
+                    misses *= 1.0 - float(discovery_scores[j])
+                    break
+        drops = min(max(0, k - room), n_owned)
+        expected = listed - given_up[drops] + taken
+        value = expected / total + weight * (1.0 - no_new_hit * misses)
+        if value > best_value:
+            best_k, best_value = k, value
+    return best_k

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from feature_service import kernels
 from feature_service.kernels import contained
 
 Positions = npt.NDArray[np.int32]
@@ -107,17 +108,6 @@ def mixed_order(
     return order
 
 
-def _probabilities(items: Positions, scored: Scored) -> npt.NDArray[np.float64]:
-    """``scored``'s probability of each of ``items`` (0 for an item it did not score). The
-    items are a list's few (at most twice its length): one comparison matrix against the
-    scored positions is cheaper than sorting those."""
-    if len(scored.positions) == 0:
-        return np.zeros(len(items))
-    match = items[:, None] == scored.positions[None, :]
-    found = scored.scores[match.argmax(axis=1)].astype(np.float64)
-    return np.where(match.any(axis=1), found, 0.0)
-
-
 def discovery_slots_for(
     buy_again: Positions,
     discover: Positions,
@@ -151,21 +141,23 @@ def discovery_slots_for(
     """
     head = buy_again[:num_items]
     is_owned = contained(head, owned)
-    owned_at = np.flatnonzero(is_owned)
+    n_owned = int(is_owned.sum())
     room = num_items - len(head)
     # At most len(head) of the discovery list are listed already, so its first
-    # room + len(owned_at) + len(head) items hold every pick.
-    first = discover[: room + len(owned_at) + len(head)]
-    picks = first[~contained(first, head)][: room + len(owned_at)]
-    listed = np.concatenate([head, picks])
-    p_ranker, p_new = _probabilities(listed, ranker), _probabilities(listed, discovery)
-    # k picks push out the last max(0, k - room) owned items of the head (mixed_order's rule).
-    given_up = np.concatenate([[0.0], np.cumsum(p_ranker[owned_at][::-1])])
-    taken = np.concatenate([[0.0], np.cumsum(p_ranker[len(head) :])])
-    drops = np.maximum(0, np.arange(len(picks) + 1) - room)
-    expected = p_ranker[: len(head)].sum() - given_up[drops] + taken
+    # room + n_owned + len(head) items hold every pick.
+    first = discover[: room + n_owned + len(head)]
+    picks = first[~contained(first, head)][: room + n_owned]
     total = float(ranker.scores.sum(dtype=np.float64))
-    misses = np.concatenate([[1.0], np.cumprod(1.0 - p_new[len(head) :])])
-    no_new_hit = np.prod(1.0 - p_new[: len(head)][~is_owned]) * misses
-    value = expected / (total if total > 0 else 1.0) + weight * (1.0 - no_new_hit)
-    return int(len(head) - len(owned_at) + np.argmax(value))
+    best = kernels.best_discovery_picks(
+        np.ascontiguousarray(head, np.int32),
+        is_owned,
+        np.ascontiguousarray(picks, np.int32),
+        np.ascontiguousarray(ranker.positions, np.int32),
+        np.ascontiguousarray(ranker.scores, np.float32),
+        np.ascontiguousarray(discovery.positions, np.int32),
+        np.ascontiguousarray(discovery.scores, np.float32),
+        room,
+        total if total > 0 else 1.0,
+        weight,
+    )
+    return len(head) - n_owned + int(best)

@@ -210,3 +210,44 @@ def cap_per_category(
 
 def truncate(items: Candidates, num_items: int) -> Candidates:
     return items.take(np.arange(min(num_items, len(items))))
+
+
+def mixed_pick_values(
+    buy_again: npt.NDArray[np.int32],
+    discover: npt.NDArray[np.int32],
+    owned: npt.NDArray[np.int32],
+    num_items: int,
+    ranker: tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]],
+    discovery: tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]],
+    weight: float,
+) -> tuple[int, npt.NDArray[np.float64]]:
+    """The NumPy version of `feature_service.surfaces.discovery_slots_for` before its compiled
+    kernel: the slots for no pick, and the value of the list with each number of picks."""
+
+    def probabilities(
+        items: npt.NDArray[np.int32], scored: tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]
+    ) -> npt.NDArray[np.float64]:
+        positions, scores = scored
+        if len(positions) == 0:
+            return np.zeros(len(items))
+        match = items[:, None] == positions[None, :]
+        found = scores[match.argmax(axis=1)].astype(np.float64)
+        return np.where(match.any(axis=1), found, 0.0)
+
+    head = buy_again[:num_items]
+    is_owned = np.isin(head, owned)
+    owned_at = np.flatnonzero(is_owned)
+    room = num_items - len(head)
+    first = discover[: room + len(owned_at) + len(head)]
+    picks = first[~np.isin(first, head)][: room + len(owned_at)]
+    listed = np.concatenate([head, picks])
+    p_ranker, p_new = probabilities(listed, ranker), probabilities(listed, discovery)
+    given_up = np.concatenate([[0.0], np.cumsum(p_ranker[owned_at][::-1])])
+    taken = np.concatenate([[0.0], np.cumsum(p_ranker[len(head) :])])
+    drops = np.maximum(0, np.arange(len(picks) + 1) - room)
+    expected = p_ranker[: len(head)].sum() - given_up[drops] + taken
+    total = float(ranker[1].sum(dtype=np.float64))
+    misses = np.concatenate([[1.0], np.cumprod(1.0 - p_new[len(head) :])])
+    no_new_hit = np.prod(1.0 - p_new[: len(head)][~is_owned]) * misses
+    values = expected / (total if total > 0 else 1.0) + weight * (1.0 - no_new_hit)
+    return len(head) - len(owned_at), values

@@ -24,6 +24,7 @@ from feature_service.definitions import (
     top_k_exact,
 )
 from feature_service.history import PurchaseHistories
+from feature_service.surfaces import Scored, discovery_slots_for
 from gateway.stages.candidates import (
     HISTORY_CANDIDATES,
     CandidateRetriever,
@@ -167,6 +168,30 @@ def test_serving_pipeline_matches_numpy_stage_by_stage(
         by_score = kernels.order_by_score(scores)
         ranked = Candidates(kept.positions[by_score], scores[by_score])
         _assert_same(ranked, reference.order(kept, scores))
+        # MIXED's slots from both heads' probabilities (discovery scores rounded too)
+        new = kept.positions[~kernels.contained(kept.positions, state.item_positions)]
+        discovery = np.round(rng.random(len(new)) * 0.3, 2).astype(np.float32)
+        discover = new[kernels.order_by_score(discovery)]
+        for weight in (0.0, 0.08, 0.5):
+            slots = discovery_slots_for(
+                ranked.positions,
+                discover,
+                state.item_positions,
+                10,
+                Scored(kept.positions, scores * 0.01),
+                Scored(new, discovery),
+                weight,
+            )
+            none, values = reference.mixed_pick_values(
+                ranked.positions,
+                discover,
+                state.item_positions,
+                10,
+                (kept.positions, scores * 0.01),
+                (new, discovery),
+                weight,
+            )
+            assert values[slots - none] == pytest.approx(values.max(), abs=1e-12)
         for embeddings in (index.unit_item_vectors, None):
             for weight, count, cap in ((0.3, 30, 4), (0.7, 10, 0), (0.0, 30, 2)):
                 got_items = truncate(
@@ -216,6 +241,7 @@ _KERNELS = (
     "greedy_mmr",
     "first_per_category",
     "contained",
+    "best_discovery_picks",
 )
 
 
