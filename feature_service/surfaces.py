@@ -38,7 +38,7 @@ that share of the customer's expected re-order and purchase hits for a certain n
 Each `make models` chooses it again on the rankers' validation queries (never the test period):
 the weight with the most customers reached on new products while overall recall@10 stays
 within 5% of the ranker's list (build/reports/evaluation.md, "MIXED's discovery weight"), and
-the gateway serves that choice (`gateway.resources.with_discovery_weight`). This value, the
+the gateway serves that choice (`gateway.resources.served_discovery_weight`). This value, the
 choice for the shipped data and models, stands in where no report names one."""
 
 

@@ -19,7 +19,7 @@ from feature_service.catalogue import ItemCatalogue
 from feature_service.history import NO_PURCHASES, UserPurchases
 from feature_service.kernels import contained
 from feature_service.store import FeatureStore, UserFeatures
-from feature_service.surfaces import DISCOVERY_WEIGHT, Surface
+from feature_service.surfaces import Surface
 from gateway.deadline import Budget
 from gateway.errors import ServiceError
 from gateway.prometheus_metrics import Metrics
@@ -54,6 +54,9 @@ class Recommender:
     metrics: Metrics
     tracer: trace.Tracer
     exposures: ExposureRecorder
+    discovery_weight: float
+    """MIXED's price of a new product (`feature_service.surfaces.discovery_slots_for`), settled
+    at start-up (`gateway.resources.served_discovery_weight`)."""
 
     def _stage(self, name: str) -> PipelineStage:
         """Times a stage (and spans it when the request is sampled); exceptions are recorded
@@ -161,7 +164,7 @@ class Recommender:
                 lambda ranked: rerank(
                     ranked, self.catalogue.category, rules, query.num_items, embeddings
                 ),
-                DISCOVERY_WEIGHT if rules.discovery_weight is None else rules.discovery_weight,
+                self.discovery_weight,
             )
         if len(items) < query.num_items:
             reasons.append("SHORT_RESPONSE")

@@ -73,13 +73,13 @@ class Resources:
     tracer provider handed in); when not, the interceptor opens no span for it."""
 
 
-def with_discovery_weight(model: ModelSettings) -> ModelSettings:
-    """`model` with MIXED's discovery weight settled: the configured one, else the one `make
-    models` chose on the validation queries for the models it built (`discovery_weight` in
-    `reports/evaluation.json` under `artifacts_dir`), else `DISCOVERY_WEIGHT`. The weight
-    belongs to the models: a rebuild on other data chooses again, and the gateway follows."""
+def served_discovery_weight(model: ModelSettings) -> float:
+    """MIXED's discovery weight: the configured one, else the one `make models` chose on the
+    validation queries for the models it built (`discovery_weight` in `reports/evaluation.json`
+    under `artifacts_dir`), else `DISCOVERY_WEIGHT`. The weight belongs to the models: a
+    rebuild on other data chooses again, and the gateway follows."""
     if model.reranker.discovery_weight is not None:
-        return model
+        return model.reranker.discovery_weight
     weight, source = DISCOVERY_WEIGHT, "the default"
     report = model.artifacts_dir / "reports" / EVALUATION_REPORT
     if report.is_file():
@@ -87,8 +87,7 @@ def with_discovery_weight(model: ModelSettings) -> ModelSettings:
         if chosen is not None:
             weight, source = float(chosen), str(report)
     _log.info("MIXED discovery weight %s (%s)", weight, source)
-    reranker = model.reranker.model_copy(update={"discovery_weight": weight})
-    return model.model_copy(update={"reranker": reranker})
+    return weight
 
 
 @contextlib.asynccontextmanager
@@ -128,7 +127,7 @@ async def open_resources(
             triton = ranker.triton
             metrics.triton_unanswered.set_function(lambda: triton.abandoned_calls)
         recommender = Recommender(
-            model=with_discovery_weight(model),
+            model=model,
             routing=experiments.routing,
             catalogue=catalogue,
             store=store,
@@ -139,6 +138,7 @@ async def open_resources(
             metrics=metrics,
             tracer=tracer,
             exposures=experiments.exposures,
+            discovery_weight=served_discovery_weight(model),
         )
         histories = ranker.features.histories if ranker is not None else None
         if embedded is not None:

@@ -383,7 +383,7 @@ def run_evaluation(
             sess = export.session(onnx_dir / name / f"{precision}.onnx")
             group[f"{name}_{precision}"] = export.onnx_scores(sess, test.features)
     # MIXED's discovery weight is chosen on the validation queries, with the served heads; the
-    # gateway serves that choice (gateway.resources.with_discovery_weight).
+    # gateway serves that choice (gateway.resources.served_discovery_weight).
     _, valid = _split(datasets, opts)
     ranker, discovery = (
         export.onnx_scores(export.session(onnx_dir / name / "int8.onnx"), valid.features)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from feature_service.surfaces import DISCOVERY_WEIGHT
-from gateway.resources import with_discovery_weight
+from gateway.resources import served_discovery_weight
 from triton_models.config import EVALUATION_REPORT, ModelSettings, RerankerSettings
 
 
@@ -18,8 +18,7 @@ def _report(artifacts: Path, report: dict[str, object]) -> None:
 
 def test_the_builds_validation_choice_is_served(tmp_path: Path) -> None:
     _report(tmp_path, {"discovery_weight": {"weight": 0.13, "grid": {}}})
-    model = with_discovery_weight(ModelSettings(artifacts_dir=tmp_path))
-    assert model.reranker.discovery_weight == 0.13
+    assert served_discovery_weight(ModelSettings(artifacts_dir=tmp_path)) == 0.13
 
 
 def test_a_configured_weight_wins(tmp_path: Path) -> None:
@@ -27,12 +26,12 @@ def test_a_configured_weight_wins(tmp_path: Path) -> None:
     configured = ModelSettings(
         artifacts_dir=tmp_path, reranker=RerankerSettings(discovery_weight=0.0)
     )
-    assert with_discovery_weight(configured).reranker.discovery_weight == 0.0
+    assert served_discovery_weight(configured) == 0.0
 
 
 def test_default_without_a_report_or_a_choice(tmp_path: Path) -> None:
     model = ModelSettings(artifacts_dir=tmp_path)
-    assert with_discovery_weight(model).reranker.discovery_weight == DISCOVERY_WEIGHT
+    assert served_discovery_weight(model) == DISCOVERY_WEIGHT
     # No weight kept recall within bounds on validation: the report says None.
     _report(tmp_path, {"discovery_weight": {"weight": None}})
-    assert with_discovery_weight(model).reranker.discovery_weight == DISCOVERY_WEIGHT
+    assert served_discovery_weight(model) == DISCOVERY_WEIGHT
