@@ -32,7 +32,6 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -49,7 +48,7 @@ from benchmarks.harness.procs import LOCAL_CONFIG, REPO, local_system
 from benchmarks.harness.report import RESULTS_DIR, machine_description
 from feature_service.surfaces import DEFAULT_DISCOVERY_SLOTS
 from triton_models import ingest, retrieval
-from triton_models.dataset import RankingSet, load_data
+from triton_models.dataset import RankingSet, load_data, tables_as_of
 from triton_models.evaluate import segment_table
 from triton_models.pipeline import PipelineOptions
 from triton_models.ranking_quality import segment_metrics
@@ -72,23 +71,10 @@ def heldout_artifacts(build: Path, raw_data: Path, out: Path) -> pd.Timestamp:
     """
     data = load_data(build / "data", raw_data)
     cut = data.split.test_start
-    raw = ingest.read_raw(raw_data)
-    tables = ingest.build_tables(raw.loc[raw["InvoiceDate"] < cut.strftime("%Y-%m-%d %H:%M:%S")])
-    if pd.Timestamp(tables.split.data_end) != cut:
-        raise ValueError(f"the raw lines before {cut} end on {tables.split.data_end}")
-    # The served catalogue's items at their positions (the models and embeddings index them):
-    # not sold yet means popularity 0, unavailable, the final price (as item_snapshot does).
-    served = data.items.set_index("item_id")
-    then = tables.items.set_index("item_id").reindex(served.index)
-    then["title"] = then["title"].fillna(served["title"])
-    then["price"] = then["price"].fillna(served["price"])
-    then["last_sold"] = then["last_sold"].fillna(served["last_sold"])
-    then["popularity"] = then["popularity"].fillna(0).astype(np.int64)
-    then["category"] = served["category"]
-    then["subcategory"] = served["subcategory"]
-    then["available"] = then["available"].astype("boolean").fillna(False).astype(bool)
-    items = then[served.columns].reset_index()
-    ingest.write_tables(replace(tables, items=items), out / "data")
+    # The served catalogue's items at their positions (the models and embeddings index them).
+    tables = tables_as_of(data, cut)
+    items = tables.items
+    ingest.write_tables(tables, out / "data")
 
     opts = PipelineOptions()
     embeddings = retrieval.fit_als(data.events, len(data.items), cut, opts.als)

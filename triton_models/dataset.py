@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,22 +116,41 @@ def item_snapshot(data: Data, as_of: pd.Timestamp) -> ItemSnapshot:
         popularity = items["popularity"].to_numpy(np.float64)
         available = items["available"].to_numpy(bool)
     else:
-        raw = ingest.read_raw(data.data_dir)
-        raw = raw.loc[raw["InvoiceDate"] < as_of.strftime("%Y-%m-%d %H:%M:%S")]
-        tables = ingest.build_tables(raw)
-        if pd.Timestamp(tables.split.data_end) != as_of:
-            raise ValueError(
-                f"snapshot at {as_of}: the raw data before it ends on "
-                f"{tables.split.data_end}, so ingest's popularity window would shift"
-            )
-        snap = tables.items.set_index("item_id").reindex(items["item_id"])
-        price = snap["price"].fillna(items.set_index("item_id")["price"]).to_numpy(np.float64)
-        popularity = snap["popularity"].fillna(0).to_numpy(np.float64)
-        available = snap["available"].astype("boolean").fillna(False).to_numpy(bool)
+        then = tables_as_of(data, as_of).items
+        price = then["price"].to_numpy(np.float64)
+        popularity = then["popularity"].to_numpy(np.float64)
+        available = then["available"].to_numpy(bool)
     return ItemSnapshot(
         arrays=ItemArrays.from_columns(price, popularity, available, category),
         popularity=popularity.astype(np.float32),
     )
+
+
+def tables_as_of(data: Data, as_of: pd.Timestamp) -> ingest.Tables:
+    """Ingest's tables from the raw lines before ``as_of``, the catalogue on items.parquet's
+    items and positions: an item not sold yet gets popularity 0, unavailable, and its final
+    title, price and last sale; categories are always the final ones (an item's identity).
+
+    Raises:
+        ValueError: the raw lines before ``as_of`` end earlier (ingest's popularity window
+            would shift).
+    """
+    raw = ingest.read_raw(data.data_dir)
+    tables = ingest.build_tables(raw.loc[raw["InvoiceDate"] < as_of.strftime("%Y-%m-%d %H:%M:%S")])
+    if pd.Timestamp(tables.split.data_end) != as_of:
+        raise ValueError(
+            f"snapshot at {as_of}: the raw data before it ends on "
+            f"{tables.split.data_end}, so ingest's popularity window would shift"
+        )
+    served = data.items.set_index("item_id")
+    then = tables.items.set_index("item_id").reindex(served.index)
+    for column in ("title", "price", "last_sold"):
+        then[column] = then[column].fillna(served[column])
+    then["popularity"] = then["popularity"].fillna(0).astype(np.int64)
+    then["available"] = then["available"].astype("boolean").fillna(False).astype(bool)
+    then["category"] = served["category"]
+    then["subcategory"] = served["subcategory"]
+    return replace(tables, items=then[served.columns].reset_index())
 
 
 def history_of(lines: pd.DataFrame) -> PurchaseHistory:
