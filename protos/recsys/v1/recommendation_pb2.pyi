@@ -236,7 +236,10 @@ class RecommendRequest(google.protobuf.message.Message):
     num_items: builtins.int
     """How many items to return: 1 to 100; 10 when unset."""
     request_id: builtins.str
-    """Client-chosen id echoed in the response and used to attribute events; generated when empty."""
+    """Client-chosen id echoed in the response and used to attribute events; generated when empty
+    (a time-ordered UUIDv7). Exposures are stored by this id: time-ordered ids keep those writes
+    appending, random ones (UUIDv4) cost more per write as the table grows.
+    """
     surface: global___Surface.ValueType
     """Which list the caller wants; unset means MIXED (so clients built before it get MIXED)."""
     @property

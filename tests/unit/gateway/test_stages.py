@@ -201,3 +201,17 @@ def test_missing_client_time_is_the_server_clock_and_invalid_one_is_refused() ->
     request.context.client_time.nanos = -1
     with pytest.raises(InvalidArgument, match="client_time: is not a valid timestamp"):
         validate_recommend(request, LIMITS, now)
+
+
+def test_generated_request_ids_are_time_ordered_and_a_callers_id_is_kept() -> None:
+    # Exposure rows are keyed by request id: ids generated in order append to the key's
+    # B-tree instead of landing at random leaves (benchmarks/exposure_keys.py).
+    now = datetime(2031, 7, 4, 9, 15, tzinfo=UTC)
+    ids = [
+        validate_recommend(pb.RecommendRequest(user_id="17850"), LIMITS, now).request_id
+        for _ in range(2_000)
+    ]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and i[12] == "7" for i in ids)  # UUIDv7, hex without dashes
+    given = pb.RecommendRequest(user_id="17850", request_id="checkout-42")
+    assert validate_recommend(given, LIMITS, now).request_id == "checkout-42"
