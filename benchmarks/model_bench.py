@@ -3,7 +3,9 @@
 For each ranker built by ``make models`` (build/rankers, build/onnx), times one call at batch
 sizes 1, 32 and 500 (one request's candidates) on real test-period feature rows, and writes the
 median and p99 per call to ``benchmarks/results/model_bench.json`` with the machine and library
-versions. Run: ``.venv/bin/python -m benchmarks.model_bench [--build build] [--repeats 300]``.
+versions. PyTorch runs the weights the graphs were exported from (subnormal ones set to zero,
+`export.flush_subnormal_weights`), so the three time the same model. Run:
+``.venv/bin/python -m benchmarks.model_bench [--build build] [--repeats 300]``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def run(build: Path, repeats: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in RANKERS:
         model = load_ranker(build / "rankers", name, opts)
+        export.flush_subnormal_weights(model)
         fp32 = export.session(build / "onnx" / name / "fp32.onnx", threads=1)
         int8 = export.session(build / "onnx" / name / "int8.onnx", threads=1)
         method = json.loads((build / "onnx" / name / "export.json").read_text())["int8_method"]

@@ -43,11 +43,39 @@ MAX_RELATIVE_NDCG_DROP = 0.01
 """INT8 NDCG@10 may be at most 1% (relative) below FP32."""
 
 
+def flush_subnormal_weights(model: Any) -> int:
+    """Sets the module's FP32 parameters that are subnormal (nonzero, below float32's smallest
+    normal, about 1.2e-38) to zero, in place; returns how many there were.
+
+    Weight decay leaves some weights there (585 of ranker_v2's 14,429, 1,710 of ranker_v3's).
+    They change no score (a product with one is below every sum's last bit), but CPUs compute
+    with subnormal operands many times slower: 550 rows took ranker_v2's FP32 graph 3.0 ms
+    and ranker_v3's 12.8 ms with them, against 0.16 ms for discovery_v1, which had none.
+    """
+    import torch
+
+    tiny = torch.finfo(torch.float32).tiny
+    flushed = 0
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dtype != torch.float32:
+                continue
+            subnormal = (parameter != 0) & (parameter.abs() < tiny)
+            flushed += int(subnormal.sum())
+            parameter[subnormal] = 0.0
+    return flushed
+
+
 def export_onnx(model: Any, num_features: int, path: Path) -> Path:
-    """Exports a ranker (``forward(features) -> score``) to ``path`` with a dynamic batch axis."""
+    """Exports a ranker (``forward(features) -> score``) to ``path`` with a dynamic batch axis,
+    after :func:`flush_subnormal_weights` (so the module compared with the graph is the one
+    exported)."""
     import torch
 
     model.eval()
+    flushed = flush_subnormal_weights(model)
+    if flushed:
+        _log.info("%s: %d subnormal weights set to zero before export", path, flushed)
     example = torch.zeros(4, num_features, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.onnx.export(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -137,3 +139,29 @@ def test_static_int8_scores_are_not_cut_to_quantization_levels(
     assert producers[graph.output[0].name].op_type == "Sigmoid"
     scores = export.onnx_scores(export.session(static), data.features)
     assert len(np.unique(scores)) > 256
+
+
+@pytest.mark.parametrize("kind", ["mlp", "dcn"])
+def test_subnormal_weights_are_exported_as_zero_and_change_no_score(
+    trained: dict[RankerKind, torch.nn.Module], kind: RankerKind, tmp_path: Path
+) -> None:
+    """Weight decay leaves some weights subnormal, which slows FP32 inference on CPUs many
+    times over; export writes them as zero, and the scores are bit for bit the same."""
+    model = copy.deepcopy(trained[kind])
+    tiny = torch.finfo(torch.float32).tiny
+    with torch.no_grad():
+        planted = 0
+        for parameter in model.parameters():
+            flat = parameter.view(-1)
+            flat[::3] = tiny / 4 * torch.sign(flat[::3] + 0.5)  # subnormal, either sign
+            planted += len(flat[::3])
+    data = _synthetic(seed=3)
+    before = predict(model, data.features)
+    path = export.export_onnx(model, F, tmp_path / "fp32.onnx")
+    assert export.flush_subnormal_weights(model) == 0  # the export flushed all of them
+    np.testing.assert_array_equal(predict(model, data.features), before)
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    floats = np.concatenate([w.ravel() for w in weights if w.dtype == np.float32])
+    assert planted > 0 and not np.any((floats != 0) & (np.abs(floats) < tiny))
+    onnx_scores = export.onnx_scores(export.session(path), data.features)
+    assert export.max_abs_diff(before, onnx_scores) < export.MAX_ABS_DIFF
