@@ -343,6 +343,7 @@ async def _open_ranker(
         max_calls_in_flight=model.ranker.max_calls_in_flight,
         max_batch_rows=model.ranker.max_batch_rows,
         observe_call_requests=metrics.triton_call_requests.observe,
+        http_url=model.ranker.inference_http_url(),
     )
     stack.push_async_callback(triton.close)
     poller = asyncio.create_task(

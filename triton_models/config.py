@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feature_service.surfaces import DEFAULT_DISCOVERY_SLOTS
 
@@ -40,7 +41,15 @@ class RankerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     triton_grpc_url: str = "127.0.0.1:8001"
-    """host:port of Triton's gRPC endpoint."""
+    """host:port of Triton's gRPC endpoint (model versions; inference too with
+    `inference_protocol: grpc`)."""
+    inference_protocol: Literal["http", "grpc"] = "http"
+    """Which Triton endpoint scores requests: `http` (KServe v2 with binary tensors on
+    persistent HTTP/1.1 connections) costs the gateway about half the CPU per call that gRPC's
+    `ModelInfer` does, and tritonserver a quarter less (`benchmarks/triton_transport.py`)."""
+    triton_http_url: str | None = None
+    """host:port of Triton's HTTP endpoint; unset: the host of `triton_grpc_url` with the port
+    just below its own (Triton's default 8000 / 8001 pair, and how `make run` starts it)."""
     default_model: str = "ranker_v2"
     """Ensemble used when no experiment assigns one."""
     timeout_ms: float = Field(40.0, gt=0)
@@ -65,14 +74,38 @@ class RankerSettings(BaseModel):
     max_batch_rows: int = Field(4096, ge=1)
     """Most rows one call carries: at most the ranker's `max_batch_size` in Triton."""
     call_deadline_s: float = Field(30.0, gt=0)
-    """gRPC deadline of every Triton call, far above any request budget: only for a Triton
-    that stopped answering altogether."""
+    """Deadline of every Triton call, far above any request budget: only for a Triton that
+    stopped answering altogether."""
     model_poll_interval_s: float = Field(5.0, gt=0)
     """How often the gateway asks Triton which model versions are ready (rollouts)."""
     prediction_cache_size: int = Field(20_000, ge=0)
     """Cached score vectors per process (0 disables the prediction cache)."""
     prediction_cache_ttl_s: float = Field(60.0, gt=0)
     """Lifetime of a cached score vector."""
+
+    @model_validator(mode="after")
+    def _http_url_known(self) -> RankerSettings:
+        self.inference_http_url()  # a grpc URL without a port cannot give the HTTP one
+        return self
+
+    def inference_http_url(self) -> str | None:
+        """Where inference calls go over HTTP (host:port), None when they use gRPC.
+
+        Raises:
+            ValueError: `triton_http_url` is unset and `triton_grpc_url` has no port to
+                derive it from.
+        """
+        if self.inference_protocol == "grpc":
+            return None
+        if self.triton_http_url:
+            return self.triton_http_url
+        host, _, port = self.triton_grpc_url.rpartition(":")
+        if not host or not port.isdigit() or int(port) < 2:
+            raise ValueError(
+                f"model.ranker.triton_grpc_url {self.triton_grpc_url!r} gives no HTTP port: "
+                "set model.ranker.triton_http_url"
+            )
+        return f"{host}:{int(port) - 1}"
 
 
 class RerankerSettings(BaseModel):

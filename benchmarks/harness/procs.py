@@ -472,6 +472,7 @@ def local_system(
             system.triton_grpc_url = system.triton.grpc_url
             system.ranker_model = _ranker_ensemble(triton_repository)
             env["RECSYS__MODEL__RANKER__TRITON_GRPC_URL"] = system.triton.grpc_url
+            env["RECSYS__MODEL__RANKER__TRITON_HTTP_URL"] = system.triton.http_url
         for i, metrics_port in enumerate(metrics_ports):
             gateway = start_process(
                 "gateway" if processes == 1 else f"gateway{i + 1}",

@@ -33,6 +33,7 @@ from gateway.prometheus_metrics import Metrics
 from gateway.stages.blend import discovery_order
 from gateway.stages.features import RankingFeatures
 from gateway.stages.types import Candidates, Ranking, RequestContext
+from gateway.triton_http import TritonHttpClient, TritonHttpError
 from triton_models.config import RankerSettings
 
 if TYPE_CHECKING:  # the registry asks Triton through this module's TritonRanker
@@ -278,12 +279,17 @@ class _Batch:
 
 
 class TritonRanker:
-    """Scores feature matrices with a Triton model over one long-lived gRPC channel.
+    """Scores feature matrices with a Triton model.
 
-    Requests go to Triton's `GRPCInferenceService` through the stub that tritonclient ships
-    (`service_pb2_grpc`); `ModelInfer` is sent pre-serialized by an `InferRequestEncoder` and
-    its reply read with `np.frombuffer`. tritonclient's `InferInput` / `InferResult` objects
-    cost about ten times the Python work per call (`benchmarks/triton_client_bench.py`).
+    With `http_url`, inference goes to Triton's HTTP endpoint (`gateway.triton_http`: KServe
+    v2 with binary tensors on persistent connections), which costs the gateway about half the
+    CPU per call of gRPC's `ModelInfer` and tritonserver a quarter less
+    (`benchmarks/triton_transport.py`). Without it, and for control calls (the repository
+    index), requests go to Triton's `GRPCInferenceService` over one long-lived channel through
+    the stub that tritonclient ships (`service_pb2_grpc`); `ModelInfer` is then sent
+    pre-serialized by an `InferRequestEncoder` and its reply read with `np.frombuffer`.
+    tritonclient's `InferInput` / `InferResult` objects cost about ten times the Python work
+    per call (`benchmarks/triton_client_bench.py`).
 
     Batching while busy: at most `max_calls_in_flight` calls per model and version are
     outstanding; requests that arrive meanwhile wait and go together in the next call (up to
@@ -311,7 +317,7 @@ class TritonRanker:
     model whose every outstanding call has been given up on (Triton stopped answering) is
     not queued for: beyond either, requests fail at once, which bounds the work Triton does
     for nobody and the time requests spend on a Triton that does not answer.
-    `call_deadline_s` is a gRPC deadline far above any budget, a last resort for a Triton
+    `call_deadline_s` is a deadline far above any budget, a last resort for a Triton
     that stopped answering altogether.
     """
 
@@ -326,9 +332,13 @@ class TritonRanker:
         max_calls_in_flight: int = 2,
         max_batch_rows: int = 4096,
         observe_call_requests: Callable[[float], None] | None = None,
+        http_url: str | None = None,
     ) -> None:
-        """`observe_call_requests` is told how many requests each call scores."""
+        """`url`: Triton's gRPC endpoint (host:port); `http_url`: its HTTP endpoint, which
+        inference calls then use. `observe_call_requests` is told how many requests each call
+        scores."""
         self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        self._http = TritonHttpClient(http_url) if http_url else None
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         # ModelInfer without a request serializer: the encoder hands over finished bytes.
         self._model_infer: grpc.aio.UnaryUnaryMultiCallable[bytes, Any] = self._channel.unary_unary(
@@ -489,6 +499,8 @@ class TritonRanker:
             self._send_waiting(key)
 
     async def _infer(self, key: _Key, batch: _Batch) -> Scored:
+        if self._http is not None:
+            return await self._infer_http(self._http, key, batch)
         model, _, discovery = key
         request = self._encoder(key).encode_parts(batch.parts)
         try:
@@ -508,6 +520,25 @@ class TritonRanker:
             outputs[OUTPUT_NAME],
             f"{model}/{reply.model_version}",
             outputs.get(DISCOVERY_OUTPUT_NAME),
+        )
+
+    async def _infer_http(self, http: TritonHttpClient, key: _Key, batch: _Batch) -> Scored:
+        model, version, discovery = key
+        encoder = http.encoder(model, version, INPUT_NAME, _outputs(discovery))
+        try:
+            reply = await http.infer(encoder, batch.parts, self._call_deadline_s, batch.headers)
+        except TimeoutError:
+            raise RankerFailure(
+                "RANKER_TIMEOUT", f"no reply within the {self._call_deadline_s:g} s call deadline"
+            ) from None
+        except TritonHttpError as exc:
+            raise RankerFailure("RANKER_UNAVAILABLE", str(exc)) from exc
+        if reply.outputs is None:
+            raise RankerFailure("RANKER_UNAVAILABLE", f"{model} returned no or misshapen scores")
+        return Scored(
+            reply.outputs[OUTPUT_NAME],
+            f"{model}/{reply.model_version}",
+            reply.outputs.get(DISCOVERY_OUTPUT_NAME),
         )
 
     async def ready_versions(self) -> dict[str, list[str]]:
@@ -539,6 +570,8 @@ class TritonRanker:
         """Closes the channel, after Triton has answered the abandoned calls (closing cancels
         whatever is still in flight)."""
         await self.drain(drain_timeout_s)
+        if self._http is not None:
+            await self._http.close()
         await self._channel.close()
 
 

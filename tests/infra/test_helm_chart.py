@@ -295,6 +295,7 @@ def test_rendered_config_loads_into_the_gateway_settings(values: Path, tmp_path:
 def test_default_config_points_at_the_release_services(default: list[Manifest]) -> None:
     config = yaml.safe_load(one(default, "ConfigMap", "recsys-config")["data"]["config.yaml"])
     assert config["model"]["ranker"]["triton_grpc_url"] == "recsys-triton.recsys.svc:8001"
+    assert config["model"]["ranker"]["triton_http_url"] == "recsys-triton.recsys.svc:8000"
     assert config["model"]["artifacts_dir"] == "/var/lib/recsys/build"
     assert config["feature_store"]["redis"]["url"] == "redis://redis:6379/0"
     assert config["feature_store"]["postgres"]["dsn"] == "postgresql://recsys@postgres:5432/recsys"

@@ -84,6 +84,7 @@ async def test_prometheus_scrapes_the_gateway_and_triton(
     settings = make_settings(
         MODEL__REPOSITORY_DIR=str(models),
         MODEL__RANKER__TRITON_GRPC_URL=triton.grpc_url,
+        MODEL__RANKER__TRITON_HTTP_URL=triton.http_url,
         MODEL__RANKER__TIMEOUT_MS="2000",
         SERVING__DEFAULT_DEADLINE_MS="5000",
     )

@@ -50,6 +50,7 @@ def ranked_settings(
         return make_settings(
             MODEL__REPOSITORY_DIR=str(models),
             MODEL__RANKER__TRITON_GRPC_URL=triton.grpc_url,
+            MODEL__RANKER__TRITON_HTTP_URL=triton.http_url,
             MODEL__RANKER__TIMEOUT_MS="2000",
             SERVING__DEFAULT_DEADLINE_MS="5000",
             **overrides,
@@ -183,6 +184,7 @@ async def test_triton_down_degrades_then_recovers(
     settings = make_settings(
         MODEL__REPOSITORY_DIR=str(models),
         MODEL__RANKER__TRITON_GRPC_URL=own.grpc_url,
+        MODEL__RANKER__TRITON_HTTP_URL=own.http_url,
         MODEL__RANKER__TIMEOUT_MS="2000",
         MODEL__RANKER__RECOVERY_TIMEOUT_S="1",
         MODEL__RANKER__PREDICTION_CACHE_SIZE="0",

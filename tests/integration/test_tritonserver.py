@@ -258,13 +258,24 @@ async def test_ensemble_scores_match_onnxruntime(
     np.testing.assert_allclose(scores, _reference_scores(ranker_onnx, features), rtol=0, atol=1e-5)
 
 
+TRANSPORTS = pytest.mark.parametrize("over_http", [False, True], ids=["grpc", "http"])
+
+
+def _http(triton: TritonServer, over_http: bool) -> str | None:
+    return triton.http_url if over_http else None
+
+
+@TRANSPORTS
 async def test_the_gateways_ranker_scores_what_onnxruntime_scores(
-    triton: TritonServer, client: grpcclient.InferenceServerClient, ranker_onnx: bytes
+    triton: TritonServer,
+    client: grpcclient.InferenceServerClient,
+    ranker_onnx: bytes,
+    over_http: bool,
 ) -> None:
-    # The ranker encodes its requests itself (InferRequestEncoder): Triton must read them as
-    # it reads tritonclient's, in rows of odd sizes too.
+    # The ranker encodes its requests itself (InferRequestEncoder over gRPC, HttpInferEncoder
+    # over HTTP): Triton must read them as it reads tritonclient's, in rows of odd sizes too.
     rng = np.random.default_rng(4)
-    ranker = TritonRanker(triton.grpc_url)
+    ranker = TritonRanker(triton.grpc_url, http_url=_http(triton, over_http))
     try:
         scored = [
             (features, await ranker.score(ENSEMBLE, version, features, 5.0))
@@ -429,7 +440,10 @@ async def _successes_and_failures(
     return int(stats["success"].get("count", 0)), int(stats["fail"].get("count", 0))
 
 
-async def test_ranker_timeouts_under_overload_leave_triton_running(triton: TritonServer) -> None:
+@TRANSPORTS
+async def test_ranker_timeouts_under_overload_leave_triton_running(
+    triton: TritonServer, over_http: bool
+) -> None:
     # No breaker, no allowance and no batching: every call reaches Triton, however many are
     # unanswered.
     ranker = TritonRanker(
@@ -437,6 +451,7 @@ async def test_ranker_timeouts_under_overload_leave_triton_running(triton: Trito
         failure_threshold=1_000_000,
         max_abandoned_calls=1_000_000,
         max_calls_in_flight=1_000_000,
+        http_url=_http(triton, over_http),
     )
     features = np.random.default_rng(3).normal(size=(500, FEATURES)).astype(np.float32)
     callers = 64
@@ -476,10 +491,11 @@ async def test_ranker_timeouts_under_overload_leave_triton_running(triton: Trito
     assert outcomes.get("RANKER_TIMEOUT", 0) > 0 and outcomes.get("scored", 0) > 0, outcomes
 
 
+@TRANSPORTS
 async def test_a_timed_out_call_is_left_to_finish(
-    triton: TritonServer, client: grpcclient.InferenceServerClient
+    triton: TritonServer, client: grpcclient.InferenceServerClient, over_http: bool
 ) -> None:
-    ranker = TritonRanker(triton.grpc_url)
+    ranker = TritonRanker(triton.grpc_url, http_url=_http(triton, over_http))
     features = np.ones((4, FEATURES), dtype=np.float32)
     before = await _successes_and_failures(client, SLOW_QUEUE)
     try:
@@ -499,10 +515,11 @@ async def test_a_timed_out_call_is_left_to_finish(
     assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
 
 
+@TRANSPORTS
 async def test_a_cancelled_caller_leaves_the_call_to_finish(
-    triton: TritonServer, client: grpcclient.InferenceServerClient
+    triton: TritonServer, client: grpcclient.InferenceServerClient, over_http: bool
 ) -> None:
-    ranker = TritonRanker(triton.grpc_url, max_abandoned_calls=1)
+    ranker = TritonRanker(triton.grpc_url, max_abandoned_calls=1, http_url=_http(triton, over_http))
     features = np.ones((4, FEATURES), dtype=np.float32)
     before = await _successes_and_failures(client, SLOW_QUEUE)
     try:
@@ -529,3 +546,19 @@ async def test_a_cancelled_caller_leaves_the_call_to_finish(
     assert scored.scores.shape == (4,)
     after = await _successes_and_failures(client, SLOW_QUEUE)
     assert (after[0] - before[0], after[1] - before[1]) == (1, 0)  # ran to the end, not cancelled
+
+
+async def test_over_http_an_unknown_model_or_version_fails_with_tritons_message(
+    triton: TritonServer,
+) -> None:
+    ranker = TritonRanker(triton.grpc_url, http_url=triton.http_url)
+    features = np.ones((4, FEATURES), dtype=np.float32)
+    try:
+        with pytest.raises(RankerFailure, match="HTTP 404: Request for unknown model: 'nope'"):
+            await ranker.score("nope", 0, features, 5.0)
+        with pytest.raises(RankerFailure, match=f"'{ENSEMBLE}' version 9 is not found"):
+            await ranker.score(ENSEMBLE, 9, features, 5.0)
+        # the connection that carried the errors still serves
+        assert (await ranker.score(ENSEMBLE, 1, features, 5.0)).scores.shape == (4,)
+    finally:
+        await ranker.close()

@@ -102,6 +102,7 @@ async def _live(
     settings = make_settings(
         MODEL__REPOSITORY_DIR=str(repository),
         MODEL__RANKER__TRITON_GRPC_URL=triton.grpc_url,
+        MODEL__RANKER__TRITON_HTTP_URL=triton.http_url,
         MODEL__RANKER__TIMEOUT_MS="2000",
         MODEL__RANKER__MODEL_POLL_INTERVAL_S=str(POLL_S),
         MODEL__RANKER__PREDICTION_CACHE_SIZE="0",

@@ -137,3 +137,18 @@ def test_list_override_is_json_and_empty_segments_are_named() -> None:
         load_settings(None, {"RECSYS__SERVING____PORT": "1"})
     with pytest.raises(ConfigError, match="invalid environment override"):
         load_settings(None, {"RECSYS__AB_TESTING__EXPERIMENTS": "[not json"})
+
+
+def test_inference_goes_to_tritons_http_port_below_the_grpc_one_unless_told() -> None:
+    def http_url(**env: str) -> str | None:
+        overrides = {f"RECSYS__MODEL__RANKER__{k.upper()}": v for k, v in env.items()}
+        return load_settings(None, overrides).model.ranker.inference_http_url()
+
+    assert http_url() == "127.0.0.1:8000"  # Triton's own 8000 / 8001 pair
+    assert http_url(triton_grpc_url="triton.ns.svc:9001") == "triton.ns.svc:9000"
+    assert http_url(triton_http_url="triton-http:80") == "triton-http:80"
+    assert http_url(inference_protocol="grpc") is None
+    with pytest.raises(ConfigError, match=r"model\.ranker.*gives no HTTP port"):
+        load_settings(None, {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": "triton"})
+    with pytest.raises(ConfigError, match=r"model\.ranker\.inference_protocol"):
+        load_settings(None, {"RECSYS__MODEL__RANKER__INFERENCE_PROTOCOL": "udp"})

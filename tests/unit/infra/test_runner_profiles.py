@@ -118,12 +118,16 @@ def test_triton_ports_follow_the_gateways_triton_url() -> None:
 
 @pytest.mark.parametrize("url", ["127.0.0.1:notaport", "127.0.0.1:1", "127.0.0.1:65535"])
 def test_a_triton_url_without_room_for_three_ports_is_a_config_error(url: str) -> None:
-    settings = load_settings(
-        profiles.REPO / "infra" / "config" / "local.yaml",
-        {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": url},
-    )
+    def ports() -> profiles.TritonPorts:
+        # Without a port below it there is no HTTP port to derive: loading the settings says so.
+        settings = load_settings(
+            profiles.REPO / "infra" / "config" / "local.yaml",
+            {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": url},
+        )
+        return profiles.triton_ports(settings)
+
     with pytest.raises(ConfigError, match="triton_grpc_url"):
-        profiles.triton_ports(settings)
+        ports()
 
 
 def _scrape_targets(config: dict[str, Any]) -> dict[str, list[str]]:

@@ -134,10 +134,17 @@ Whether any secret reaches the pods (an existing Secret, or a chart-managed one 
 {{- end }}
 
 {{/*
-Address (host:port) of Triton's gRPC endpoint inside the cluster.
+Address (host:port) of Triton's gRPC endpoint inside the cluster (model versions).
 */}}
 {{- define "recsys.triton.grpcAddress" -}}
 {{- printf "%s.%s.svc:%v" (include "recsys.triton.fullname" .) (include "recsys.namespace" .) .Values.triton.ports.grpc }}
+{{- end }}
+
+{{/*
+Address (host:port) of Triton's HTTP endpoint inside the cluster (inference calls).
+*/}}
+{{- define "recsys.triton.httpAddress" -}}
+{{- printf "%s.%s.svc:%v" (include "recsys.triton.fullname" .) (include "recsys.namespace" .) .Values.triton.ports.http }}
 {{- end }}
 
 {{/*
