@@ -35,11 +35,13 @@ MAX_IDLE_CONNECTIONS = 8
 
 class TritonHttpError(Exception):
     """A call failed: Triton refused or could not be reached (`status` 0), or answered with an
-    HTTP error (its status and Triton's message)."""
+    HTTP error (its status and Triton's message). `unanswered`: the connection closed before
+    any byte of the reply came."""
 
-    def __init__(self, detail: str, status: int = 0) -> None:
+    def __init__(self, detail: str, status: int = 0, *, unanswered: bool = False) -> None:
         super().__init__(detail)
         self.status = status
+        self.unanswered = unanswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self._reply: asyncio.Future[tuple[int, int, bytes]] | None = None
         self._body: list[bytes] = []
         self._header_length = -1
+        self._answered = False
         self.closed = False
 
     # asyncio.Protocol
@@ -129,6 +132,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self._answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -137,7 +141,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(TritonHttpError(f"Triton closed the connection ({exc or 'no error'})"))
+        self._fail(
+            TritonHttpError(
+                f"Triton closed the connection ({exc or 'no error'})", unanswered=not self._answered
+            )
+        )
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -166,6 +174,7 @@ class _Connection(asyncio.Protocol):
         """Writes one request; the future gets (status, JSON header length or -1, body)."""
         assert self._transport is not None and self._reply is None
         self._reply = asyncio.get_running_loop().create_future()
+        self._answered = False
         self._transport.writelines(buffers)
         return self._reply
 
@@ -202,17 +211,18 @@ class TritonHttpClient:
             )
         return found
 
-    async def _connection(self) -> _Connection:
-        while self._idle:
+    async def _connection(self, reuse: bool) -> tuple[_Connection, bool]:
+        """A connection for one request, and whether it served an earlier one."""
+        while reuse and self._idle:
             connection = self._idle.pop()
             if not connection.closed:
-                return connection
+                return connection, True
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(_Connection, self._host, self._port)
         except OSError as exc:
             raise TritonHttpError(f"cannot connect to Triton at {self._url}: {exc}") from exc
-        return connection
+        return connection, False
 
     async def infer(
         self,
@@ -224,20 +234,22 @@ class TritonHttpClient:
         """Sends one request and waits for its reply (at most `timeout_s`, after which the
         connection is closed).
 
+        A kept connection that turns out closed before any reply (the server or a proxy
+        dropped it while idle) is replaced and the request sent again, once: inference is
+        idempotent.
+
         Raises:
             TritonHttpError: no connection, a broken or malformed reply, or an HTTP error.
             TimeoutError: no reply within `timeout_s`.
         """
-        connection = await self._connection()
-        self._busy.add(connection)
-        try:
-            async with asyncio.timeout(timeout_s):
-                status, header_length, body = await connection.send(encoder.encode(parts, headers))
-        except BaseException:
-            connection.close()  # a reply may still come: this connection cannot be reused
-            raise
-        finally:
-            self._busy.discard(connection)
+        request = encoder.encode(parts, headers)
+        async with asyncio.timeout(timeout_s):
+            try:
+                status, header_length, body, connection = await self._exchange(request, True)
+            except TritonHttpError as exc:
+                if not exc.unanswered:
+                    raise
+                status, header_length, body, connection = await self._exchange(request, False)
         if not connection.closed:
             if len(self._idle) < MAX_IDLE_CONNECTIONS:
                 self._idle.append(connection)
@@ -248,6 +260,30 @@ class TritonHttpClient:
         if header_length < 0:
             raise TritonHttpError("the reply has no Inference-Header-Content-Length")
         return encoder.decode(header_length, body, sum(part.shape[0] for part in parts))
+
+    async def _exchange(
+        self, request: list[bytes | memoryview], reuse: bool
+    ) -> tuple[int, int, bytes, _Connection]:
+        """Sends `request` on a connection (a kept one when `reuse` and there is one) and
+        waits for the reply; the connection of a failed or abandoned exchange is closed.
+
+        Raises:
+            TritonHttpError: as `infer`; `unanswered` only for a kept connection.
+        """
+        connection, reused = await self._connection(reuse)
+        self._busy.add(connection)
+        try:
+            status, header_length, body = await connection.send(request)
+        except TritonHttpError as exc:
+            connection.close()
+            exc.unanswered = exc.unanswered and reused
+            raise
+        except BaseException:
+            connection.close()  # a reply may still come: this connection cannot be reused
+            raise
+        finally:
+            self._busy.discard(connection)
+        return status, header_length, body, connection
 
     async def close(self) -> None:
         """Closes every connection (calls still waiting fail)."""

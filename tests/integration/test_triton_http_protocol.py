@@ -70,11 +70,13 @@ def _scores_reply(
 @dataclass
 class FakeTritonHttp:
     """Answers each infer request with `answer(request)` (raw bytes of the whole reply) or with
-    scores of 0.5; `close_after` closes each connection after that many replies."""
+    scores of 0.5; `close_after` closes each connection after that many replies, `drop_after`
+    after that many replies closes it on the next request instead of answering."""
 
     answer: Callable[[Request], bytes] | None = None
     delay_s: float = 0.0
     close_after: int = 0
+    drop_after: int = 0
     requests: list[Request] = field(default_factory=list)
     connections: int = 0
 
@@ -99,6 +101,8 @@ class FakeTritonHttp:
                 rows = np.frombuffer(body[json_length:], np.float32).reshape(shape)
                 request = Request(lines[0].split()[1], headers, header, rows)
                 self.requests.append(request)
+                if self.drop_after and served >= self.drop_after:
+                    return
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 answer = self.answer or (
@@ -313,3 +317,20 @@ async def test_late_replies_do_not_open_the_circuit_and_the_connection_is_not_re
     assert len(servicer.requests) == 3
     assert scored.scores.shape == (len(FEATURES),)
     assert servicer.connections == 2  # the two late calls ran side by side, then one was reused
+
+
+async def test_a_kept_connection_dropped_while_idle_is_replaced_and_the_call_sent_again(
+    fake: tuple[FakeTritonHttp, str],
+) -> None:
+    # The server (or a proxy) ends a kept connection just as the next request goes out on it,
+    # before any reply: the ranker resends it once on a new connection (inference is
+    # idempotent), and the caller sees no failure.
+    servicer, url = fake
+    servicer.drop_after = 1
+    ranker = _ranker(url)
+    try:
+        scored = [await ranker.score("ranker_v2", 1, FEATURES, 2.0) for _ in range(2)]
+    finally:
+        await ranker.close()
+    assert all(s.scores.tolist() == [0.5] * len(FEATURES) for s in scored)
+    assert (len(servicer.requests), servicer.connections) == (3, 2)
