@@ -86,7 +86,13 @@ class HttpInferEncoder:
             f'{{"inputs":[{{"name":{self._input},"shape":[{rows},{parts[0].shape[1]}],'
             f'"datatype":"FP32","parameters":{{"binary_data_size":{size}}}}}],{self._outputs}'
         ).encode()
-        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        # Trace context comes from callers: only plain ASCII lines go on (a line break must not
+        # start a header of its own).
+        extra = "".join(
+            f"{name}: {value}\r\n"
+            for name, value in headers
+            if (name + value).isascii() and "\r" not in name + value and "\n" not in name + value
+        )
         head = (
             f"{self._head}Inference-Header-Content-Length: {len(header)}\r\n"
             f"Content-Length: {len(header) + size}\r\n{extra}\r\n"
@@ -95,22 +101,23 @@ class HttpInferEncoder:
 
     def decode(self, header_length: int, body: bytes, rows: int) -> InferReply:
         """The outputs of a 200 reply to a request of `rows` rows."""
+        version = ""
         try:
             meta = json.loads(body[:header_length])
-            listed = meta["outputs"]
             version = str(meta.get("model_version", ""))
-        except (ValueError, KeyError, TypeError):
-            return InferReply("", None)
-        if sorted(o.get("name") for o in listed) != sorted(self.outputs):
-            return InferReply(version, None)
-        found: dict[str, npt.NDArray[np.float32]] = {}
-        offset = header_length
-        for output in listed:  # binary outputs follow the header in the order it lists them
-            size = output.get("parameters", {}).get("binary_data_size")
-            if output.get("datatype") != "FP32" or size != rows * 4:
+            listed = meta["outputs"]
+            if sorted(o["name"] for o in listed) != sorted(self.outputs):
                 return InferReply(version, None)
-            found[output["name"]] = np.frombuffer(body, np.float32, rows, offset)
-            offset += size
+            found: dict[str, npt.NDArray[np.float32]] = {}
+            offset = header_length
+            for output in listed:  # binary outputs follow the header in its order
+                size = output["parameters"]["binary_data_size"]
+                if output["datatype"] != "FP32" or size != rows * 4:
+                    return InferReply(version, None)
+                found[output["name"]] = np.frombuffer(body, np.float32, rows, offset)
+                offset += size
+        except (ValueError, KeyError, TypeError, AttributeError):  # not the reply Triton gives
+            return InferReply(version, None)
         return InferReply(version, found if offset == len(body) else None)
 
 
