@@ -45,8 +45,8 @@ class RankerSettings(BaseModel):
     `inference_protocol: grpc`)."""
     inference_protocol: Literal["http", "grpc"] = "http"
     """Which Triton endpoint scores requests: `http` (KServe v2 with binary tensors on
-    persistent HTTP/1.1 connections) costs the gateway about half the CPU per call that gRPC's
-    `ModelInfer` does, and tritonserver a quarter less (`benchmarks/triton_transport.py`)."""
+    persistent HTTP/1.1 connections) costs the gateway 0.52-0.60x the CPU per call of gRPC's
+    `ModelInfer`, and tritonserver 0.84-0.91x (`benchmarks/triton_transport.py`)."""
     triton_http_url: str | None = None
     """host:port of Triton's HTTP endpoint; unset: the host of `triton_grpc_url` with the port
     just below its own (Triton's default 8000 / 8001 pair, and how `make run` starts it)."""

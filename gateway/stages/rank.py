@@ -282,8 +282,8 @@ class TritonRanker:
     """Scores feature matrices with a Triton model.
 
     With `http_url`, inference goes to Triton's HTTP endpoint (`gateway.triton_http`: KServe
-    v2 with binary tensors on persistent connections), which costs the gateway about half the
-    CPU per call of gRPC's `ModelInfer` and tritonserver a quarter less
+    v2 with binary tensors on persistent connections), which costs the gateway 0.52-0.60x the
+    CPU per call of gRPC's `ModelInfer` and tritonserver 0.84-0.91x
     (`benchmarks/triton_transport.py`). Without it, and for control calls (the repository
     index), requests go to Triton's `GRPCInferenceService` over one long-lived channel through
     the stub that tritonclient ships (`service_pb2_grpc`); `ModelInfer` is then sent
