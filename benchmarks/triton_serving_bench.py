@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import uvloop
 
-from benchmarks.harness.loops import closed_loop
+from benchmarks.harness.loops import closed_loop, open_loop
 from benchmarks.harness.procs import tree_cpu_seconds
 from benchmarks.harness.report import (
     add_triton_bench_arguments,
@@ -129,53 +129,8 @@ class _Caller:
         return time.perf_counter() - started
 
 
-async def _open_loop(
-    caller: _Caller,
-    batches: list[npt.NDArray[np.float32]],
-    rate: float,
-    duration_s: float,
-    rng: np.random.Generator,
-) -> tuple[list[float], int, float]:
-    """Poisson arrivals at `rate`/s for `duration_s`; latencies, errors, wall seconds."""
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(rows: npt.NDArray[np.float32]) -> None:
-        nonlocal errors
-        try:
-            latencies.append(await caller(rows))
-        except (grpc.aio.AioRpcError, RuntimeError):
-            errors += 1
-
-    tasks = []
-    began = loop.time()
-    due = began
-    issued = 0
-    while True:
-        due += float(rng.exponential(1.0 / rate))
-        if due - began > duration_s:
-            break
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(batches[issued % len(batches)])))
-        issued += 1
-    await asyncio.gather(*tasks)
-    return latencies, errors, loop.time() - began
-
-
-async def _closed_loop(
-    caller: _Caller, batches: list[npt.NDArray[np.float32]], concurrency: int, duration_s: float
-) -> tuple[list[float], int, float]:
-    result = await closed_loop(
-        caller,
-        batches,
-        concurrency,
-        duration_s=duration_s,
-        errors=(grpc.aio.AioRpcError, RuntimeError),
-    )
-    return result.latencies_s, result.errors, result.wall_s
+_ERRORS = (grpc.aio.AioRpcError, RuntimeError)
+"""What a call to Triton may raise under load: counted, not fatal."""
 
 
 async def _phase(
@@ -193,12 +148,14 @@ async def _phase(
     before = await statistics_of(url, composing)
     cpu_before = tree_cpu_seconds(pid)
     if load.startswith("open"):
-        got = await _open_loop(caller, batches, float(load[4:]), duration_s, rng)
+        got = await open_loop(caller, batches, float(load[4:]), duration_s, rng, errors=_ERRORS)
     else:
-        got = await _closed_loop(caller, batches, int(load[6:]), duration_s)
+        got = await closed_loop(
+            caller, batches, int(load[6:]), duration_s=duration_s, errors=_ERRORS
+        )
     cpu = tree_cpu_seconds(pid) - cpu_before
     stats = (await statistics_of(url, composing)).minus(before)
-    latencies, errors, wall = got
+    latencies, errors, wall = got.latencies_s, got.errors, got.wall_s
     ok = max(len(latencies), 1)
     mean_rows = float(np.mean([len(b) for b in batches]))
     return {

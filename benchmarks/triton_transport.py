@@ -17,11 +17,9 @@ in flight) and a closed loop of 8 callers.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import resource
+import os
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import uvloop
 
+from benchmarks.harness.loops import LoopResult, closed_loop, open_loop
 from benchmarks.harness.procs import cpu_seconds, descendants, tree_cpu_seconds
 from benchmarks.harness.report import RESULTS_DIR, machine_description, write_json_and_markdown
 from gateway.stages.rank import RankerFailure, TritonRanker
@@ -42,12 +41,7 @@ MODEL = "ranker_v2"
 TRANSPORTS = ("grpc", "http")
 
 
-def _own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _process_cpu_s(pid: int) -> float:
+def _cpu_s(pid: int) -> float:
     return cpu_seconds(pid) or 0.0
 
 
@@ -57,40 +51,14 @@ async def _load(
     load: str,
     seconds: float,
     rng: np.random.Generator,
-) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    failures = 0
+) -> LoopResult:
+    async def score(rows: npt.NDArray[np.float32]) -> None:
+        await ranker.score(MODEL, 0, rows, 5.0, discovery=True)
 
-    async def one(rows: npt.NDArray[np.float32]) -> None:
-        nonlocal failures
-        started = time.perf_counter()
-        try:
-            await ranker.score(MODEL, 0, rows, 5.0, discovery=True)
-            latencies.append(time.perf_counter() - started)
-        except RankerFailure:
-            failures += 1
-
-    loop = asyncio.get_running_loop()
-    began = loop.time()
+    errors = (RankerFailure,)
     if load.startswith("open"):
-        rate = float(load[4:])
-        tasks, due, sent = [], began, 0
-        while (due := due + float(rng.exponential(1.0 / rate))) - began < seconds:
-            if (delay := due - loop.time()) > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(batches[sent % len(batches)])))
-            sent += 1
-        await asyncio.gather(*tasks)
-    else:
-
-        async def caller(offset: int) -> None:
-            sent = offset
-            while loop.time() - began < seconds:
-                await one(batches[sent % len(batches)])
-                sent += 1
-
-        await asyncio.gather(*(caller(i) for i in range(int(load[6:]))))
-    return latencies, failures
+        return await open_loop(score, batches, float(load[4:]), seconds, rng, errors=errors)
+    return await closed_loop(score, batches, int(load[6:]), duration_s=seconds, errors=errors)
 
 
 async def _measure(
@@ -116,22 +84,21 @@ async def _measure(
             order = TRANSPORTS if round_index % 2 == 0 else TRANSPORTS[::-1]
             for load in loads:
                 for transport in order:
-                    own, server_cpu = _own_cpu_s(), _process_cpu_s(server.pid)
+                    own, server_cpu = _cpu_s(os.getpid()), _cpu_s(server.pid)
                     tree = tree_cpu_seconds(server.pid)
-                    latencies, failures = await _load(
-                        rankers[transport], batches, load, seconds, rng
-                    )
+                    result = await _load(rankers[transport], batches, load, seconds, rng)
+                    latencies = result.latencies_s
                     calls = max(len(latencies), 1)
                     triton = tree_cpu_seconds(server.pid) - tree
-                    tritonserver = _process_cpu_s(server.pid) - server_cpu
+                    tritonserver = _cpu_s(server.pid) - server_cpu
                     phase = {
-                        "client_cpu_ms_per_call": 1000 * (_own_cpu_s() - own) / calls,
+                        "client_cpu_ms_per_call": 1000 * (_cpu_s(os.getpid()) - own) / calls,
                         "tritonserver_cpu_ms_per_call": 1000 * tritonserver / calls,
                         "stubs_cpu_ms_per_call": 1000 * (triton - tritonserver) / calls,
                         "triton_cpu_ms_per_call": 1000 * triton / calls,
                         "median_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
                         "calls": len(latencies),
-                        "failures": failures,
+                        "failures": result.errors,
                     }
                     phases.setdefault(load, {}).setdefault(transport, []).append(phase)
                     print(
