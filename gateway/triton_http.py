@@ -202,21 +202,11 @@ class TritonHttpClient:
         self._host, self._port, self._url = host.strip("[]"), int(port), url
         self._idle: deque[_Connection] = deque()
         self._busy: set[_Connection] = set()
-        self._encoders: dict[tuple[str, int, tuple[str, ...]], HttpInferEncoder] = {}
 
-    def encoder(
-        self, model: str, version: int, input_name: str, outputs: Sequence[str]
-    ) -> HttpInferEncoder:
-        """The request encoder of one model and version (built once)."""
-        key = (model, version, tuple(outputs))
-        found = self._encoders.get(key)
-        if found is None:
-            if len(self._encoders) >= 64:  # versions retired by many rollouts
-                self._encoders.clear()
-            found = self._encoders[key] = HttpInferEncoder(
-                self._url, model, version, input_name, outputs
-            )
-        return found
+    @property
+    def url(self) -> str:
+        """host:port of the Triton this client calls."""
+        return self._url
 
     async def _connection(self, reuse: bool) -> tuple[_Connection, bool]:
         """A connection for one request, and whether it served an earlier one."""

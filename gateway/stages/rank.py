@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -33,7 +33,7 @@ from gateway.prometheus_metrics import Metrics
 from gateway.stages.blend import discovery_order
 from gateway.stages.features import RankingFeatures
 from gateway.stages.types import Candidates, Ranking, RequestContext
-from gateway.triton_http import TritonHttpClient, TritonHttpError
+from gateway.triton_http import HttpInferEncoder, TritonHttpClient, TritonHttpError
 from triton_models.config import RankerSettings
 
 if TYPE_CHECKING:  # the registry asks Triton through this module's TritonRanker
@@ -258,6 +258,20 @@ _Key = tuple[str, int, bool]
 """What a Triton call is for: model, version, and whether it asks the discovery output too."""
 
 
+_E = TypeVar("_E")
+
+
+def _cached(encoders: dict[_Key, _E], key: _Key, build: Callable[[], _E]) -> _E:
+    """`encoders[key]`, built on first use; the cache starts over at `_MAX_ENCODERS` entries
+    (versions retired by many rollouts)."""
+    encoder = encoders.get(key)
+    if encoder is None:
+        if len(encoders) >= _MAX_ENCODERS:
+            encoders.clear()
+        encoder = encoders[key] = build()
+    return encoder
+
+
 def _outputs(discovery: bool) -> tuple[str, ...]:
     return (OUTPUT_NAME, DISCOVERY_OUTPUT_NAME) if discovery else (OUTPUT_NAME,)
 
@@ -349,6 +363,7 @@ class TritonRanker:
             _registered_method=True,  # type: ignore[call-arg]
         )
         self._encoders: dict[_Key, InferRequestEncoder] = {}
+        self._http_encoders: dict[_Key, HttpInferEncoder] = {}
         self._breaker = CircuitBreaker(
             failure_threshold=failure_threshold,
             recovery_timeout=recovery_timeout_s,
@@ -380,13 +395,10 @@ class TritonRanker:
             call.add_done_callback(self._abandoned.discard)
 
     def _encoder(self, key: _Key) -> InferRequestEncoder:
-        encoder = self._encoders.get(key)
-        if encoder is None:
-            if len(self._encoders) >= _MAX_ENCODERS:  # versions retired by many rollouts
-                self._encoders.clear()
-            model, version, discovery = key
-            encoder = self._encoders[key] = InferRequestEncoder(model, version, _outputs(discovery))
-        return encoder
+        model, version, discovery = key
+        return _cached(
+            self._encoders, key, lambda: InferRequestEncoder(model, version, _outputs(discovery))
+        )
 
     async def score(
         self,
@@ -524,7 +536,11 @@ class TritonRanker:
 
     async def _infer_http(self, http: TritonHttpClient, key: _Key, batch: _Batch) -> Scored:
         model, version, discovery = key
-        encoder = http.encoder(model, version, INPUT_NAME, _outputs(discovery))
+        encoder = _cached(
+            self._http_encoders,
+            key,
+            lambda: HttpInferEncoder(http.url, model, version, INPUT_NAME, _outputs(discovery)),
+        )
         try:
             reply = await http.infer(encoder, batch.parts, self._call_deadline_s, batch.headers)
         except TimeoutError:
