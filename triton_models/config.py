@@ -85,8 +85,17 @@ class RankerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _http_url_known(self) -> RankerSettings:
+        if self.triton_http_url is not None and self.triton_http_port() is None:
+            raise ValueError(
+                f"model.ranker.triton_http_url {self.triton_http_url!r} is not host:port"
+            )
         self.inference_http_url()  # a grpc URL without a port cannot give the HTTP one
         return self
+
+    def triton_http_port(self) -> int | None:
+        """The port of `triton_http_url`, None when it is unset (or has none)."""
+        port = (self.triton_http_url or "").rpartition(":")[2]
+        return int(port) if port.isdigit() else None
 
     def inference_http_url(self) -> str | None:
         """Where inference calls go over HTTP (host:port), None when they use gRPC.

@@ -37,9 +37,9 @@ class TritonPorts:
 
 
 def triton_ports(settings: Settings) -> TritonPorts:
-    """gRPC where `model.ranker.triton_grpc_url` points, HTTP just below it and metrics just
-    above (8000, 8001, 8002 by default): one setting moves all three, e.g. away from another
-    server on 8000.
+    """gRPC where `model.ranker.triton_grpc_url` points, HTTP just below it (or where
+    `model.ranker.triton_http_url` points) and metrics just above (8000, 8001, 8002 by
+    default): one setting moves all three, e.g. away from another server on 8000.
 
     Raises:
         ConfigError: the URL has no valid port.
@@ -51,7 +51,10 @@ def triton_ports(settings: Settings) -> TritonPorts:
         port = 0
     if not 1 < port < 65535:
         raise ConfigError(f"model.ranker.triton_grpc_url: {url!r} has no valid host:port")
-    return TritonPorts(http=port - 1, grpc=port, metrics=port + 1)
+    # HTTP where the gateway sends its inference calls: `triton_http_url` when set, else
+    # the port below gRPC's, as `RankerSettings.triton_http_url` derives it.
+    http = settings.model.ranker.triton_http_port() or port - 1
+    return TritonPorts(http=http, grpc=port, metrics=port + 1)
 
 
 def _triton(settings: Settings) -> dict[str, ProcessSpec]:

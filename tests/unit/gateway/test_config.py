@@ -150,5 +150,7 @@ def test_inference_goes_to_tritons_http_port_below_the_grpc_one_unless_told() ->
     assert http_url(inference_protocol="grpc") is None
     with pytest.raises(ConfigError, match=r"model\.ranker.*gives no HTTP port"):
         load_settings(None, {"RECSYS__MODEL__RANKER__TRITON_GRPC_URL": "triton"})
+    with pytest.raises(ConfigError, match=r"triton_http_url 'triton-http' is not host:port"):
+        load_settings(None, {"RECSYS__MODEL__RANKER__TRITON_HTTP_URL": "triton-http"})
     with pytest.raises(ConfigError, match=r"model\.ranker\.inference_protocol"):
         load_settings(None, {"RECSYS__MODEL__RANKER__INFERENCE_PROTOCOL": "udp"})

@@ -116,6 +116,16 @@ def test_triton_ports_follow_the_gateways_triton_url() -> None:
             assert argv[argv.index(flag) + 1] == str(value)
 
 
+def test_triton_serves_http_where_the_gateway_sends_its_inference_calls() -> None:
+    settings = load_settings(
+        profiles.REPO / "infra" / "config" / "local.yaml",
+        {"RECSYS__MODEL__RANKER__TRITON_HTTP_URL": "127.0.0.1:18500"},
+    )
+    ports = profiles.triton_ports(settings)
+    assert (ports.http, ports.grpc, ports.metrics) == (18500, 8001, 8002)
+    assert settings.model.ranker.inference_http_url() == "127.0.0.1:18500"
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:notaport", "127.0.0.1:1", "127.0.0.1:65535"])
 def test_a_triton_url_without_room_for_three_ports_is_a_config_error(url: str) -> None:
     def ports() -> profiles.TritonPorts:
